@@ -1,0 +1,341 @@
+//! The HTTP API: routing, authentication, body limits, and the one place where errors
+//! become status codes. It parses requests and calls the task service; it never calls Docker.
+
+mod error;
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::spec;
+use crate::tasks::Tasks;
+pub use error::ApiError;
+
+/// What every request handler shares.
+pub struct Api {
+    /// The task service behind the verbs.
+    pub tasks: Tasks,
+    /// Bearer token every request must carry, when configured.
+    pub token: Option<String>,
+    /// Request bodies past this many bytes are refused before parsing.
+    pub max_body_bytes: usize,
+}
+
+/// A routed request: what to do, with its path parameters.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Health,
+    ListTasks,
+    CreateTask,
+    GetTask(&'a str),
+    PutTask(&'a str),
+    DeleteTask(&'a str),
+}
+
+/// The routing table: (method, path) to a route, or the error that says why not.
+fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (segments.as_slice(), method) {
+        (["health"], &Method::GET) => Ok(Route::Health),
+        (["health"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["tasks"], &Method::GET) => Ok(Route::ListTasks),
+        (["tasks"], &Method::POST) => Ok(Route::CreateTask),
+        (["tasks"], _) => Err(ApiError::MethodNotAllowed("GET, POST")),
+        (["tasks", r], &Method::GET) if !r.is_empty() => Ok(Route::GetTask(r)),
+        (["tasks", r], &Method::PUT) if !r.is_empty() => Ok(Route::PutTask(r)),
+        (["tasks", r], &Method::DELETE) if !r.is_empty() => Ok(Route::DeleteTask(r)),
+        (["tasks", r], _) if !r.is_empty() => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
+        _ => Err(ApiError::RouteNotFound(path.to_string())),
+    }
+}
+
+impl Api {
+    /// Serves one request; never fails, every error becomes a JSON answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let response = match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        crate::log!(
+            "{method} {path} -> {} in {} ms",
+            response.status().as_u16(),
+            started.elapsed().as_millis()
+        );
+        Ok(response)
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+        self.authenticate(&req)?;
+        let route = route(req.method(), req.uri().path())?;
+        let query = Query::parse(req.uri().query())?;
+        match route {
+            Route::Health => {
+                query.none()?;
+                let api = self.tasks.health().await.map_err(ApiError::DockerDown)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ok", "docker_api": api}),
+                ))
+            }
+            Route::ListTasks => {
+                query.none()?;
+                let tasks = self.tasks.list().await?;
+                Ok(json(StatusCode::OK, &tasks))
+            }
+            Route::GetTask(r) => {
+                query.none()?;
+                Ok(json(StatusCode::OK, &self.tasks.get(r).await?))
+            }
+            Route::DeleteTask(r) => {
+                query.none()?;
+                self.tasks.delete(r).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            Route::CreateTask => {
+                let wait = query.wait()?;
+                let body = self.read_json(req).await?;
+                let request = spec::parse(&body, self.tasks.bounds())?;
+                let is_array = request.is_array;
+                let views = self.tasks.create(request, wait).await?;
+                let status = if wait {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::ACCEPTED
+                };
+                // The answer has the request's shape: an array for an array.
+                let mut resp = if is_array {
+                    json(status, &views)
+                } else {
+                    json(status, &views[0])
+                };
+                set_location(&mut resp, &views[0].id);
+                Ok(resp)
+            }
+            Route::PutTask(r) => {
+                let wait = query.wait()?;
+                let reference = r.to_string();
+                let body = self.read_json(req).await?;
+                let mut specs = spec::parse(&body, self.tasks.bounds())?.tasks;
+                if specs.len() != 1 {
+                    return Err(ApiError::BadRequest {
+                        field: String::new(),
+                        message: "PUT takes one task object".into(),
+                    });
+                }
+                let (created, view) = self.tasks.put(&reference, specs.remove(0), wait).await?;
+                let status = match (created, wait) {
+                    (_, false) => StatusCode::ACCEPTED,
+                    (true, true) => StatusCode::CREATED,
+                    (false, true) => StatusCode::OK,
+                };
+                let mut resp = json(status, &view);
+                if created {
+                    set_location(&mut resp, &view.id);
+                }
+                Ok(resp)
+            }
+        }
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    /// The body, refused before parsing when it is not JSON or larger than the cap.
+    async fn read_json(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let essence = ct
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if !essence.eq_ignore_ascii_case("application/json") {
+                return Err(ApiError::UnsupportedMediaType(essence.to_string()));
+            }
+        }
+        let too_large = ApiError::BodyTooLarge(self.max_body_bytes);
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(too_large);
+        }
+        match Limited::new(req.into_body(), self.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+            Err(e) => Err(ApiError::ReadBody(e.to_string())),
+        }
+    }
+}
+
+/// Query parameters; only `wait` exists, and anything else is refused by name.
+struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Result<Query, ApiError> {
+        let pairs = q
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        Ok(Query { pairs })
+    }
+
+    fn none(&self) -> Result<(), ApiError> {
+        match self.pairs.first() {
+            Some((k, _)) => Err(ApiError::BadQuery {
+                param: k.clone(),
+                message: format!("unknown query parameter `{k}`"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn wait(&self) -> Result<bool, ApiError> {
+        let mut wait = true;
+        for (k, v) in &self.pairs {
+            match (k.as_str(), v.as_str()) {
+                ("wait", "true" | "1" | "") => wait = true,
+                ("wait", "false" | "0") => wait = false,
+                ("wait", _) => {
+                    return Err(ApiError::BadQuery {
+                        param: k.clone(),
+                        message: format!("wait must be true or false, not `{v}`"),
+                    })
+                }
+                _ => {
+                    return Err(ApiError::BadQuery {
+                        param: k.clone(),
+                        message: format!("unknown query parameter `{k}`"),
+                    })
+                }
+            }
+        }
+        Ok(wait)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret (the token's length is fixed by the operator); content is.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn set_location(resp: &mut Response<Full<Bytes>>, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/tasks/{id}")) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+}
+
+fn allow_header(resp: &mut Response<Full<Bytes>>, allow: &'static str) {
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_table() {
+        assert_eq!(route(&Method::GET, "/tasks"), Ok(Route::ListTasks));
+        assert_eq!(route(&Method::POST, "/tasks"), Ok(Route::CreateTask));
+        assert_eq!(route(&Method::GET, "/tasks/abc"), Ok(Route::GetTask("abc")));
+        assert_eq!(route(&Method::PUT, "/tasks/abc"), Ok(Route::PutTask("abc")));
+        assert_eq!(
+            route(&Method::DELETE, "/tasks/abc"),
+            Ok(Route::DeleteTask("abc"))
+        );
+        assert_eq!(route(&Method::GET, "/health"), Ok(Route::Health));
+        assert_eq!(
+            route(&Method::DELETE, "/tasks"),
+            Err(ApiError::MethodNotAllowed("GET, POST"))
+        );
+        assert_eq!(
+            route(&Method::POST, "/tasks/x"),
+            Err(ApiError::MethodNotAllowed("GET, PUT, DELETE"))
+        );
+        assert!(matches!(
+            route(&Method::GET, "/tasks/"),
+            Err(ApiError::RouteNotFound(_))
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/tasks/a/b"),
+            Err(ApiError::RouteNotFound(_))
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/"),
+            Err(ApiError::RouteNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn query_wait() {
+        assert!(Query::parse(None).unwrap().wait().unwrap());
+        assert!(!Query::parse(Some("wait=false")).unwrap().wait().unwrap());
+        assert!(Query::parse(Some("wait=maybe")).unwrap().wait().is_err());
+        assert!(Query::parse(Some("wiat=false")).unwrap().wait().is_err());
+        assert!(Query::parse(Some("x=1")).unwrap().none().is_err());
+        assert!(Query::parse(Some("")).unwrap().none().is_ok());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret-token", b"secret-token"));
+        assert!(!constant_time_eq(b"secret-token", b"secret-tokem"));
+        assert!(!constant_time_eq(b"secret", b"secret-token"));
+    }
+}

@@ -1,0 +1,326 @@
+//! `lessl serve` settings: flags with `LESSL_*` environment equivalents, read once at start.
+//! Errors name the flag at fault. Nothing here touches the network or Docker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::spec::{Bounds, Limits};
+
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Flags of `lessl serve`. Every flag has a `LESSL_*` variable; the flag wins.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve on: host:port, or unix:/path for a Unix socket.
+    #[arg(long, env = "LESSL_LISTEN", default_value = "127.0.0.1:8734")]
+    pub listen: String,
+    /// File holding the bearer token every request must carry. Required to listen on a
+    /// non-loopback address.
+    #[arg(long, env = "LESSL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Docker socket; defaults to DOCKER_HOST (unix://...) or /var/run/docker.sock.
+    #[arg(long, env = "LESSL_DOCKER_SOCKET")]
+    pub docker_socket: Option<PathBuf>,
+    /// Seconds Docker has to answer any call before the request fails with 504.
+    #[arg(long, env = "LESSL_DOCKER_TIMEOUT", default_value_t = 30.0)]
+    pub docker_timeout: f64,
+    /// Name of this Lessl among others sharing one Docker Engine: each sees and touches only
+    /// its own containers. Letters, digits, `_` and `-`.
+    #[arg(long, env = "LESSL_INSTANCE", default_value = "lessl")]
+    pub instance: String,
+    /// The static lessl binary mounted into task containers as their keep-alive and command
+    /// runner; defaults to this executable.
+    #[arg(long, env = "LESSL_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// TTL of a task that names none, seconds.
+    #[arg(long, env = "LESSL_DEFAULT_TTL", default_value_t = 600)]
+    pub default_ttl: u64,
+    /// Largest TTL a task may ask for, seconds.
+    #[arg(long, env = "LESSL_MAX_TTL", default_value_t = 86_400)]
+    pub max_ttl: u64,
+    /// Memory limit of a task that names none, MiB.
+    #[arg(long, env = "LESSL_DEFAULT_MEMORY_MB", default_value_t = 512)]
+    pub default_memory_mb: u64,
+    /// Largest memory limit a task may ask for, MiB.
+    #[arg(long, env = "LESSL_MAX_MEMORY_MB", default_value_t = 4096)]
+    pub max_memory_mb: u64,
+    /// CPU limit of a task that names none.
+    #[arg(long, env = "LESSL_DEFAULT_CPUS", default_value_t = 1.0)]
+    pub default_cpus: f64,
+    /// Largest CPU limit a task may ask for.
+    #[arg(long, env = "LESSL_MAX_CPUS", default_value_t = 2.0)]
+    pub max_cpus: f64,
+    /// Process limit of a task that names none.
+    #[arg(long, env = "LESSL_DEFAULT_PIDS", default_value_t = 256)]
+    pub default_pids: u64,
+    /// Largest process limit a task may ask for.
+    #[arg(long, env = "LESSL_MAX_PIDS", default_value_t = 4096)]
+    pub max_pids: u64,
+    /// Wall-clock limit per command of a task that names none, seconds.
+    #[arg(long, env = "LESSL_DEFAULT_TIMEOUT", default_value_t = 60.0)]
+    pub default_timeout: f64,
+    /// Largest per-command wall-clock limit a task may ask for, seconds.
+    #[arg(long, env = "LESSL_MAX_TIMEOUT", default_value_t = 3600.0)]
+    pub max_timeout: f64,
+    /// Output kept per stream per command when a task names no limit, bytes.
+    #[arg(long, env = "LESSL_DEFAULT_OUTPUT_BYTES", default_value_t = 1 << 20)]
+    pub default_output_bytes: u64,
+    /// Largest per-stream output a task may ask to keep, bytes.
+    #[arg(long, env = "LESSL_MAX_OUTPUT_BYTES", default_value_t = 16 << 20)]
+    pub max_output_bytes: u64,
+    /// Largest request body, bytes (413 past it, before any parsing).
+    #[arg(long, env = "LESSL_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest decoded embedded resource, bytes (413 past it).
+    #[arg(long, env = "LESSL_MAX_RESOURCE_BYTES", default_value_t = 8 << 20)]
+    pub max_resource_bytes: usize,
+    /// Most commands in one request per task.
+    #[arg(long, env = "LESSL_MAX_COMMANDS", default_value_t = 100)]
+    pub max_commands: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LESSL_SHUTDOWN_GRACE", default_value_t = 10.0)]
+    pub shutdown_grace: f64,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the API listens.
+    pub listen: ListenAddr,
+    /// Bearer token, when one is configured.
+    pub token: Option<String>,
+    /// Docker's socket.
+    pub docker_socket: PathBuf,
+    /// Deadline for every Docker call.
+    pub docker_timeout: Duration,
+    /// Label value separating this Lessl's containers from other instances'.
+    pub instance: String,
+    /// Host path of the binary mounted into containers.
+    pub agent: PathBuf,
+    /// Task defaults and maxima.
+    pub bounds: Bounds,
+    /// Request body cap.
+    pub max_body_bytes: usize,
+    /// Time in-flight requests get after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// A setting that cannot be used, naming the flag.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--{}: {}", self.flag, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        message: message.into(),
+    }
+}
+
+impl ServeArgs {
+    /// Checks every flag; `docker_host` is the value of `DOCKER_HOST`, if set.
+    pub fn into_config(self, docker_host: Option<&str>) -> Result<Config, ConfigError> {
+        let listen = parse_listen(&self.listen).map_err(|m| bad("listen", m))?;
+        let token = match &self.token_file {
+            None => None,
+            Some(path) => {
+                let raw = std::fs::read_to_string(path).map_err(|e| {
+                    bad("token-file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let token = raw.trim().to_string();
+                if token.len() < 16 {
+                    return Err(bad(
+                        "token-file",
+                        "the token must be at least 16 characters",
+                    ));
+                }
+                Some(token)
+            }
+        };
+        if let ListenAddr::Tcp(addr) = &listen {
+            if !addr.ip().is_loopback() && token.is_none() {
+                return Err(bad(
+                    "listen",
+                    format!("refusing to listen on non-loopback {addr} without --token-file"),
+                ));
+            }
+        }
+        let docker_socket = match self.docker_socket {
+            Some(p) => p,
+            None => crate::docker::Docker::socket_from_env(docker_host)
+                .map_err(|m| bad("docker-socket", m))?,
+        };
+        let instance_ok = !self.instance.is_empty()
+            && self.instance.len() <= 32
+            && self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !instance_ok {
+            return Err(bad(
+                "instance",
+                "must be 1 to 32 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        let agent = match self.agent {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .map_err(|e| bad("agent", format!("cannot find this executable: {e}")))?,
+        };
+        if !agent.is_absolute() || !agent.is_file() {
+            return Err(bad(
+                "agent",
+                format!("{} is not an existing absolute file", agent.display()),
+            ));
+        }
+        let seconds = |flag, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(bad(flag, "must be a positive number of seconds"))
+            }
+        };
+        let docker_timeout = seconds("docker-timeout", self.docker_timeout)?;
+        let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
+        let limits_default = Limits {
+            memory_mb: self.default_memory_mb,
+            cpus: self.default_cpus,
+            pids: self.default_pids,
+            timeout_s: self.default_timeout,
+            output_bytes: self.default_output_bytes,
+        };
+        let limits_max = Limits {
+            memory_mb: self.max_memory_mb,
+            cpus: self.max_cpus,
+            pids: self.max_pids,
+            timeout_s: self.max_timeout,
+            output_bytes: self.max_output_bytes,
+        };
+        // Docker reads 0 as "unlimited": a zero default would silently lift the limit.
+        let positive = [
+            ("default-memory-mb", limits_default.memory_mb as f64),
+            ("max-memory-mb", limits_max.memory_mb as f64),
+            ("default-cpus", limits_default.cpus),
+            ("max-cpus", limits_max.cpus),
+            ("default-pids", limits_default.pids as f64),
+            ("max-pids", limits_max.pids as f64),
+            ("default-timeout", limits_default.timeout_s),
+            ("max-timeout", limits_max.timeout_s),
+            ("default-output-bytes", limits_default.output_bytes as f64),
+            ("max-output-bytes", limits_max.output_bytes as f64),
+            ("default-ttl", self.default_ttl as f64),
+            ("max-ttl", self.max_ttl as f64),
+            ("max-body-bytes", self.max_body_bytes as f64),
+            ("max-resource-bytes", self.max_resource_bytes as f64),
+            ("max-commands", self.max_commands as f64),
+        ];
+        for (flag, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(flag, "must be positive"));
+            }
+        }
+        if limits_default.memory_mb < 6 {
+            return Err(bad("default-memory-mb", "Docker needs at least 6 MiB"));
+        }
+        Ok(Config {
+            listen,
+            token,
+            docker_socket,
+            docker_timeout,
+            instance: self.instance,
+            agent,
+            bounds: Bounds {
+                ttl_default: self.default_ttl,
+                ttl_max: self.max_ttl,
+                limits_default,
+                limits_max,
+                resource_max_bytes: self.max_resource_bytes,
+                max_commands: self.max_commands,
+            },
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace,
+        })
+    }
+}
+
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("`{s}`: a Unix socket needs an absolute path"));
+        }
+        return Ok(ListenAddr::Unix(path));
+    }
+    s.parse::<SocketAddr>()
+        .map(ListenAddr::Tcp)
+        .map_err(|_| format!("`{s}` is neither host:port (numeric IP) nor unix:/path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["lessl", "--agent", "/bin/sh"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().serve.into_config(None)
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_bounded() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:8734".parse().unwrap()));
+        assert!(c.token.is_none());
+        assert_eq!(c.docker_socket, PathBuf::from("/var/run/docker.sock"));
+        assert!(c.bounds.limits_default.memory_mb > 0 && c.bounds.limits_default.pids > 0);
+    }
+
+    #[test]
+    fn non_loopback_needs_a_token() {
+        let e = config(&["--listen", "0.0.0.0:8734"]).unwrap_err();
+        assert_eq!(e.flag, "listen");
+        assert!(e.to_string().contains("token"));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert_eq!(
+            config(&["--default-pids", "0"]).unwrap_err().flag,
+            "default-pids"
+        );
+        assert_eq!(
+            config(&["--max-memory-mb", "0"]).unwrap_err().flag,
+            "max-memory-mb"
+        );
+        assert_eq!(config(&["--instance", "a.b"]).unwrap_err().flag, "instance");
+        assert_eq!(
+            config(&["--listen", "unix:rel"]).unwrap_err().flag,
+            "listen"
+        );
+    }
+}

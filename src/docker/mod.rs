@@ -1,0 +1,511 @@
+//! A small Docker Engine API client over the Unix socket. It knows containers, execs and
+//! archives, and nothing of tasks, names or TTLs. Every call goes through [`Docker::send`],
+//! which applies the negotiated API version, the timeout and the status check.
+
+pub mod models;
+pub mod stream;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use hyperlocal::UnixConnector;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use models::*;
+
+/// The newest Engine API version this client is written against; older engines are spoken to
+/// in their own version, down to [`MIN_API`].
+pub const MAX_API: (u32, u32) = (1, 43);
+/// Oldest engine API with every field this client sends (exec `WorkingDir`, `PidsLimit`).
+pub const MIN_API: (u32, u32) = (1, 40);
+
+/// Largest JSON answer read from Docker; lists of a few thousand containers fit easily.
+const MAX_JSON_BYTES: usize = 64 << 20;
+
+/// Which Docker call failed: the first half of every error, and its stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Version,
+    Ping,
+    CreateContainer,
+    StartContainer,
+    InspectContainer,
+    ListContainers,
+    KillContainer,
+    RemoveContainer,
+    WaitContainer,
+    CreateExec,
+    StartExec,
+    InspectExec,
+    PutArchive,
+}
+
+impl Step {
+    /// Stable dotted code for error bodies and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Step::Version => "docker.version",
+            Step::Ping => "docker.ping",
+            Step::CreateContainer => "docker.container.create",
+            Step::StartContainer => "docker.container.start",
+            Step::InspectContainer => "docker.container.inspect",
+            Step::ListContainers => "docker.container.list",
+            Step::KillContainer => "docker.container.kill",
+            Step::RemoveContainer => "docker.container.remove",
+            Step::WaitContainer => "docker.container.wait",
+            Step::CreateExec => "docker.exec.create",
+            Step::StartExec => "docker.exec.start",
+            Step::InspectExec => "docker.exec.inspect",
+            Step::PutArchive => "docker.archive.put",
+        }
+    }
+}
+
+/// How a call failed: the second half of every error.
+#[derive(Debug)]
+pub enum Cause {
+    /// The socket could not be reached, or the connection broke.
+    Unreachable(String),
+    /// No answer within the client's timeout.
+    Timeout(Duration),
+    /// Docker answered with a non-2xx status; `message` is Docker's own.
+    Status { status: u16, message: String },
+    /// Docker's answer could not be read or decoded.
+    Decode(String),
+    /// The engine speaks an API older than this client needs.
+    TooOld(String),
+}
+
+/// A failed Docker call: which step, and why.
+#[derive(Debug)]
+pub struct DockerError {
+    pub step: Step,
+    pub cause: Cause,
+}
+
+impl DockerError {
+    /// The HTTP status Docker answered with, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self.cause {
+            Cause::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let step = self.step.code();
+        match &self.cause {
+            Cause::Unreachable(e) => write!(f, "{step}: Docker is unreachable: {e}"),
+            Cause::Timeout(d) => write!(f, "{step}: Docker did not answer within {d:?}"),
+            Cause::Status { status, message } => {
+                write!(f, "{step}: Docker answered {status}: {message}")
+            }
+            Cause::Decode(e) => write!(f, "{step}: unreadable answer from Docker: {e}"),
+            Cause::TooOld(v) => write!(
+                f,
+                "{step}: Docker speaks API {v}, this server needs {}.{} or newer",
+                MIN_API.0, MIN_API.1
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+/// What a kill found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Killed {
+    Yes,
+    NotRunning,
+    Gone,
+}
+
+/// What a remove found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removed {
+    Yes,
+    Gone,
+}
+
+/// Handle to one Docker Engine. Cheap to clone: the connection pool is shared.
+#[derive(Clone)]
+pub struct Docker {
+    /// Pooled HTTP/1 connections to the engine's socket.
+    client: Client<UnixConnector, Full<Bytes>>,
+    /// The engine's socket.
+    socket: PathBuf,
+    /// `/v1.NN`, negotiated on first use so Lessl can start while Docker is down.
+    version: std::sync::Arc<OnceCell<String>>,
+    /// Deadline for Docker to answer any call (headers, and whole bodies of JSON answers).
+    timeout: Duration,
+}
+
+impl Docker {
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(UnixConnector);
+        Docker {
+            client,
+            socket: socket.into(),
+            version: Default::default(),
+            timeout,
+        }
+    }
+
+    /// The socket named by `DOCKER_HOST` (`unix://PATH` only), or Docker's default.
+    pub fn socket_from_env(docker_host: Option<&str>) -> Result<PathBuf, String> {
+        match docker_host {
+            None | Some("") => Ok(PathBuf::from("/var/run/docker.sock")),
+            Some(h) => match h.strip_prefix("unix://") {
+                Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+                _ => Err(format!(
+                    "DOCKER_HOST={h}: only unix:///path sockets are supported"
+                )),
+            },
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The one function every call goes through: API version, timeout, status check.
+    /// Returns the response with its body unread, for the caller to decode or stream.
+    async fn send(
+        &self,
+        step: Step,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+    ) -> Result<Response<Incoming>, DockerError> {
+        let version = self.version().await?;
+        self.send_raw(step, method, &format!("{version}{path_and_query}"), body)
+            .await
+    }
+
+    async fn send_raw(
+        &self,
+        step: Step,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+    ) -> Result<Response<Incoming>, DockerError> {
+        let fail = |cause| DockerError { step, cause };
+        let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path_and_query).into();
+        let (content_type, bytes) = match body {
+            Body::Empty => (None, Bytes::new()),
+            Body::Json(b) => (Some("application/json"), b),
+            Body::Tar(b) => (Some("application/x-tar"), b),
+        };
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(ct) = content_type {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| fail(Cause::Decode(e.to_string())))?;
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(fail(Cause::Timeout(self.timeout))),
+            Ok(Err(e)) => return Err(fail(Cause::Unreachable(error_chain(&e)))),
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = self.read_body(step, resp.into_body(), 64 << 10).await?;
+        #[derive(serde::Deserialize)]
+        struct Message {
+            message: String,
+        }
+        let message = serde_json::from_slice::<Message>(&body)
+            .map(|m| m.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+        Err(fail(Cause::Status { status, message }))
+    }
+
+    async fn read_body(
+        &self,
+        step: Step,
+        body: Incoming,
+        limit: usize,
+    ) -> Result<Bytes, DockerError> {
+        let fail = |cause| DockerError { step, cause };
+        match tokio::time::timeout(self.timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(fail(Cause::Timeout(self.timeout))),
+            Ok(Err(e)) => Err(fail(Cause::Unreachable(e.to_string()))),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        step: Step,
+        resp: Response<Incoming>,
+    ) -> Result<T, DockerError> {
+        let body = self
+            .read_body(step, resp.into_body(), MAX_JSON_BYTES)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| DockerError {
+            step,
+            cause: Cause::Decode(e.to_string()),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        step: Step,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<T, DockerError> {
+        let resp = self.send(step, method, path, body).await?;
+        self.json(step, resp).await
+    }
+
+    /// Negotiates once: the engine's version, capped at [`MAX_API`]. A failure is not cached,
+    /// so Lessl recovers by itself when Docker comes back.
+    async fn version(&self) -> Result<&str, DockerError> {
+        self.version
+            .get_or_try_init(|| async {
+                let resp = self
+                    .send_raw(Step::Version, Method::GET, "/version", Body::Empty)
+                    .await?;
+                let v: VersionInfo = self.json(Step::Version, resp).await?;
+                let theirs = parse_api_version(&v.api_version).ok_or_else(|| DockerError {
+                    step: Step::Version,
+                    cause: Cause::Decode(format!("bad ApiVersion {:?}", v.api_version)),
+                })?;
+                if theirs < MIN_API {
+                    return Err(DockerError {
+                        step: Step::Version,
+                        cause: Cause::TooOld(v.api_version),
+                    });
+                }
+                let (major, minor) = theirs.min(MAX_API);
+                Ok(format!("/v{major}.{minor}"))
+            })
+            .await
+            .map(|s| s.as_str())
+    }
+
+    /// The API version in use (`1.41`), negotiating if needed.
+    pub async fn api_version(&self) -> Result<String, DockerError> {
+        Ok(self.version().await?.trim_start_matches("/v").to_string())
+    }
+
+    /// Liveness of the engine.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        let resp = self
+            .send_raw(Step::Ping, Method::GET, "/_ping", Body::Empty)
+            .await?;
+        self.read_body(Step::Ping, resp.into_body(), 1024)
+            .await
+            .map(drop)
+    }
+
+    pub async fn create_container(
+        &self,
+        name: Option<&str>,
+        config: &ContainerConfig,
+    ) -> Result<CreateResponse, DockerError> {
+        let path = match name {
+            Some(n) => format!("/containers/create?name={}", query_escape(n)),
+            None => "/containers/create".to_string(),
+        };
+        let body = Body::json(Step::CreateContainer, config)?;
+        self.call(Step::CreateContainer, Method::POST, &path, body)
+            .await
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+        let path = format!("/containers/{id}/start");
+        self.send(Step::StartContainer, Method::POST, &path, Body::Empty)
+            .await
+            .map(drop)
+    }
+
+    pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspect, DockerError> {
+        let path = format!("/containers/{}/json", query_escape(id));
+        self.call(Step::InspectContainer, Method::GET, &path, Body::Empty)
+            .await
+    }
+
+    /// All containers, running or not, carrying every one of `labels` (`key=value` or `key`).
+    pub async fn list_containers(
+        &self,
+        labels: &[String],
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let filters = serde_json::json!({ "label": labels }).to_string();
+        let path = format!(
+            "/containers/json?all=true&filters={}",
+            query_escape(&filters)
+        );
+        self.call(Step::ListContainers, Method::GET, &path, Body::Empty)
+            .await
+    }
+
+    pub async fn kill_container(&self, id: &str) -> Result<Killed, DockerError> {
+        let path = format!("/containers/{id}/kill");
+        match self
+            .send(Step::KillContainer, Method::POST, &path, Body::Empty)
+            .await
+        {
+            Ok(_) => Ok(Killed::Yes),
+            Err(e) if e.status() == Some(404) => Ok(Killed::Gone),
+            Err(e) if e.status() == Some(409) => Ok(Killed::NotRunning),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Kills (if needed) and removes the container and its anonymous volumes.
+    pub async fn remove_container(&self, id: &str) -> Result<Removed, DockerError> {
+        let path = format!("/containers/{id}?force=true&v=true");
+        match self
+            .send(Step::RemoveContainer, Method::DELETE, &path, Body::Empty)
+            .await
+        {
+            Ok(_) => Ok(Removed::Yes),
+            Err(e) if e.status() == Some(404) => Ok(Removed::Gone),
+            // 409 "removal already in progress": someone else is removing it, same outcome.
+            Err(e) if e.status() == Some(409) => Ok(Removed::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits (up to the client timeout) until the container is no longer running.
+    pub async fn wait_container(&self, id: &str) -> Result<WaitResponse, DockerError> {
+        let path = format!("/containers/{id}/wait?condition=not-running");
+        self.call(Step::WaitContainer, Method::POST, &path, Body::Empty)
+            .await
+    }
+
+    pub async fn create_exec(
+        &self,
+        id: &str,
+        config: &ExecConfig,
+    ) -> Result<IdResponse, DockerError> {
+        let path = format!("/containers/{id}/exec");
+        let body = Body::json(Step::CreateExec, config)?;
+        self.call(Step::CreateExec, Method::POST, &path, body).await
+    }
+
+    /// Starts an exec attached; the body is Docker's multiplexed stream (see [`stream`]),
+    /// read by the caller under its own deadline.
+    pub async fn start_exec(&self, exec_id: &str) -> Result<Incoming, DockerError> {
+        let path = format!("/exec/{exec_id}/start");
+        let body = Body::json(
+            Step::StartExec,
+            &serde_json::json!({"Detach": false, "Tty": false}),
+        )?;
+        let resp = self
+            .send(Step::StartExec, Method::POST, &path, body)
+            .await?;
+        Ok(resp.into_body())
+    }
+
+    pub async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspect, DockerError> {
+        let path = format!("/exec/{exec_id}/json");
+        self.call(Step::InspectExec, Method::GET, &path, Body::Empty)
+            .await
+    }
+
+    /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
+    pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
+        let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
+        self.send(Step::PutArchive, Method::PUT, &path, Body::Tar(tar.into()))
+            .await
+            .map(drop)
+    }
+}
+
+/// A request body, typed so `send` sets the right Content-Type.
+enum Body {
+    Empty,
+    Json(Bytes),
+    Tar(Bytes),
+}
+
+impl Body {
+    fn json<T: Serialize>(step: Step, value: &T) -> Result<Body, DockerError> {
+        serde_json::to_vec(value)
+            .map(|v| Body::Json(v.into()))
+            .map_err(|e| DockerError {
+                step,
+                cause: Cause::Decode(e.to_string()),
+            })
+    }
+}
+
+fn parse_api_version(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Percent-encodes everything but unreserved characters, for query values and path segments.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// hyper-util's errors hide the io error that says what happened (ENOENT, ECONNREFUSED).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_host_forms() {
+        assert_eq!(
+            Docker::socket_from_env(None).unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            Docker::socket_from_env(Some("unix:///tmp/d.sock")).unwrap(),
+            PathBuf::from("/tmp/d.sock")
+        );
+        assert!(Docker::socket_from_env(Some("tcp://1.2.3.4:2375")).is_err());
+        assert!(Docker::socket_from_env(Some("unix://")).is_err());
+    }
+
+    #[test]
+    fn api_versions() {
+        assert_eq!(parse_api_version("1.41"), Some((1, 41)));
+        assert_eq!(parse_api_version("1.x"), None);
+        assert!((1, 41) < MAX_API && (1, 39) < MIN_API && (1, 44) > MAX_API);
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(query_escape("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(query_escape("lessl-x_1.2"), "lessl-x_1.2");
+    }
+}

@@ -1,0 +1,138 @@
+//! The few Engine API shapes this client sends and reads. Requests carry exactly what Lessl
+//! sets; answers read only the fields Lessl uses and ignore the rest, so newer engines work.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    pub image: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Also skips creating the network sandbox's interfaces, which is measurably faster.
+    pub network_disabled: bool,
+    pub host_config: HostConfig,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostConfig {
+    pub network_mode: String,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    /// Bytes; never 0, which Docker reads as unlimited.
+    pub memory: i64,
+    /// Equal to `memory`: no swap on top.
+    pub memory_swap: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub binds: Vec<String>,
+    pub log_config: LogConfig,
+    pub readonly_rootfs: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LogConfig {
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateResponse {
+    pub id: String,
+    #[serde(default)]
+    pub warnings: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IdResponse {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerInspect {
+    pub id: String,
+    #[serde(default)]
+    pub state: ContainerState,
+    #[serde(default)]
+    pub config: InspectConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerState {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub running: bool,
+    #[serde(default, rename = "OOMKilled")]
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectConfig {
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    pub id: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecConfig {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub tty: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecInspect {
+    #[serde(default)]
+    pub running: bool,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitResponse {
+    #[serde(default)]
+    pub status_code: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VersionInfo {
+    pub api_version: String,
+}

@@ -1,0 +1,39 @@
+//! Lessl: one static binary that runs tasks in Docker containers over a small REST API.
+//!
+//! Dependencies point one way: `main` → [`server`] → [`api`] → [`tasks`] → [`docker`],
+//! with [`spec`] shared as pure data and nothing importing the API layer.
+//!
+//! - [`config`]: `lessl serve` flags and `LESSL_*` variables, validated once.
+//! - [`server`]: the listener, connections, and graceful shutdown.
+//! - [`api`]: routing, auth, body limits, the one error-to-status `match`.
+//! - [`spec`]: the task spec v1.0, parsed and validated; no I/O.
+//! - [`tasks`]: task lifecycle, command runs, TTLs, reconciliation after restarts.
+//! - [`docker`]: the Engine API client over the Unix socket, and stream demultiplexing.
+//! - [`tar`]: the plain tar archives that carry resources into containers.
+//! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod docker;
+pub mod server;
+pub mod spec;
+pub mod tar;
+pub mod tasks;
+
+/// One line on stderr per event, prefixed with the UTC time.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::log_line(format_args!($($arg)*))
+    };
+}
+
+#[doc(hidden)]
+pub fn log_line(args: std::fmt::Arguments<'_>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let stamp = tasks::view::rfc3339(now.as_secs());
+    eprintln!("{stamp} lessl: {args}");
+}

@@ -1,0 +1,182 @@
+//! The listener and its connections: accepts on TCP or a Unix socket, serves each connection
+//! with HTTP/1, and on shutdown stops accepting and gives in-flight requests a grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::api::Api;
+use crate::config::Config;
+use crate::docker::Docker;
+use crate::log;
+use crate::tasks::{Settings, Tasks};
+
+/// A bound listener, so callers (and tests) choose the address, port 0 included.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Binds what the configuration names.
+    pub async fn bind(config: &Config) -> std::io::Result<Listener> {
+        match &config.listen {
+            crate::config::ListenAddr::Tcp(addr) => {
+                Ok(Listener::Tcp(TcpListener::bind(addr).await?))
+            }
+            crate::config::ListenAddr::Unix(path) => {
+                // A stale socket from an earlier run would make bind fail.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Listener::Unix(UnixListener::bind(path)?))
+            }
+        }
+    }
+
+    /// Where it listens, for the log line tests and operators read.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("tcp (unknown: {e})")),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_else(|| "unix".into()),
+        }
+    }
+}
+
+/// Runs Lessl on `listener` until `shutdown` resolves, then drains and cleans up.
+pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Output = ()>) {
+    let docker = Docker::new(&config.docker_socket, config.docker_timeout);
+    let tasks = Tasks::new(
+        docker,
+        Settings {
+            instance: config.instance.clone(),
+            agent: config.agent.clone(),
+            bounds: config.bounds.clone(),
+        },
+    );
+    tasks.spawn_background();
+    let api = Arc::new(Api {
+        tasks: tasks.clone(),
+        token: config.token.clone(),
+        max_body_bytes: config.max_body_bytes,
+    });
+    log!("listening on {}", listener.describe());
+
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = accept(&listener) => a,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let api = api.clone();
+        let conn = http.serve_connection(io, service_fn(move |req| api.clone().handle(req)));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    log!(
+        "shutting down: no new connections, {:?} for in-flight requests",
+        config.shutdown_grace
+    );
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log!("shutdown: requests still running after the grace period");
+    }
+    tasks.shutdown(config.shutdown_grace).await;
+    if let crate::config::ListenAddr::Unix(path) = &config.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    log!("stopped");
+}
+
+/// Either kind of connection, boxed behind hyper's IO traits.
+enum Io {
+    Tcp(TokioIo<tokio::net::TcpStream>),
+    Unix(TokioIo<tokio::net::UnixStream>),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Io> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, _) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok(Io::Tcp(TokioIo::new(s)))
+        }
+        Listener::Unix(l) => Ok(Io::Unix(TokioIo::new(l.accept().await?.0))),
+    }
+}
+
+impl hyper::rt::Read for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

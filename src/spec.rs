@@ -1,0 +1,977 @@
+//! The task specification v1.0: request bytes in, validated task specs out. Pure data and
+//! validation: no I/O, no Docker, no clock; server bounds come in as a parameter.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Server-side defaults and maxima a task is validated against (from the configuration).
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// TTL when a task names none, seconds.
+    pub ttl_default: u64,
+    /// Largest TTL a task may ask for, seconds.
+    pub ttl_max: u64,
+    /// Limits applied when a task asks for none.
+    pub limits_default: Limits,
+    /// Largest limits a task may ask for.
+    pub limits_max: Limits,
+    /// Largest decoded size of one embedded resource, bytes.
+    pub resource_max_bytes: usize,
+    /// Most commands one request may run per task.
+    pub max_commands: usize,
+}
+
+/// Resource limits of one task; every one is always set (Docker reads 0 as unlimited).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Memory (and memory+swap, so no swap) in MiB.
+    pub memory_mb: u64,
+    /// CPUs, fractional.
+    pub cpus: f64,
+    /// Most processes in the container.
+    pub pids: u64,
+    /// Wall-clock limit per command, seconds.
+    pub timeout_s: f64,
+    /// Output kept per stream per command, bytes.
+    pub output_bytes: u64,
+}
+
+/// A validated task. Field meanings are those of the contract (DESIGN.md section 1).
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// Keep the container running after `cmds`, for later PUTs.
+    pub daemon: bool,
+    /// Image to create the container from; None is only valid for a PUT into a live task.
+    pub image: Option<String>,
+    /// Seconds until the container is removed.
+    pub ttl: u64,
+    /// Whether the task named its TTL; a PUT into a live task must not silently drop one.
+    pub ttl_given: bool,
+    /// Files placed before the commands run.
+    pub resources: Vec<Resource>,
+    /// Human-readable name, unique among live tasks.
+    pub name: Option<String>,
+    /// Absolute working directory of the commands.
+    pub pwd: Option<String>,
+    /// Environment, sorted by key so containers are created deterministically.
+    pub env: Vec<(String, String)>,
+    /// Commands, run in order until one fails.
+    pub cmds: Vec<Command>,
+    /// Limits after applying the server defaults.
+    pub limits: Limits,
+}
+
+/// One command: a shell string or an exec-form argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run through `/bin/sh -c`.
+    Shell(String),
+    /// Run directly, no shell involved.
+    Exec(Vec<String>),
+}
+
+impl Command {
+    /// The argv that runs this command inside the container.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            Command::Exec(argv) => argv.clone(),
+        }
+    }
+}
+
+/// A file (or unpacked archive) to place in the container.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// Field path of this resource in the request (`resources[2]`), for error messages later on.
+    pub field: String,
+    /// Absolute path: the file itself, or the directory an archive unpacks into.
+    pub path: String,
+    /// What goes there.
+    pub content: Content,
+}
+
+/// The content of a resource.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A regular file with these bytes.
+    File { data: Vec<u8>, mode: u32 },
+    /// A plain tar archive unpacked at the resource's path.
+    Archive(Vec<u8>),
+}
+
+/// Why a request body is not a valid task spec. Every variant names the field at fault as a
+/// path (`[1].resources[0].dest`); an empty path means the body as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// The body is not JSON, or a field has the wrong type or is unknown.
+    Decode { field: String, message: String },
+    /// A field has the right type but an unacceptable value.
+    Invalid { field: String, message: String },
+    /// An embedded resource is larger than the server allows.
+    TooLarge { field: String, message: String },
+}
+
+impl SpecError {
+    /// The path of the field at fault; empty for the body as a whole.
+    pub fn field(&self) -> &str {
+        match self {
+            SpecError::Decode { field, .. }
+            | SpecError::Invalid { field, .. }
+            | SpecError::TooLarge { field, .. } => field,
+        }
+    }
+
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn prefixed(self, prefix: &str) -> Self {
+        let join = |field: String| match (prefix.is_empty(), field.is_empty()) {
+            (true, _) => field,
+            (false, true) => prefix.to_string(),
+            (false, false) if field.starts_with('[') => format!("{prefix}{field}"),
+            (false, false) => format!("{prefix}.{field}"),
+        };
+        match self {
+            SpecError::Decode { field, message } => SpecError::Decode {
+                field: join(field),
+                message,
+            },
+            SpecError::Invalid { field, message } => SpecError::Invalid {
+                field: join(field),
+                message,
+            },
+            SpecError::TooLarge { field, message } => SpecError::TooLarge {
+                field: join(field),
+                message,
+            },
+        }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::Decode { field, message }
+            | SpecError::Invalid { field, message }
+            | SpecError::TooLarge { field, message }
+                if field.is_empty() =>
+            {
+                f.write_str(message)
+            }
+            SpecError::Decode { field, message }
+            | SpecError::Invalid { field, message }
+            | SpecError::TooLarge { field, message } => write!(f, "{field}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+// ---------------------------------------------------------------------------------------------
+// Wire format. Strict: unknown fields are refused so a typo is never silently ignored.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    version: Option<Value>,
+    daemon: Option<bool>,
+    image: Option<String>,
+    ttl: Option<i64>,
+    resources: Option<Vec<RawResource>>,
+    task_name: Option<String>,
+    pwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    cmd: Option<RawCommands>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    content_type: Option<String>,
+    data: Option<String>,
+    src: Option<String>,
+    dest: Option<String>,
+    mnt: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mb: Option<i64>,
+    cpus: Option<f64>,
+    pids: Option<i64>,
+    timeout_s: Option<f64>,
+    output_bytes: Option<i64>,
+}
+
+/// `cmd` is a list of commands; a bare string is accepted as a list of one.
+enum RawCommands {
+    One(String),
+    Many(Vec<RawCommand>),
+}
+
+/// One command: a string (shell form) or an array of strings (exec form).
+struct RawCommand(Command);
+
+impl<'de> Deserialize<'de> for RawCommands {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommands;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of commands (each a shell string or an array of strings)")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawCommands, E> {
+                Ok(RawCommands::One(s.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommands, A::Error> {
+                let mut out = Vec::new();
+                while let Some(c) = seq.next_element::<RawCommand>()? {
+                    out.push(c);
+                }
+                Ok(RawCommands::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCommand {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommand;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a shell string or an array of strings (exec form)")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawCommand, E> {
+                Ok(RawCommand(Command::Shell(s.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommand, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(a) = seq.next_element::<String>()? {
+                    argv.push(a);
+                }
+                Ok(RawCommand(Command::Exec(argv)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing.
+
+/// A parsed request body.
+#[derive(Debug)]
+pub struct Request {
+    /// The tasks, in request order.
+    pub tasks: Vec<TaskSpec>,
+    /// Whether the body was an array, so the answer can have the same shape.
+    pub is_array: bool,
+}
+
+/// Parses a request body: one task object or an array of them. Field paths of an array body
+/// start with the element index (`[1].image`).
+pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| SpecError::Decode {
+        field: String::new(),
+        message: format!("body is not valid JSON: {e}"),
+    })?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(SpecError::invalid("", "the task array is empty"));
+            }
+            let tasks = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| parse_task(v, bounds).map_err(|e| e.prefixed(&format!("[{i}]"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            check_unique_names(&tasks)?;
+            Ok(Request {
+                tasks,
+                is_array: true,
+            })
+        }
+        Value::Object(_) => Ok(Request {
+            tasks: vec![parse_task(value, bounds)?],
+            is_array: false,
+        }),
+        _ => Err(SpecError::Decode {
+            field: String::new(),
+            message: "body must be a task object or an array of task objects".into(),
+        }),
+    }
+}
+
+fn check_unique_names(tasks: &[TaskSpec]) -> Result<(), SpecError> {
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(name) = &t.name {
+            if tasks[..i].iter().any(|o| o.name.as_deref() == Some(name)) {
+                return Err(SpecError::invalid(
+                    format!("[{i}].task_name"),
+                    format!("task_name `{name}` appears twice in the batch"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_task(value: Value, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
+    let raw: RawTask = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut field = e.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = e.inner().to_string();
+        // serde reports an unknown field at its parent; the contract wants the field itself.
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            if field.is_empty() {
+                field = name.to_string();
+            } else if !field.ends_with(name) {
+                field = format!("{field}.{name}");
+            }
+        }
+        SpecError::Decode { field, message }
+    })?;
+    validate(raw, bounds)
+}
+
+fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
+    if let Some(v) = &raw.version {
+        let ok = match v {
+            Value::Number(n) => n.as_f64() == Some(1.0),
+            Value::String(s) => s == "1.0" || s == "1",
+            _ => false,
+        };
+        if !ok {
+            return Err(SpecError::invalid(
+                "version",
+                format!("unsupported spec version {v}; this server speaks 1.0"),
+            ));
+        }
+    }
+
+    let image = raw.image.map(|i| check_image(&i).map(|_| i)).transpose()?;
+
+    let ttl = match raw.ttl {
+        None => bounds.ttl_default.min(bounds.ttl_max),
+        Some(t) if t <= 0 => {
+            return Err(SpecError::invalid(
+                "ttl",
+                "must be a positive number of seconds",
+            ))
+        }
+        Some(t) if t as u64 > bounds.ttl_max => {
+            return Err(SpecError::invalid(
+                "ttl",
+                format!(
+                    "{t} s is over this server's maximum of {} s",
+                    bounds.ttl_max
+                ),
+            ))
+        }
+        Some(t) => t as u64,
+    };
+
+    let name = raw
+        .task_name
+        .map(|n| check_name(&n).map(|_| n))
+        .transpose()?;
+
+    let pwd = raw
+        .pwd
+        .map(|p| {
+            check_abs_path(&p).map_err(|m| SpecError::invalid("pwd", m))?;
+            if ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|k| p == *k || p.starts_with(&format!("{k}/")))
+            {
+                return Err(SpecError::invalid(
+                    "pwd",
+                    "must not be under /proc, /sys or /dev",
+                ));
+            }
+            Ok(p)
+        })
+        .transpose()?;
+
+    let env = raw
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let field = format!("env.{k}");
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(SpecError::invalid(
+                    field,
+                    "a variable name must be non-empty, without `=` or NUL",
+                ));
+            }
+            if v.contains('\0') {
+                return Err(SpecError::invalid(field, "value contains a NUL byte"));
+            }
+            Ok((k, v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let cmds = match raw.cmd {
+        None => Vec::new(),
+        Some(RawCommands::One(s)) => vec![Command::Shell(s)],
+        Some(RawCommands::Many(list)) => list.into_iter().map(|c| c.0).collect(),
+    };
+    if cmds.len() > bounds.max_commands {
+        return Err(SpecError::invalid(
+            "cmd",
+            format!(
+                "{} commands is over this server's maximum of {}",
+                cmds.len(),
+                bounds.max_commands
+            ),
+        ));
+    }
+    for (i, c) in cmds.iter().enumerate() {
+        let field = format!("cmd[{i}]");
+        match c {
+            Command::Shell(s) if s.trim().is_empty() => {
+                return Err(SpecError::invalid(field, "empty command"))
+            }
+            Command::Exec(argv) if argv.is_empty() => {
+                return Err(SpecError::invalid(
+                    field,
+                    "an exec-form command needs at least the program",
+                ))
+            }
+            Command::Exec(argv) if argv[0].is_empty() => {
+                return Err(SpecError::invalid(
+                    format!("{field}[0]"),
+                    "empty program name",
+                ))
+            }
+            Command::Shell(s) if s.contains('\0') => {
+                return Err(SpecError::invalid(field, "command contains a NUL byte"))
+            }
+            Command::Exec(argv) => {
+                if let Some(j) = argv.iter().position(|a| a.contains('\0')) {
+                    return Err(SpecError::invalid(
+                        format!("{field}[{j}]"),
+                        "argument contains a NUL byte",
+                    ));
+                }
+            }
+            Command::Shell(_) => {}
+        }
+    }
+
+    let resources = raw
+        .resources
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| parse_resource(r, bounds).map_err(|e| e.prefixed(&format!("resources[{i}]"))))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, content))| Resource {
+            field: format!("resources[{i}]"),
+            path,
+            content,
+        })
+        .collect();
+
+    let limits = apply_limits(raw.limits, bounds).map_err(|e| e.prefixed("limits"))?;
+
+    Ok(TaskSpec {
+        daemon: raw.daemon.unwrap_or(false),
+        image,
+        ttl,
+        ttl_given: raw.ttl.is_some(),
+        resources,
+        name,
+        pwd,
+        env,
+        cmds,
+        limits,
+    })
+}
+
+fn check_image(image: &str) -> Result<(), SpecError> {
+    let bad = image.is_empty()
+        || image.len() > 255
+        || image.starts_with('-')
+        || image.chars().any(|c| c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(SpecError::invalid(
+            "image",
+            "must be an image reference: 1 to 255 characters, no whitespace, not starting with `-`",
+        ));
+    }
+    Ok(())
+}
+
+/// Task names double as Docker container names (prefixed), so they follow Docker's alphabet.
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !first_ok || !rest_ok || name.len() > 64 {
+        return Err(SpecError::invalid(
+            "task_name",
+            "must be 1 to 64 characters of [A-Za-z0-9_.-], starting with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+/// Absolute, normalised enough to be unambiguous: no `..`, `.` or empty components, no NUL.
+fn check_abs_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("`{p}` is not an absolute path"));
+    }
+    if p.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    if p.len() > 4096 {
+        return Err("path is longer than 4096 bytes".into());
+    }
+    let trimmed = p.trim_end_matches('/');
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!("`{p}` has an empty, `.` or `..` component"));
+    }
+    Ok(())
+}
+
+/// Types whose `data` is literal UTF-8 text rather than base64.
+fn is_text_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence.as_str(),
+            "application/json"
+                | "application/xml"
+                | "application/javascript"
+                | "application/ecmascript"
+                | "application/x-sh"
+                | "application/x-shellscript"
+                | "application/x-python"
+                | "application/x-yaml"
+                | "application/yaml"
+                | "application/toml"
+                | "application/sql"
+        )
+}
+
+fn is_tar_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/x-tar")
+        || essence.eq_ignore_ascii_case("application/tar")
+}
+
+fn parse_resource(r: RawResource, bounds: &Bounds) -> Result<(String, Content), SpecError> {
+    if r.mnt.is_some() {
+        return Err(SpecError::invalid(
+            "mnt",
+            "volume mounts are not supported by this server yet",
+        ));
+    }
+    let dest = r
+        .dest
+        .ok_or_else(|| SpecError::invalid("dest", "required"))?;
+    check_abs_path(&dest).map_err(|m| SpecError::invalid("dest", m))?;
+    let Some(data) = r.data else {
+        return Err(match r.src {
+            Some(_) => SpecError::invalid(
+                "src",
+                "downloads are not supported by this server yet; embed the content in `data`",
+            ),
+            None => SpecError::invalid("data", "a resource needs `data`"),
+        });
+    };
+    let content_type = r.content_type.unwrap_or_else(|| "text/plain".into());
+    let tar = is_tar_type(&content_type);
+    let bytes = if is_text_type(&content_type) {
+        data.into_bytes()
+    } else {
+        // Wrapped base64 (76-column lines) is common in hand-written specs.
+        let compact: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if compact.len() / 4 * 3 > bounds.resource_max_bytes + 3 {
+            return Err(too_large(bounds));
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(&compact)
+            .map_err(|e| {
+                SpecError::invalid(
+                    "data",
+                    format!("not valid base64 for `{content_type}`: {e}"),
+                )
+            })?
+    };
+    if bytes.len() > bounds.resource_max_bytes {
+        return Err(too_large(bounds));
+    }
+    // With `src` and `data`, `dest` is a directory and the file is named after `src`.
+    let path = match r.src {
+        Some(src) => {
+            let name = url_file_name(&src).ok_or_else(|| {
+                SpecError::invalid(
+                    "src",
+                    "cannot name the file: the URL's path has no last segment",
+                )
+            })?;
+            format!("{}/{}", dest.trim_end_matches('/'), name)
+        }
+        None => dest,
+    };
+    if path == "/" && !tar {
+        return Err(SpecError::invalid("dest", "a file cannot be placed at `/`"));
+    }
+    let content = if tar {
+        Content::Archive(bytes)
+    } else {
+        Content::File {
+            data: bytes,
+            mode: 0o644,
+        }
+    };
+    Ok((path, content))
+}
+
+fn too_large(bounds: &Bounds) -> SpecError {
+    SpecError::TooLarge {
+        field: "data".into(),
+        message: format!(
+            "decoded content is over this server's limit of {} bytes",
+            bounds.resource_max_bytes
+        ),
+    }
+}
+
+/// The last segment of a URL's path, if it is a usable file name.
+fn url_file_name(url: &str) -> Option<String> {
+    let after_scheme = url.split_once("://").map(|(_, r)| r)?;
+    let path = after_scheme.split(['?', '#']).next()?;
+    let path = path.split_once('/').map(|(_, p)| p)?;
+    let last = path.rsplit('/').next()?;
+    let ok = !last.is_empty() && last != "." && last != ".." && !last.contains(['\0', '%', '\\']);
+    ok.then(|| last.to_string())
+}
+
+fn apply_limits(raw: Option<RawLimits>, bounds: &Bounds) -> Result<Limits, SpecError> {
+    let d = bounds.limits_default;
+    let m = bounds.limits_max;
+    let Some(raw) = raw else {
+        return Ok(d);
+    };
+    fn whole(field: &str, v: Option<i64>, default: u64, max: u64) -> Result<u64, SpecError> {
+        match v {
+            None => Ok(default.min(max)),
+            Some(v) if v <= 0 => Err(SpecError::invalid(field, "must be positive")),
+            Some(v) if v as u64 > max => Err(SpecError::invalid(
+                field,
+                format!("{v} is over this server's maximum of {max}"),
+            )),
+            Some(v) => Ok(v as u64),
+        }
+    }
+    fn frac(field: &str, v: Option<f64>, default: f64, max: f64) -> Result<f64, SpecError> {
+        match v {
+            None => Ok(default.min(max)),
+            Some(v) if !v.is_finite() || v <= 0.0 => {
+                Err(SpecError::invalid(field, "must be positive"))
+            }
+            Some(v) if v > max => Err(SpecError::invalid(
+                field,
+                format!("{v} is over this server's maximum of {max}"),
+            )),
+            Some(v) => Ok(v),
+        }
+    }
+    Ok(Limits {
+        memory_mb: whole("memory_mb", raw.memory_mb, d.memory_mb, m.memory_mb)?,
+        cpus: frac("cpus", raw.cpus, d.cpus, m.cpus)?,
+        pids: whole("pids", raw.pids, d.pids, m.pids)?,
+        timeout_s: frac("timeout_s", raw.timeout_s, d.timeout_s, m.timeout_s)?,
+        output_bytes: whole(
+            "output_bytes",
+            raw.output_bytes,
+            d.output_bytes,
+            m.output_bytes,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds() -> Bounds {
+        let limits = Limits {
+            memory_mb: 256,
+            cpus: 1.0,
+            pids: 128,
+            timeout_s: 30.0,
+            output_bytes: 1 << 20,
+        };
+        Bounds {
+            ttl_default: 300,
+            ttl_max: 3600,
+            limits_default: limits,
+            limits_max: Limits {
+                memory_mb: 1024,
+                cpus: 2.0,
+                pids: 1024,
+                timeout_s: 600.0,
+                output_bytes: 16 << 20,
+            },
+            resource_max_bytes: 1024,
+            max_commands: 4,
+        }
+    }
+
+    fn one(body: &str) -> Result<TaskSpec, SpecError> {
+        parse(body.as_bytes(), &bounds()).map(|mut r| {
+            assert!(!r.is_array);
+            r.tasks.remove(0)
+        })
+    }
+
+    fn err(body: &str) -> SpecError {
+        parse(body.as_bytes(), &bounds()).expect_err("must be refused")
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let body = r#"[{
+          "version": 1.0, "daemon": true, "image": "my_python_image", "ttl": 3600,
+          "resources": [{"content_type": "text/python", "data": "print('Hello World')",
+                         "src": "http://example.com/hello.py", "dest": "/opt"}],
+          "task_name": "hello_world", "pwd": "/opt", "env": {"KEY": "value"},
+          "cmd": ["python hello.py"]}]"#;
+        let parsed = parse(body.as_bytes(), &bounds()).unwrap();
+        assert!(parsed.is_array);
+        let tasks = parsed.tasks;
+        assert_eq!(tasks.len(), 1);
+        let t = &tasks[0];
+        assert!(t.daemon);
+        assert_eq!(t.image.as_deref(), Some("my_python_image"));
+        assert_eq!(t.ttl, 3600);
+        assert_eq!(t.name.as_deref(), Some("hello_world"));
+        assert_eq!(t.pwd.as_deref(), Some("/opt"));
+        assert_eq!(t.env, vec![("KEY".to_string(), "value".to_string())]);
+        assert_eq!(t.cmds, vec![Command::Shell("python hello.py".into())]);
+        assert_eq!(t.resources[0].path, "/opt/hello.py");
+        match &t.resources[0].content {
+            Content::File { data, mode } => {
+                assert_eq!(data, b"print('Hello World')");
+                assert_eq!(*mode, 0o644);
+            }
+            other => panic!("expected a file, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let t = one(r#"{"image": "busybox"}"#).unwrap();
+        assert!(!t.daemon);
+        assert_eq!(t.ttl, 300);
+        assert!(!t.ttl_given);
+        assert_eq!(t.limits, bounds().limits_default);
+        assert!(t.cmds.is_empty());
+    }
+
+    #[test]
+    fn version_spellings() {
+        for ok in [r#"1.0"#, r#"1"#, r#""1.0""#] {
+            assert!(
+                one(&format!(r#"{{"image":"i","version":{ok}}}"#)).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [r#"2.0"#, r#""2""#, r#"[]"#, r#"1.1"#] {
+            assert_eq!(
+                err(&format!(r#"{{"image":"i","version":{bad}}}"#)).field(),
+                "version",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn exec_form_and_bare_string() {
+        let t = one(r#"{"image":"i","cmd":[["echo","a b"], "echo c"]}"#).unwrap();
+        assert_eq!(
+            t.cmds,
+            vec![
+                Command::Exec(vec!["echo".into(), "a b".into()]),
+                Command::Shell("echo c".into())
+            ]
+        );
+        assert_eq!(t.cmds[1].argv(), vec!["/bin/sh", "-c", "echo c"]);
+        let t = one(r#"{"image":"i","cmd":"echo hi"}"#).unwrap();
+        assert_eq!(t.cmds, vec![Command::Shell("echo hi".into())]);
+    }
+
+    #[test]
+    fn base64_tar_and_text_resources() {
+        let t = one(r#"{"image":"i","resources":[
+              {"content_type":"application/octet-stream","data":"AAEC\n/w==","dest":"/bin.dat"},
+              {"content_type":"application/x-tar","data":"","dest":"/srv"},
+              {"data":"plain","dest":"/etc/x.conf"},
+              {"content_type":"application/json","data":"{}","dest":"/x.json"}]}"#)
+        .unwrap();
+        match &t.resources[0].content {
+            Content::File { data, .. } => assert_eq!(data, &[0, 1, 2, 255]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&t.resources[1].content, Content::Archive(b) if b.is_empty()));
+        assert!(matches!(&t.resources[2].content, Content::File { data, .. } if data == b"plain"));
+        assert!(matches!(&t.resources[3].content, Content::File { data, .. } if data == b"{}"));
+        assert_eq!(t.resources[3].field, "resources[3]");
+    }
+
+    /// Each bad input names the field at fault, by path.
+    #[test]
+    fn bad_inputs_name_their_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"image":"i","imgae":"x"}"#, "imgae"),
+            (
+                r#"{"image":"i","resources":[{"dest":"/a","data":"x","dst":"/b"}]}"#,
+                "resources[0].dst",
+            ),
+            (r#"{"image":"i","ttl":0}"#, "ttl"),
+            (r#"{"image":"i","ttl":-5}"#, "ttl"),
+            (r#"{"image":"i","ttl":3601}"#, "ttl"),
+            (r#"{"image":"i","ttl":"10"}"#, "ttl"),
+            (r#"{"image":"i","ttl":1.5}"#, "ttl"),
+            (r#"{"image":"i","daemon":"yes"}"#, "daemon"),
+            (r#"{"image":""}"#, "image"),
+            (r#"{"image":"a b"}"#, "image"),
+            (r#"{"image":"i","task_name":"-x"}"#, "task_name"),
+            (r#"{"image":"i","task_name":"a/b"}"#, "task_name"),
+            (r#"{"image":"i","pwd":"rel"}"#, "pwd"),
+            (r#"{"image":"i","pwd":"/a/../b"}"#, "pwd"),
+            (r#"{"image":"i","pwd":"/proc/self"}"#, "pwd"),
+            (r#"{"image":"i","env":{"A=B":"x"}}"#, "env.A=B"),
+            (r#"{"image":"i","env":{"A":1}}"#, "env.A"),
+            (r#"{"image":"i","cmd":[""]}"#, "cmd[0]"),
+            (r#"{"image":"i","cmd":["ok", []]}"#, "cmd[1]"),
+            (r#"{"image":"i","cmd":["ok", ["a", 1]]}"#, "cmd[1][1]"),
+            (r#"{"image":"i","cmd":["a\u0000b"]}"#, "cmd[0]"),
+            (r#"{"image":"i","cmd":["1","2","3","4","5"]}"#, "cmd"),
+            (
+                r#"{"image":"i","resources":[{"data":"x","dest":"rel"}]}"#,
+                "resources[0].dest",
+            ),
+            (
+                r#"{"image":"i","resources":[{"data":"x","dest":"/a/../etc"}]}"#,
+                "resources[0].dest",
+            ),
+            (
+                r#"{"image":"i","resources":[{"data":"x","dest":"/a\u0000"}]}"#,
+                "resources[0].dest",
+            ),
+            (
+                r#"{"image":"i","resources":[{"data":"x"}]}"#,
+                "resources[0].dest",
+            ),
+            (
+                r#"{"image":"i","resources":[{"dest":"/x"}]}"#,
+                "resources[0].data",
+            ),
+            (
+                r#"{"image":"i","resources":[{"dest":"/x","data":"x","content_type":"image/png"}]}"#,
+                "resources[0].data",
+            ),
+            (
+                r#"{"image":"i","resources":[{"dest":"/x","data":"x","src":"http://h/"}]}"#,
+                "resources[0].src",
+            ),
+            (
+                r#"{"image":"i","resources":[{"dest":"/x","mnt":"v:/x"}]}"#,
+                "resources[0].mnt",
+            ),
+            (
+                r#"{"image":"i","limits":{"memory_mb":0}}"#,
+                "limits.memory_mb",
+            ),
+            (r#"{"image":"i","limits":{"cpus":3}}"#, "limits.cpus"),
+            (r#"{"image":"i","limits":{"pids":-1}}"#, "limits.pids"),
+            (r#"{"image":"i","limits":{"swap":1}}"#, "limits.swap"),
+            (r#"[{"image":"i"},{"image":"i","ttl":0}]"#, "[1].ttl"),
+            (r#"[{"image":"i"},{"image":"i","bogus":1}]"#, "[1].bogus"),
+            (
+                r#"[{"image":"i","task_name":"a"},{"image":"i","task_name":"a"}]"#,
+                "[1].task_name",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = err(body);
+            assert_eq!(e.field(), *field, "body {body} gave {e:?}");
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn whole_body_errors_have_no_field() {
+        for body in ["", "nope", "[]", "42", r#""x""#, "{"] {
+            assert_eq!(err(body).field(), "", "{body}");
+        }
+    }
+
+    #[test]
+    fn oversized_resource_is_too_large() {
+        let big = "x".repeat(1025);
+        let e = err(&format!(
+            r#"{{"image":"i","resources":[{{"data":"{big}","dest":"/f"}}]}}"#
+        ));
+        assert!(
+            matches!(e, SpecError::TooLarge { ref field, .. } if field == "resources[0].data"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let body = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(err(&body).field(), "");
+    }
+
+    #[test]
+    fn url_file_names() {
+        assert_eq!(
+            url_file_name("http://h/a/b.py?x=1").as_deref(),
+            Some("b.py")
+        );
+        assert_eq!(url_file_name("https://h:8/x#f").as_deref(), Some("x"));
+        assert_eq!(url_file_name("http://h/dir/"), None);
+        assert_eq!(url_file_name("http://h"), None);
+        assert_eq!(url_file_name("http://h/.."), None);
+    }
+}

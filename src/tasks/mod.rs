@@ -1,0 +1,914 @@
+//! Task lifecycle: create a container for a spec, place its files, run its commands, keep
+//! what a GET shows, and remove the container at the end of its run (non-daemon) or its TTL.
+//! Docker is the store: everything needed to clean up after a crash is in container labels;
+//! the in-memory records only hold results, which a restart may lose but which never keep a
+//! container alive. This module never speaks HTTP to clients.
+
+pub mod expiry;
+pub mod files;
+pub mod run;
+pub mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
+use crate::docker::{Docker, DockerError, Removed};
+use crate::log;
+use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
+use expiry::Expiry;
+use run::{CmdResult, RunError, AGENT_PATH};
+use view::{rfc3339, RunFailure, TaskView};
+
+/// Present on every container Lessl creates.
+pub const LABEL_MANAGED: &str = "lessl.managed";
+/// Which Lessl instance owns the container.
+pub const LABEL_INSTANCE: &str = "lessl.instance";
+const LABEL_NAME: &str = "lessl.name";
+const LABEL_DAEMON: &str = "lessl.daemon";
+/// Unix seconds.
+const LABEL_CREATED: &str = "lessl.created";
+/// Unix seconds; the TTL deadline, re-armed from here after a restart.
+const LABEL_EXPIRES: &str = "lessl.expires";
+
+/// How long expiry waits before retrying a removal Docker refused (Docker down, say).
+const EXPIRY_RETRY: Duration = Duration::from_secs(5);
+/// How long reconciliation waits before retrying while Docker is unreachable.
+const RECONCILE_RETRY: Duration = Duration::from_secs(2);
+
+/// What the task layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Separates this Lessl's containers from other instances' on the same engine.
+    pub instance: String,
+    /// Host path of the static binary mounted into containers.
+    pub agent: PathBuf,
+    /// Spec defaults and maxima.
+    pub bounds: Bounds,
+}
+
+/// Why a task operation failed. The API chooses the status from this.
+#[derive(Debug)]
+pub enum TaskError {
+    /// No live task of this instance has that id or name.
+    NotFound(String),
+    /// Another live task has that name.
+    NameClash(String),
+    /// The task's container is not running, so nothing can be executed in it.
+    NotRunning(String),
+    /// Docker does not have the image.
+    ImageUnknown { image: String, message: String },
+    /// The request is well-formed but does not fit this operation.
+    Request { field: String, message: String },
+    /// A resource could not be packed into the archive.
+    Pack { field: String, message: String },
+    /// Docker created the container but warned that a limit was dropped: not run, removed.
+    LimitDiscarded { warnings: Vec<String> },
+    /// A Docker call failed; the error names the step.
+    Docker(DockerError),
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::NotFound(r) => write!(f, "no task `{r}`"),
+            TaskError::NameClash(n) => write!(f, "a live task is already named `{n}`"),
+            TaskError::NotRunning(r) => write!(f, "task `{r}` is not running"),
+            TaskError::ImageUnknown { image, message } => {
+                write!(f, "image `{image}` is not known to Docker: {message}")
+            }
+            TaskError::Request { message, .. } | TaskError::Pack { message, .. } => {
+                f.write_str(message)
+            }
+            TaskError::LimitDiscarded { warnings } => write!(
+                f,
+                "Docker could not apply the task's limits, so it was not run: {}",
+                warnings.join("; ")
+            ),
+            TaskError::Docker(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+impl From<DockerError> for TaskError {
+    fn from(e: DockerError) -> Self {
+        TaskError::Docker(e)
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Idle,
+    Finished,
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Idle => "idle",
+            Phase::Finished => "finished",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What this process knows of a task beyond its labels: the latest run's results.
+#[derive(Debug)]
+struct Record {
+    id: String,
+    name: Option<String>,
+    image: String,
+    daemon: bool,
+    created: u64,
+    expires: u64,
+    phase: Phase,
+    results: Vec<CmdResult>,
+    failed_command: Option<usize>,
+    error: Option<RunFailure>,
+    /// Set when the container was removed under a run (TTL or DELETE), to say why.
+    ended: Option<&'static str>,
+}
+
+impl Record {
+    fn view(&self) -> TaskView {
+        TaskView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            state: self.phase.as_str().to_string(),
+            daemon: self.daemon,
+            created_at: rfc3339(self.created),
+            expires_at: rfc3339(self.expires),
+            results: self.results.clone(),
+            failed_command: self.failed_command,
+            error: self.error.clone(),
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Record>>;
+
+/// A container of this instance, as Docker describes it.
+struct Found {
+    id: String,
+    image: String,
+    running: bool,
+    status: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Counts background work (removals, async runs) so shutdown can wait for it.
+#[derive(Default)]
+struct Inflight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Inflight {
+    fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+struct InflightGuard(Arc<Inflight>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The task service. Cheap to clone.
+#[derive(Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    settings: Settings,
+    /// Unix seconds at start: containers created before it belong to a previous process.
+    boot: u64,
+    /// By container id. std Mutex, never held across an `.await`: every critical section is
+    /// a lookup or an insert.
+    records: Mutex<HashMap<String, Shared>>,
+    expiry: Expiry,
+    background: Arc<Inflight>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The tokio instant corresponding to unix second `at` (now, if it has passed).
+fn instant_of(at: u64) -> tokio::time::Instant {
+    let now = now_unix();
+    tokio::time::Instant::now() + Duration::from_secs(at.saturating_sub(now))
+}
+
+impl Tasks {
+    pub fn new(docker: Docker, settings: Settings) -> Self {
+        Tasks {
+            inner: Arc::new(Inner {
+                docker,
+                settings,
+                boot: now_unix(),
+                records: Mutex::default(),
+                expiry: Expiry::default(),
+                background: Arc::default(),
+            }),
+        }
+    }
+
+    pub fn bounds(&self) -> &Bounds {
+        &self.inner.settings.bounds
+    }
+
+    /// Starts the TTL loop and the reconciliation of containers left by earlier runs.
+    pub fn spawn_background(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                for id in this.inner.expiry.next_due().await {
+                    let this = this.clone();
+                    tokio::spawn(async move { this.expire(&id).await });
+                }
+            }
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Err(e) = this.reconcile().await {
+                log!("reconcile: {e}; retrying in {RECONCILE_RETRY:?}");
+                tokio::time::sleep(RECONCILE_RETRY).await;
+            }
+        });
+    }
+
+    /// Docker's API version, proving it answers.
+    pub async fn health(&self) -> Result<String, TaskError> {
+        self.inner.docker.ping().await?;
+        Ok(self.inner.docker.api_version().await?)
+    }
+
+    /// Adopts what an earlier Lessl left: re-arms the TTL of live daemon tasks and removes
+    /// what expired, what never started and non-daemon tasks whose run died with that Lessl.
+    pub async fn reconcile(&self) -> Result<(), TaskError> {
+        let now = now_unix();
+        let mut adopted = 0;
+        let mut removed = 0;
+        for c in self.list_own().await? {
+            if self.record(&c.id).is_some() {
+                continue;
+            }
+            let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
+            let created = label_u64(&c.labels, LABEL_CREATED).unwrap_or(0);
+            let daemon = c.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true");
+            let orphan = created < self.inner.boot && (!daemon || !c.running);
+            if expires <= now || orphan {
+                match self.inner.docker.remove_container(&c.id).await {
+                    Ok(_) => removed += 1,
+                    Err(e) => log!("task {}: removing at start failed: {e}", short(&c.id)),
+                }
+            } else {
+                self.inner.expiry.arm(&c.id, instant_of(expires));
+                adopted += 1;
+            }
+        }
+        log!("reconciled: {adopted} task(s) adopted, {removed} removed");
+        Ok(())
+    }
+
+    async fn expire(&self, id: &str) {
+        let record = self.forget(id, "expired");
+        match self.inner.docker.remove_container(id).await {
+            Ok(_) => log!("task {}: TTL reached, removed", short(id)),
+            Err(e) => {
+                log!("task {}: TTL removal failed ({e}); retrying", short(id));
+                if let Some(r) = record {
+                    self.inner.records.lock().unwrap().insert(id.to_string(), r);
+                }
+                self.inner
+                    .expiry
+                    .arm(id, tokio::time::Instant::now() + EXPIRY_RETRY);
+            }
+        }
+    }
+
+    /// Drops the record of `id`, marking why for a run still using it.
+    fn forget(&self, id: &str, why: &'static str) -> Option<Shared> {
+        self.inner.expiry.disarm(id);
+        let record = self.inner.records.lock().unwrap().remove(id);
+        if let Some(r) = &record {
+            r.lock().unwrap().ended = Some(why);
+        }
+        record
+    }
+
+    fn record(&self, id: &str) -> Option<Shared> {
+        self.inner.records.lock().unwrap().get(id).cloned()
+    }
+
+    fn instance_label(&self) -> String {
+        format!("{LABEL_INSTANCE}={}", self.inner.settings.instance)
+    }
+
+    fn container_name(&self, task_name: &str) -> String {
+        format!("{}.{task_name}", self.inner.settings.instance)
+    }
+
+    async fn list_own(&self) -> Result<Vec<Found>, TaskError> {
+        let labels = [LABEL_MANAGED.to_string(), self.instance_label()];
+        let list = self.inner.docker.list_containers(&labels).await?;
+        Ok(list
+            .into_iter()
+            .map(|c| Found {
+                running: c.state == "running",
+                status: c.state,
+                id: c.id,
+                image: c.image,
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.contains_key(LABEL_MANAGED)
+            && labels.get(LABEL_INSTANCE) == Some(&self.inner.settings.instance)
+    }
+
+    async fn inspect_own(&self, docker_ref: &str) -> Result<Option<Found>, TaskError> {
+        match self.inner.docker.inspect_container(docker_ref).await {
+            Ok(c) => {
+                let labels = c.config.labels.unwrap_or_default();
+                if !self.owns(&labels) {
+                    return Ok(None);
+                }
+                Ok(Some(Found {
+                    id: c.id,
+                    image: c.config.image,
+                    running: c.state.running,
+                    status: c.state.status,
+                    labels,
+                }))
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A live container of this instance by task name, full id or 12-character short id.
+    async fn resolve(&self, reference: &str) -> Result<Option<Found>, TaskError> {
+        if spec::check_name(reference).is_ok() {
+            if let Some(found) = self.inspect_own(&self.container_name(reference)).await? {
+                return Ok(Some(found));
+            }
+        }
+        let is_id = (reference.len() == 12 || reference.len() == 64)
+            && reference
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if is_id {
+            if let Some(found) = self.inspect_own(reference).await? {
+                // Docker also resolves names and other prefix lengths; only ids count here.
+                if found.id.starts_with(reference) {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A finished task this process still remembers, by id, short id or name.
+    fn remembered(&self, reference: &str) -> Option<Shared> {
+        let records = self.inner.records.lock().unwrap();
+        records
+            .values()
+            .find(|r| {
+                let r = r.lock().unwrap();
+                r.id == reference
+                    || (reference.len() == 12 && r.id.starts_with(reference))
+                    || r.name.as_deref() == Some(reference)
+            })
+            .cloned()
+    }
+
+    fn view_of(&self, found: &Found) -> TaskView {
+        if let Some(record) = self.record(&found.id) {
+            let mut view = record.lock().unwrap().view();
+            if !found.running && matches!(view.state.as_str(), "idle" | "running") {
+                view.state = found.status.clone();
+            }
+            return view;
+        }
+        let label = |k| found.labels.get(k).cloned();
+        TaskView {
+            id: found.id.clone(),
+            name: label(LABEL_NAME),
+            image: found.image.clone(),
+            state: if found.running {
+                Phase::Idle.as_str().to_string()
+            } else {
+                found.status.clone()
+            },
+            daemon: label(LABEL_DAEMON).as_deref() == Some("true"),
+            created_at: rfc3339(label_u64(&found.labels, LABEL_CREATED).unwrap_or(0)),
+            expires_at: rfc3339(label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0)),
+            results: Vec::new(),
+            failed_command: None,
+            error: None,
+        }
+    }
+
+    pub async fn get(&self, reference: &str) -> Result<TaskView, TaskError> {
+        if let Some(found) = self.resolve(reference).await? {
+            return Ok(self.view_of(&found));
+        }
+        match self.remembered(reference) {
+            Some(r) => Ok(r.lock().unwrap().view()),
+            None => Err(TaskError::NotFound(reference.to_string())),
+        }
+    }
+
+    /// Every live task of this instance, oldest first.
+    pub async fn list(&self) -> Result<Vec<TaskView>, TaskError> {
+        let mut views: Vec<TaskView> = self
+            .list_own()
+            .await?
+            .iter()
+            .map(|c| self.view_of(c))
+            .collect();
+        views.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(views)
+    }
+
+    pub async fn delete(&self, reference: &str) -> Result<(), TaskError> {
+        let id = match self.resolve(reference).await? {
+            Some(found) => found.id,
+            None => match self.remembered(reference) {
+                Some(r) => r.lock().unwrap().id.clone(),
+                None => return Err(TaskError::NotFound(reference.to_string())),
+            },
+        };
+        let had_record = self.forget(&id, "deleted").is_some();
+        match self.inner.docker.remove_container(&id).await? {
+            Removed::Yes => log!("task {}: deleted", short(&id)),
+            Removed::Gone if had_record => {}
+            Removed::Gone => return Err(TaskError::NotFound(reference.to_string())),
+        }
+        Ok(())
+    }
+
+    /// POST: creates every task of the batch (all or none), then runs them concurrently.
+    /// With `wait`, answers when every run has finished; otherwise as soon as all started.
+    pub async fn create(
+        &self,
+        request: spec::Request,
+        wait: bool,
+    ) -> Result<Vec<TaskView>, TaskError> {
+        let spec::Request {
+            tasks: specs,
+            is_array,
+        } = request;
+        let field = |i: usize, f: &str| {
+            if is_array {
+                format!("[{i}].{f}")
+            } else {
+                f.to_string()
+            }
+        };
+        let now = now_unix();
+        // Everything that can fail without Docker fails before Docker is touched.
+        let mut archives = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter().enumerate() {
+            if s.image.is_none() {
+                return Err(TaskError::Request {
+                    field: field(i, "image"),
+                    message: "`image` is required to create a task".into(),
+                });
+            }
+            let archive = files::pack(&s.resources, now).map_err(|e| TaskError::Pack {
+                field: field(i, &e.field),
+                message: e.message,
+            })?;
+            archives.push(archive);
+        }
+        let mut started = Vec::with_capacity(specs.len());
+        for (spec, archive) in specs.into_iter().zip(archives) {
+            match self.start_task(&spec, archive, now).await {
+                Ok(record) => started.push((record, spec)),
+                Err(e) => {
+                    for (record, _) in started {
+                        let id = record.lock().unwrap().id.clone();
+                        self.forget(&id, "deleted");
+                        self.remove_in_background(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let records: Vec<Shared> = started.iter().map(|(r, _)| r.clone()).collect();
+        let mut handles = Vec::with_capacity(started.len());
+        for (record, spec) in started {
+            let this = self.clone();
+            let guard = self.inner.background.enter();
+            handles.push(tokio::spawn(async move {
+                let _guard = guard;
+                this.run(&record, &spec.cmds, &[], None, &spec.limits).await;
+                this.finish(&record);
+            }));
+        }
+        if wait {
+            for h in handles {
+                h.await.expect("task runner panicked");
+            }
+        }
+        Ok(records.iter().map(|r| r.lock().unwrap().view()).collect())
+    }
+
+    /// PUT: runs the spec's commands in the live task `reference`, or creates it (named
+    /// `reference`) when there is none and the spec names an image. Returns whether it created.
+    pub async fn put(
+        &self,
+        reference: &str,
+        mut spec: TaskSpec,
+        wait: bool,
+    ) -> Result<(bool, TaskView), TaskError> {
+        let Some(found) = self.resolve(reference).await? else {
+            if spec.image.is_none() {
+                return Err(TaskError::NotFound(reference.to_string()));
+            }
+            if spec::check_name(reference).is_err() {
+                return Err(TaskError::Request {
+                    field: "task_name".into(),
+                    message: format!("`{reference}` cannot name a new task: use [A-Za-z0-9_.-], 1 to 64 characters"),
+                });
+            }
+            if spec.name.as_deref().is_some_and(|n| n != reference) {
+                return Err(TaskError::Request {
+                    field: "task_name".into(),
+                    message: "task_name differs from the task named in the path".into(),
+                });
+            }
+            spec.name = Some(reference.to_string());
+            let request = spec::Request {
+                tasks: vec![spec],
+                is_array: false,
+            };
+            let mut views = self.create(request, wait).await?;
+            return Ok((true, views.remove(0)));
+        };
+        if spec
+            .name
+            .as_deref()
+            .is_some_and(|n| Some(n) != found.labels.get(LABEL_NAME).map(String::as_str))
+        {
+            return Err(TaskError::Request {
+                field: "task_name".into(),
+                message: "task_name differs from the task's name; a task cannot be renamed".into(),
+            });
+        }
+        if !found.running {
+            return Err(TaskError::NotRunning(reference.to_string()));
+        }
+        let archive = files::pack(&spec.resources, now_unix()).map_err(|e| TaskError::Pack {
+            field: e.field,
+            message: e.message,
+        })?;
+        if let Some(tar) = archive {
+            self.inner.docker.put_archive(&found.id, "/", tar).await?;
+        }
+        let record = self.adopt(&found);
+        let this = self.clone();
+        let guard = self.inner.background.enter();
+        let rec = record.clone();
+        record.lock().unwrap().phase = Phase::Running;
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            this.run(
+                &rec,
+                &spec.cmds,
+                &spec.env,
+                spec.pwd.as_deref(),
+                &spec.limits,
+            )
+            .await;
+            this.finish(&rec);
+        });
+        if wait {
+            handle.await.expect("task runner panicked");
+        }
+        let view = record.lock().unwrap().view();
+        Ok((false, view))
+    }
+
+    /// The record of a live container, made from its labels if this process has none.
+    fn adopt(&self, found: &Found) -> Shared {
+        let mut records = self.inner.records.lock().unwrap();
+        records
+            .entry(found.id.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Record {
+                    id: found.id.clone(),
+                    name: found.labels.get(LABEL_NAME).cloned(),
+                    image: found.image.clone(),
+                    daemon: found.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true"),
+                    created: label_u64(&found.labels, LABEL_CREATED).unwrap_or(0),
+                    expires: label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0),
+                    phase: Phase::Idle,
+                    results: Vec::new(),
+                    failed_command: None,
+                    error: None,
+                    ended: None,
+                }))
+            })
+            .clone()
+    }
+
+    /// Creates, fills and starts the container of one task, and registers its record. On
+    /// failure nothing is left behind.
+    async fn start_task(
+        &self,
+        spec: &TaskSpec,
+        archive: Option<Vec<u8>>,
+        now: u64,
+    ) -> Result<Shared, TaskError> {
+        let image = spec.image.clone().unwrap_or_default();
+        let expires = now + spec.ttl;
+        let config = self.container_config(spec, &image, now, expires);
+        let name = spec.name.as_deref().map(|n| self.container_name(n));
+        let created = match self
+            .inner
+            .docker
+            .create_container(name.as_deref(), &config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if e.status() == Some(404) => {
+                return Err(TaskError::ImageUnknown {
+                    image,
+                    message: e.to_string(),
+                })
+            }
+            Err(e) if e.status() == Some(409) && spec.name.is_some() => {
+                return Err(TaskError::NameClash(spec.name.clone().unwrap_or_default()))
+            }
+            Err(e) if e.status() == Some(400) => {
+                return Err(TaskError::Request {
+                    field: String::new(),
+                    message: format!("Docker refused the container: {e}"),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let id = created.id;
+        let record = Arc::new(Mutex::new(Record {
+            id: id.clone(),
+            name: spec.name.clone(),
+            image,
+            daemon: spec.daemon,
+            created: now,
+            expires,
+            phase: Phase::Starting,
+            results: Vec::new(),
+            failed_command: None,
+            error: None,
+            ended: None,
+        }));
+        // Registered at once, so reconciliation never mistakes it for an orphan.
+        self.inner
+            .records
+            .lock()
+            .unwrap()
+            .insert(id.clone(), record.clone());
+        self.inner.expiry.arm(&id, instant_of(expires));
+        let warnings = created.warnings.unwrap_or_default();
+        let result = async {
+            if !warnings.is_empty() {
+                return Err(TaskError::LimitDiscarded { warnings });
+            }
+            if let Some(tar) = archive {
+                self.inner.docker.put_archive(&id, "/", tar).await?;
+            }
+            self.inner.docker.start_container(&id).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.forget(&id, "failed");
+            self.remove_in_background(id);
+            return Err(e);
+        }
+        record.lock().unwrap().phase = Phase::Running;
+        log!(
+            "task {} ({}): started from {}",
+            short(&id),
+            spec.name.as_deref().unwrap_or("-"),
+            record.lock().unwrap().image
+        );
+        Ok(record)
+    }
+
+    fn container_config(
+        &self,
+        spec: &TaskSpec,
+        image: &str,
+        now: u64,
+        expires: u64,
+    ) -> ContainerConfig {
+        let s = &self.inner.settings;
+        let mut labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_INSTANCE.to_string(), s.instance.clone()),
+            (LABEL_DAEMON.to_string(), spec.daemon.to_string()),
+            (LABEL_CREATED.to_string(), now.to_string()),
+            (LABEL_EXPIRES.to_string(), expires.to_string()),
+        ]);
+        if let Some(n) = &spec.name {
+            labels.insert(LABEL_NAME.to_string(), n.clone());
+        }
+        let memory = (spec.limits.memory_mb as i64).saturating_mul(1 << 20);
+        ContainerConfig {
+            image: image.to_string(),
+            entrypoint: vec![AGENT_PATH.to_string(), "agent".to_string()],
+            cmd: Vec::new(),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir: spec.pwd.clone(),
+            user: None,
+            labels,
+            network_disabled: true,
+            host_config: HostConfig {
+                network_mode: "none".into(),
+                cap_drop: vec!["ALL".into()],
+                security_opt: vec!["no-new-privileges".into()],
+                memory,
+                memory_swap: memory,
+                nano_cpus: (spec.limits.cpus * 1e9) as i64,
+                pids_limit: spec.limits.pids as i64,
+                binds: vec![format!("{}:{AGENT_PATH}:ro", s.agent.display())],
+                log_config: LogConfig {
+                    kind: "none".into(),
+                },
+                readonly_rootfs: false,
+            },
+        }
+    }
+
+    /// Runs `cmds` in order until one fails, recording each result as it finishes.
+    async fn run(
+        &self,
+        record: &Shared,
+        cmds: &[Command],
+        env: &[(String, String)],
+        pwd: Option<&str>,
+        limits: &Limits,
+    ) {
+        let id = {
+            let mut r = record.lock().unwrap();
+            r.phase = Phase::Running;
+            r.results.clear();
+            r.failed_command = None;
+            r.error = None;
+            r.id.clone()
+        };
+        for (i, cmd) in cmds.iter().enumerate() {
+            let outcome = run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await;
+            let mut r = record.lock().unwrap();
+            match outcome {
+                Ok(result) => {
+                    let ok = result.succeeded();
+                    r.results.push(result);
+                    if !ok {
+                        r.failed_command = Some(i);
+                        if let Some(why) = r.ended {
+                            r.error = Some(ended_failure(why));
+                        }
+                        break;
+                    }
+                }
+                Err(RunError::Docker { partial, error }) => {
+                    r.results.push(partial);
+                    r.failed_command = Some(i);
+                    r.error = Some(match r.ended {
+                        Some(why) => ended_failure(why),
+                        None => RunFailure {
+                            code: error.step.code().to_string(),
+                            message: error.to_string(),
+                        },
+                    });
+                    r.phase = Phase::Failed;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// After a run: a daemon waits for more; anything else is removed, off the answer's path.
+    fn finish(&self, record: &Shared) {
+        let (id, daemon) = {
+            let mut r = record.lock().unwrap();
+            if r.phase == Phase::Running {
+                r.phase = if r.daemon {
+                    Phase::Idle
+                } else {
+                    Phase::Finished
+                };
+            }
+            if r.error.is_some() {
+                r.phase = Phase::Failed;
+            }
+            (r.id.clone(), r.daemon)
+        };
+        if !daemon {
+            self.remove_in_background(id);
+        }
+    }
+
+    fn remove_in_background(&self, id: String) {
+        let docker = self.inner.docker.clone();
+        let guard = self.inner.background.enter();
+        tokio::spawn(async move {
+            let _guard = guard;
+            // The TTL timer stays armed: if this fails, expiry tries again.
+            if let Err(e) = docker.remove_container(&id).await {
+                log!("task {}: removal failed: {e}", short(&id));
+            }
+        });
+    }
+
+    /// On SIGTERM: removes the containers of non-daemon tasks this process runs, waits for
+    /// background removals, and leaves daemon tasks to their TTL (kept in their labels).
+    pub async fn shutdown(&self, grace: Duration) {
+        let doomed: Vec<String> = {
+            let records = self.inner.records.lock().unwrap();
+            records
+                .values()
+                .filter_map(|r| {
+                    let r = r.lock().unwrap();
+                    (!r.daemon).then(|| r.id.clone())
+                })
+                .collect()
+        };
+        for id in doomed {
+            self.forget(&id, "shutdown");
+            self.remove_in_background(id);
+        }
+        if tokio::time::timeout(grace, self.inner.background.wait_idle())
+            .await
+            .is_err()
+        {
+            log!("shutdown: background work still running after {grace:?}");
+        }
+    }
+}
+
+fn ended_failure(why: &str) -> RunFailure {
+    let message = match why {
+        "expired" => "the task reached its TTL and its container was removed",
+        "deleted" => "the task was deleted while it ran",
+        "shutdown" => "Lessl shut down while the task ran",
+        _ => "the task's container was removed while it ran",
+    };
+    RunFailure {
+        code: format!("task.{why}"),
+        message: message.to_string(),
+    }
+}
+
+fn label_u64(labels: &BTreeMap<String, String>, key: &str) -> Option<u64> {
+    labels.get(key)?.parse().ok()
+}
+
+/// Docker's 12-character short id, for log lines.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}

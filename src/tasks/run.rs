@@ -1,0 +1,256 @@
+//! Runs one command in a running task container: a Docker exec of the in-container agent,
+//! which enforces the wall-clock limit and the output cap; output is demultiplexed and kept
+//! up to the cap here too, so a misbehaving agent still cannot flood Lessl.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::docker::models::ExecConfig;
+use crate::docker::stream::{Demuxer, StreamKind};
+use crate::docker::{Docker, DockerError};
+use crate::spec::{Command, Limits};
+
+/// Where the agent binary is mounted in every task container.
+pub const AGENT_PATH: &str = "/.lessl/lessl";
+/// Exit code of the agent when it killed a command at its wall-clock limit (as timeout(1)).
+pub const TIMEOUT_EXIT: i64 = 124;
+/// How long past a command's limit Lessl waits for the agent before giving up on the exec.
+const AGENT_GRACE: Duration = Duration::from_secs(5);
+
+/// The outcome of one command, as the API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CmdResult {
+    /// The command as given: a string, or an array for exec form.
+    pub cmd: serde_json::Value,
+    /// None when the command never finished (its container was removed, or Docker failed).
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration_ms: u64,
+    /// Killed at its wall-clock limit.
+    pub timed_out: bool,
+    /// stdout or stderr went over the output cap and was cut.
+    pub truncated: bool,
+}
+
+impl CmdResult {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// Why a command has no exit code.
+#[derive(Debug)]
+pub enum RunError {
+    /// Docker failed while setting up or running the exec; output so far is kept.
+    Docker {
+        partial: CmdResult,
+        error: DockerError,
+    },
+}
+
+/// Output of one stream, kept up to a cap.
+#[derive(Debug)]
+struct Capture {
+    buf: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capture {
+    fn new(cap: usize) -> Self {
+        Capture {
+            buf: Vec::new(),
+            cap,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.cap.saturating_sub(self.buf.len());
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+}
+
+/// The argv Docker execs: the agent, told the limits, then the command.
+pub fn agent_argv(cmd: &Command, limits: &Limits, pwd: Option<&str>) -> Vec<String> {
+    let mut argv = vec![
+        AGENT_PATH.to_string(),
+        "agent-run".to_string(),
+        "--timeout-ms".to_string(),
+        ((limits.timeout_s * 1000.0).ceil() as u64).to_string(),
+        // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
+        "--output-bytes".to_string(),
+        (limits.output_bytes + 1).to_string(),
+    ];
+    if let Some(p) = pwd {
+        argv.push("--cwd".to_string());
+        argv.push(p.to_string());
+    }
+    argv.push("--".to_string());
+    argv.extend(cmd.argv());
+    argv
+}
+
+fn display(cmd: &Command) -> serde_json::Value {
+    match cmd {
+        Command::Shell(s) => serde_json::Value::String(s.clone()),
+        Command::Exec(argv) => serde_json::json!(argv),
+    }
+}
+
+/// Runs `cmd` in container `id` and waits for it, at most its limit plus a grace period.
+pub async fn run_command(
+    docker: &Docker,
+    id: &str,
+    cmd: &Command,
+    env: &[(String, String)],
+    pwd: Option<&str>,
+    limits: &Limits,
+) -> Result<CmdResult, RunError> {
+    let started = Instant::now();
+    let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+    let mut out = Capture::new(cap);
+    let mut err = Capture::new(cap);
+    let result = |out: &Capture, err: &Capture, exit_code, timed_out| CmdResult {
+        cmd: display(cmd),
+        exit_code,
+        stdout: out.text(),
+        stderr: err.text(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        timed_out,
+        truncated: out.truncated || err.truncated,
+    };
+    let config = ExecConfig {
+        cmd: agent_argv(cmd, limits, pwd),
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        working_dir: None,
+        attach_stdin: false,
+        attach_stdout: true,
+        attach_stderr: true,
+        tty: false,
+    };
+    let fail = |out: &Capture, err: &Capture, error| RunError::Docker {
+        partial: result(out, err, None, false),
+        error,
+    };
+    let exec = docker
+        .create_exec(id, &config)
+        .await
+        .map_err(|e| fail(&out, &err, e))?;
+    let mut body = docker
+        .start_exec(&exec.id)
+        .await
+        .map_err(|e| fail(&out, &err, e))?;
+
+    let limit = Duration::from_secs_f64(limits.timeout_s);
+    let deadline = started + limit + AGENT_GRACE;
+    let mut demux = Demuxer::new();
+    let mut gave_up = false;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                gave_up = true;
+                break;
+            }
+            // The stream ends when the command exits, or breaks when its container goes away.
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let fed = demux.feed(data, |kind, bytes| match kind {
+                        StreamKind::Stdout => out.push(bytes),
+                        StreamKind::Stderr => err.push(bytes),
+                        StreamKind::Stdin => {}
+                    });
+                    if fed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if gave_up {
+        // The agent did not kill the command in time; report what it printed.
+        return Ok(result(&out, &err, None, true));
+    }
+    let exit_code = exit_code_of(docker, &exec.id)
+        .await
+        .map_err(|e| fail(&out, &err, e))?;
+    let timed_out = exit_code == Some(TIMEOUT_EXIT) && started.elapsed() >= limit;
+    Ok(result(&out, &err, exit_code, timed_out))
+}
+
+/// Docker can close the stream a moment before it records the exit code.
+async fn exit_code_of(docker: &Docker, exec_id: &str) -> Result<Option<i64>, DockerError> {
+    for _ in 0..50 {
+        let inspect = docker.inspect_exec(exec_id).await?;
+        if !inspect.running {
+            return Ok(inspect.exit_code);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_cuts_at_the_cap() {
+        let mut c = Capture::new(5);
+        c.push(b"abc");
+        assert!(!c.truncated);
+        c.push(b"de");
+        assert!(!c.truncated);
+        assert_eq!(c.text(), "abcde");
+        c.push(b"f");
+        assert!(c.truncated);
+        assert_eq!(c.text(), "abcde");
+    }
+
+    #[test]
+    fn agent_argv_wraps_both_forms() {
+        let limits = Limits {
+            memory_mb: 1,
+            cpus: 1.0,
+            pids: 1,
+            timeout_s: 1.5,
+            output_bytes: 10,
+        };
+        let argv = agent_argv(&Command::Shell("echo hi".into()), &limits, Some("/w"));
+        assert_eq!(
+            argv,
+            [
+                AGENT_PATH,
+                "agent-run",
+                "--timeout-ms",
+                "1500",
+                "--output-bytes",
+                "11",
+                "--cwd",
+                "/w",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo hi"
+            ]
+        );
+        let argv = agent_argv(
+            &Command::Exec(vec!["echo".into(), "a".into()]),
+            &limits,
+            None,
+        );
+        assert_eq!(argv[argv.len() - 3..], ["--", "echo", "a"]);
+    }
+}

@@ -1,0 +1,362 @@
+//! Test harness: starts real `lessl serve` processes against the real Docker Engine, talks
+//! HTTP/1.1 to them with a tiny blocking client, and checks Docker with its own CLI as an
+//! independent witness. Each Lessl gets its own `--instance`, so tests running in parallel
+//! never see (or clean up) each other's containers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BUSYBOX: &str = "lessl-test/busybox";
+pub const NOSHELL: &str = "lessl-test/noshell";
+
+/// A unique instance name per test (and per process), valid as a Docker name part.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        nanos & 0xffff
+    )
+}
+
+pub struct Lessl {
+    child: Option<Child>,
+    /// host:port it listens on.
+    pub addr: String,
+    /// Its `--instance`, which labels all its containers.
+    pub instance: String,
+    /// Everything it printed on stderr so far.
+    pub log: Arc<Mutex<String>>,
+    args: Vec<String>,
+}
+
+impl Lessl {
+    /// A fresh Lessl with a new instance name and the given extra flags.
+    pub fn start(extra: &[&str]) -> Lessl {
+        Lessl::start_instance(&unique("t"), extra)
+    }
+
+    /// A Lessl for `instance`, e.g. to restart one that was killed.
+    pub fn start_instance(instance: &str, extra: &[&str]) -> Lessl {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--instance".into(),
+            instance.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lessl"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lessl");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addr) = line.split("listening on ").nth(1) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr.trim().to_string());
+                        }
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("lessl did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Lessl {
+            child: Some(child),
+            addr,
+            instance: instance.to_string(),
+            log,
+            args,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        self.request_with(method, path, body, &[("Content-Type", "application/json")])
+    }
+
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        http(&self.addr, method, path, body.map(str::as_bytes), headers)
+    }
+
+    pub fn post(&self, body: &str) -> Resp {
+        self.request("POST", "/tasks", Some(body))
+    }
+
+    pub fn put(&self, reference: &str, body: &str) -> Resp {
+        self.request("PUT", &format!("/tasks/{reference}"), Some(body))
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, None)
+    }
+
+    pub fn delete(&self, reference: &str) -> Resp {
+        self.request("DELETE", &format!("/tasks/{reference}"), None)
+    }
+
+    /// Containers Docker has for this instance, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        containers_with_label(&format!("lessl.instance={}", self.instance))
+    }
+
+    /// Sends `sig` (a `kill` signal name) to this Lessl, by its own pid.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("lessl did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ends the test: stops Lessl cleanly and asserts none of its containers is left.
+    pub fn finish(mut self) {
+        let code = self.terminate();
+        assert_eq!(code, Some(0), "lessl exit status; log:\n{}", self.log());
+        let left = self.containers();
+        assert!(
+            left.is_empty(),
+            "containers left behind: {left:?}\nlog:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Lessl {
+    fn drop(&mut self) {
+        // A failed test still stops its Lessl; SIGTERM lets it remove what it runs.
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        self
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect to lessl");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    if let Some(b) = body {
+        // The server may answer (413) and close before reading a large body.
+        let _ = s.write_all(b);
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// Runs the docker CLI and returns its stdout; panics on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn containers_with_label(label: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether a container with this id exists at all.
+pub fn container_exists(id: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", "--type", "container", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
