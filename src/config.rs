@@ -85,6 +85,36 @@ pub struct ServeArgs {
     /// Most commands in one request per task.
     #[arg(long, env = "LESSL_MAX_COMMANDS", default_value_t = 100)]
     pub max_commands: usize,
+    /// Images tasks may use: comma-separated patterns where `*` matches anything.
+    #[arg(
+        long,
+        env = "LESSL_ALLOW_IMAGE",
+        default_value = "*",
+        value_delimiter = ','
+    )]
+    pub allow_image: Vec<String>,
+    /// User tasks run as unless they name an allowed one (`name`, `uid` or `uid:gid`);
+    /// default: the image's user.
+    #[arg(long, env = "LESSL_USER")]
+    pub user: Option<String>,
+    /// Users a task may ask for in its `user` field, comma-separated; default: none.
+    #[arg(long, env = "LESSL_ALLOW_USERS", value_delimiter = ',')]
+    pub allow_users: Vec<String>,
+    /// Tasks running commands at once; more wait in a short queue, then get 429.
+    #[arg(long, env = "LESSL_MAX_RUNNING", default_value_t = 16)]
+    pub max_running: usize,
+    /// Requests that may wait for a run slot; past it, 429 at once.
+    #[arg(long, env = "LESSL_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+    /// Seconds a queued request waits for a run slot before its 429.
+    #[arg(long, env = "LESSL_QUEUE_TIMEOUT", default_value_t = 10.0)]
+    pub queue_timeout: f64,
+    /// Live daemon tasks at most; past it, creating one is a 429.
+    #[arg(long, env = "LESSL_MAX_DAEMONS", default_value_t = 256)]
+    pub max_daemons: usize,
+    /// Seconds a client has to send its request headers, and its body.
+    #[arg(long, env = "LESSL_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LESSL_SHUTDOWN_GRACE", default_value_t = 10.0)]
     pub shutdown_grace: f64,
@@ -111,6 +141,22 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time in-flight requests get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Image patterns tasks may use.
+    pub allow_images: Vec<String>,
+    /// Default user of tasks.
+    pub user: Option<String>,
+    /// Users a task may name.
+    pub allow_users: Vec<String>,
+    /// Runs at once.
+    pub max_running: usize,
+    /// Queue length for run slots.
+    pub max_queue: usize,
+    /// Queue wait before a 429.
+    pub queue_timeout: Duration,
+    /// Live daemon tasks at most.
+    pub max_daemons: usize,
+    /// Deadline for a client to send a request.
+    pub request_timeout: Duration,
 }
 
 /// A setting that cannot be used, naming the flag.
@@ -200,6 +246,8 @@ impl ServeArgs {
         };
         let docker_timeout = seconds("docker-timeout", self.docker_timeout)?;
         let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
+        let queue_timeout = seconds("queue-timeout", self.queue_timeout)?;
+        let request_timeout = seconds("request-timeout", self.request_timeout)?;
         let limits_default = Limits {
             memory_mb: self.default_memory_mb,
             cpus: self.default_cpus,
@@ -231,6 +279,8 @@ impl ServeArgs {
             ("max-body-bytes", self.max_body_bytes as f64),
             ("max-resource-bytes", self.max_resource_bytes as f64),
             ("max-commands", self.max_commands as f64),
+            ("max-running", self.max_running as f64),
+            ("max-daemons", self.max_daemons as f64),
         ];
         for (flag, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -257,6 +307,22 @@ impl ServeArgs {
             },
             max_body_bytes: self.max_body_bytes,
             shutdown_grace,
+            allow_images: self
+                .allow_image
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect(),
+            user: self.user.filter(|u| !u.is_empty()),
+            allow_users: self
+                .allow_users
+                .into_iter()
+                .filter(|u| !u.is_empty())
+                .collect(),
+            max_running: self.max_running,
+            max_queue: self.max_queue,
+            queue_timeout,
+            max_daemons: self.max_daemons,
+            request_timeout,
         })
     }
 }

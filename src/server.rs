@@ -16,6 +16,10 @@ use crate::docker::Docker;
 use crate::log;
 use crate::tasks::{Settings, Tasks};
 
+extern "C" {
+    fn umask(mask: u32) -> u32;
+}
+
 /// A bound listener, so callers (and tests) choose the address, port 0 included.
 pub enum Listener {
     Tcp(TcpListener),
@@ -37,7 +41,13 @@ impl Listener {
                 }) {
                     std::fs::remove_file(path)?;
                 }
-                Ok(Listener::Unix(UnixListener::bind(path)?))
+                // The socket is born 0660: set the umask around bind so there is no moment
+                // when it is wider, which a chmod after bind would leave.
+                // SAFETY: umask only swaps the process's file mode mask.
+                let old = unsafe { umask(0o117) };
+                let bound = UnixListener::bind(path);
+                unsafe { umask(old) };
+                Ok(Listener::Unix(bound?))
             }
         }
     }
@@ -67,6 +77,13 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
             instance: config.instance.clone(),
             agent: config.agent.clone(),
             bounds: config.bounds.clone(),
+            allow_images: config.allow_images.clone(),
+            default_user: config.user.clone(),
+            allow_users: config.allow_users.clone(),
+            max_running: config.max_running,
+            max_queue: config.max_queue,
+            queue_timeout: config.queue_timeout,
+            max_daemons: config.max_daemons,
         },
     );
     tasks.spawn_background();
@@ -74,11 +91,15 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
         tasks: tasks.clone(),
         token: config.token.clone(),
         max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
     });
     log!("listening on {}", listener.describe());
 
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Slow clients (slowloris) are cut off instead of holding a connection forever.
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.request_timeout);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {

@@ -64,6 +64,8 @@ pub struct TaskSpec {
     pub cmds: Vec<Command>,
     /// Limits after applying the server defaults.
     pub limits: Limits,
+    /// User to run as (`name`, `uid` or `uid:gid`); None is the server's choice.
+    pub user: Option<String>,
 }
 
 /// One command: a shell string or an exec-form argv.
@@ -193,6 +195,7 @@ struct RawTask {
     env: Option<BTreeMap<String, String>>,
     cmd: Option<RawCommands>,
     limits: Option<RawLimits>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -497,6 +500,25 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
 
     let limits = apply_limits(raw.limits, bounds).map_err(|e| e.prefixed("limits"))?;
 
+    let user = raw
+        .user
+        .map(|u| {
+            let ok = !u.is_empty()
+                && u.len() <= 64
+                && u.split(':').count() <= 2
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+            if ok {
+                Ok(u)
+            } else {
+                Err(SpecError::invalid(
+                    "user",
+                    "must be `name`, `uid` or `uid:gid`",
+                ))
+            }
+        })
+        .transpose()?;
+
     Ok(TaskSpec {
         daemon: raw.daemon.unwrap_or(false),
         image,
@@ -508,6 +530,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         env,
         cmds,
         limits,
+        user,
     })
 }
 

@@ -27,6 +27,8 @@ pub enum ApiError {
     BodyTooLarge(usize),
     /// The body could not be read from the connection.
     ReadBody(String),
+    /// The client did not send its body in time.
+    BodyTimeout(std::time::Duration),
     /// A query parameter is unknown or malformed.
     BadQuery { param: String, message: String },
     /// The request is well-formed JSON but not acceptable for this endpoint.
@@ -72,6 +74,7 @@ impl fmt::Display for ApiError {
                 write!(f, "body is larger than this server's limit of {n} bytes")
             }
             ApiError::ReadBody(e) => write!(f, "could not read the body: {e}"),
+            ApiError::BodyTimeout(d) => write!(f, "the body did not arrive within {d:?}"),
             ApiError::BadQuery { message, .. } | ApiError::BadRequest { message, .. } => {
                 f.write_str(message)
             }
@@ -122,6 +125,7 @@ impl ApiError {
             }
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "http.too_large", None),
             ApiError::ReadBody(_) => (StatusCode::BAD_REQUEST, "http.body", None),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "http.timeout", None),
             ApiError::BadQuery { param, .. } => {
                 (StatusCode::BAD_REQUEST, "http.query", Some(param.as_str()))
             }
@@ -164,6 +168,18 @@ impl ApiError {
                 "task.limit_discarded",
                 None,
             ),
+            ApiError::Task(TaskError::ImageNotAllowed(_)) => (
+                StatusCode::FORBIDDEN,
+                "task.image_not_allowed",
+                Some("image"),
+            ),
+            ApiError::Task(TaskError::UserNotAllowed(_)) => {
+                (StatusCode::FORBIDDEN, "task.user_not_allowed", Some("user"))
+            }
+            ApiError::Task(TaskError::Busy) => (StatusCode::TOO_MANY_REQUESTS, "task.busy", None),
+            ApiError::Task(TaskError::TooManyDaemons(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "task.too_many_daemons", None)
+            }
             ApiError::Task(TaskError::Docker(e)) | ApiError::DockerDown(TaskError::Docker(e)) => {
                 (docker_status(e), e.step.code(), None)
             }
@@ -174,7 +190,11 @@ impl ApiError {
                 | TaskError::ImageUnknown { .. }
                 | TaskError::Request { .. }
                 | TaskError::Pack { .. }
-                | TaskError::LimitDiscarded { .. },
+                | TaskError::LimitDiscarded { .. }
+                | TaskError::ImageNotAllowed(_)
+                | TaskError::UserNotAllowed(_)
+                | TaskError::Busy
+                | TaskError::TooManyDaemons(_),
             ) => (StatusCode::SERVICE_UNAVAILABLE, "health.docker", None),
         }
     }
@@ -197,6 +217,10 @@ impl ApiError {
                 );
             }
             ApiError::MethodNotAllowed(allow) => super::allow_header(&mut resp, allow),
+            ApiError::Task(TaskError::Busy | TaskError::TooManyDaemons(_)) => {
+                resp.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         resp

@@ -23,6 +23,8 @@ pub struct Api {
     pub token: Option<String>,
     /// Request bodies past this many bytes are refused before parsing.
     pub max_body_bytes: usize,
+    /// A client that takes longer than this to send its body is cut off.
+    pub request_timeout: std::time::Duration,
 }
 
 /// A routed request: what to do, with its path parameters.

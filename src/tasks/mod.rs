@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
 use crate::docker::{Docker, DockerError, Removed};
@@ -32,9 +32,10 @@ pub const LABEL_MANAGED: &str = "lessl.managed";
 pub const LABEL_INSTANCE: &str = "lessl.instance";
 const LABEL_NAME: &str = "lessl.name";
 const LABEL_DAEMON: &str = "lessl.daemon";
-/// Unix seconds.
+/// Unix milliseconds: precise enough to tell a previous process's containers from ours
+/// even when a restart comes within the same second.
 const LABEL_CREATED: &str = "lessl.created";
-/// Unix seconds; the TTL deadline, re-armed from here after a restart.
+/// Unix milliseconds; the TTL deadline, re-armed from here after a restart.
 const LABEL_EXPIRES: &str = "lessl.expires";
 
 /// How long expiry waits before retrying a removal Docker refused (Docker down, say).
@@ -51,6 +52,20 @@ pub struct Settings {
     pub agent: PathBuf,
     /// Spec defaults and maxima.
     pub bounds: Bounds,
+    /// Image patterns tasks may use (`*` matches any run of characters).
+    pub allow_images: Vec<String>,
+    /// User tasks run as unless they name one; None is the image's user.
+    pub default_user: Option<String>,
+    /// Users a task may name in `user`.
+    pub allow_users: Vec<String>,
+    /// Runs (a task's commands) at once; more wait in the queue.
+    pub max_running: usize,
+    /// Requests that may wait for a run slot; more get a 429 at once.
+    pub max_queue: usize,
+    /// How long a queued request waits for a slot before its 429.
+    pub queue_timeout: Duration,
+    /// Live daemon containers at most.
+    pub max_daemons: usize,
 }
 
 /// Why a task operation failed. The API chooses the status from this.
@@ -70,6 +85,14 @@ pub enum TaskError {
     Pack { field: String, message: String },
     /// Docker created the container but warned that a limit was dropped: not run, removed.
     LimitDiscarded { warnings: Vec<String> },
+    /// The operator does not allow this image.
+    ImageNotAllowed(String),
+    /// The operator does not allow this user.
+    UserNotAllowed(String),
+    /// Every run slot is taken and the queue is full or waited too long.
+    Busy,
+    /// The limit on live daemon containers is reached.
+    TooManyDaemons(usize),
     /// A Docker call failed; the error names the step.
     Docker(DockerError),
 }
@@ -90,6 +113,15 @@ impl fmt::Display for TaskError {
                 f,
                 "Docker could not apply the task's limits, so it was not run: {}",
                 warnings.join("; ")
+            ),
+            TaskError::ImageNotAllowed(i) => write!(f, "image `{i}` is not allowed on this server"),
+            TaskError::UserNotAllowed(u) => {
+                write!(f, "running as user `{u}` is not allowed on this server")
+            }
+            TaskError::Busy => f.write_str("too many tasks are running; retry shortly"),
+            TaskError::TooManyDaemons(n) => write!(
+                f,
+                "this server keeps at most {n} daemon tasks; delete one first"
             ),
             TaskError::Docker(e) => e.fmt(f),
         }
@@ -133,7 +165,9 @@ struct Record {
     name: Option<String>,
     image: String,
     daemon: bool,
+    /// Unix milliseconds.
     created: u64,
+    /// Unix milliseconds.
     expires: u64,
     phase: Phase,
     results: Vec<CmdResult>,
@@ -141,6 +175,8 @@ struct Record {
     error: Option<RunFailure>,
     /// Set when the container was removed under a run (TTL or DELETE), to say why.
     ended: Option<&'static str>,
+    /// Docker's sticky OOMKilled flag was already seen, so a later kill is not blamed on it.
+    oom_seen: bool,
 }
 
 impl Record {
@@ -151,8 +187,8 @@ impl Record {
             image: self.image.clone(),
             state: self.phase.as_str().to_string(),
             daemon: self.daemon,
-            created_at: rfc3339(self.created),
-            expires_at: rfc3339(self.expires),
+            created_at: rfc3339(self.created / 1000),
+            expires_at: rfc3339(self.expires / 1000),
             results: self.results.clone(),
             failed_command: self.failed_command,
             error: self.error.clone(),
@@ -214,38 +250,49 @@ pub struct Tasks {
 struct Inner {
     docker: Docker,
     settings: Settings,
-    /// Unix seconds at start: containers created before it belong to a previous process.
+    /// Unix milliseconds at start: containers created before it belong to a previous process.
     boot: u64,
     /// By container id. std Mutex, never held across an `.await`: every critical section is
     /// a lookup or an insert.
     records: Mutex<HashMap<String, Shared>>,
     expiry: Expiry,
     background: Arc<Inflight>,
+    /// One permit per running task; bounds the work Docker and the machine take at once.
+    admission: Arc<tokio::sync::Semaphore>,
+    /// Requests waiting for a permit.
+    queued: AtomicUsize,
+    /// Live daemon containers, reserved before their creation.
+    daemons: AtomicUsize,
 }
 
-fn now_unix() -> u64 {
+/// Unix milliseconds.
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-/// The tokio instant corresponding to unix second `at` (now, if it has passed).
+/// The tokio instant corresponding to unix millisecond `at` (now, if it has passed).
 fn instant_of(at: u64) -> tokio::time::Instant {
-    let now = now_unix();
-    tokio::time::Instant::now() + Duration::from_secs(at.saturating_sub(now))
+    let now = now_ms();
+    tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
 }
 
 impl Tasks {
     pub fn new(docker: Docker, settings: Settings) -> Self {
+        let settings_max_running = settings.max_running.max(1);
         Tasks {
             inner: Arc::new(Inner {
                 docker,
                 settings,
-                boot: now_unix(),
+                boot: now_ms(),
                 records: Mutex::default(),
                 expiry: Expiry::default(),
                 background: Arc::default(),
+                admission: Arc::new(tokio::sync::Semaphore::new(settings_max_running)),
+                queued: AtomicUsize::new(0),
+                daemons: AtomicUsize::new(0),
             }),
         }
     }
@@ -283,7 +330,7 @@ impl Tasks {
     /// Adopts what an earlier Lessl left: re-arms the TTL of live daemon tasks and removes
     /// what expired, what never started and non-daemon tasks whose run died with that Lessl.
     pub async fn reconcile(&self) -> Result<(), TaskError> {
-        let now = now_unix();
+        let now = now_ms();
         let mut adopted = 0;
         let mut removed = 0;
         for c in self.list_own().await? {
@@ -300,6 +347,7 @@ impl Tasks {
                     Err(e) => log!("task {}: removing at start failed: {e}", short(&c.id)),
                 }
             } else {
+                self.adopt(&c);
                 self.inner.expiry.arm(&c.id, instant_of(expires));
                 adopted += 1;
             }
@@ -315,6 +363,14 @@ impl Tasks {
             Err(e) => {
                 log!("task {}: TTL removal failed ({e}); retrying", short(id));
                 if let Some(r) = record {
+                    let daemon = {
+                        let mut g = r.lock().unwrap();
+                        g.ended = None;
+                        g.daemon
+                    };
+                    if daemon {
+                        self.inner.daemons.fetch_add(1, Ordering::SeqCst);
+                    }
                     self.inner.records.lock().unwrap().insert(id.to_string(), r);
                 }
                 self.inner
@@ -329,7 +385,11 @@ impl Tasks {
         self.inner.expiry.disarm(id);
         let record = self.inner.records.lock().unwrap().remove(id);
         if let Some(r) = &record {
-            r.lock().unwrap().ended = Some(why);
+            let mut r = r.lock().unwrap();
+            r.ended = Some(why);
+            if r.daemon {
+                self.inner.daemons.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         record
     }
@@ -441,8 +501,8 @@ impl Tasks {
                 found.status.clone()
             },
             daemon: label(LABEL_DAEMON).as_deref() == Some("true"),
-            created_at: rfc3339(label_u64(&found.labels, LABEL_CREATED).unwrap_or(0)),
-            expires_at: rfc3339(label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0)),
+            created_at: rfc3339(label_u64(&found.labels, LABEL_CREATED).unwrap_or(0) / 1000),
+            expires_at: rfc3339(label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0) / 1000),
             results: Vec::new(),
             failed_command: None,
             error: None,
@@ -461,14 +521,14 @@ impl Tasks {
 
     /// Every live task of this instance, oldest first.
     pub async fn list(&self) -> Result<Vec<TaskView>, TaskError> {
-        let mut views: Vec<TaskView> = self
-            .list_own()
-            .await?
-            .iter()
-            .map(|c| self.view_of(c))
-            .collect();
-        views.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-        Ok(views)
+        let mut found = self.list_own().await?;
+        found.sort_by_key(|c| {
+            (
+                label_u64(&c.labels, LABEL_CREATED).unwrap_or(0),
+                c.id.clone(),
+            )
+        });
+        Ok(found.iter().map(|c| self.view_of(c)).collect())
     }
 
     pub async fn delete(&self, reference: &str) -> Result<(), TaskError> {
@@ -506,22 +566,27 @@ impl Tasks {
                 f.to_string()
             }
         };
-        let now = now_unix();
+        let now = now_ms();
         // Everything that can fail without Docker fails before Docker is touched.
         let mut archives = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
-            if s.image.is_none() {
+            let Some(image) = &s.image else {
                 return Err(TaskError::Request {
                     field: field(i, "image"),
                     message: "`image` is required to create a task".into(),
                 });
-            }
-            let archive = files::pack(&s.resources, now).map_err(|e| TaskError::Pack {
+            };
+            self.check_image(image)?;
+            self.user_for(s)?;
+            let archive = files::pack(&s.resources, now / 1000).map_err(|e| TaskError::Pack {
                 field: field(i, &e.field),
                 message: e.message,
             })?;
             archives.push(archive);
         }
+        let permit = self.admit(specs.len()).await?;
+        let daemons = specs.iter().filter(|s| s.daemon).count();
+        let reservation = self.reserve_daemons(daemons)?;
         let mut started = Vec::with_capacity(specs.len());
         for (spec, archive) in specs.into_iter().zip(archives) {
             match self.start_task(&spec, archive, now).await {
@@ -536,13 +601,17 @@ impl Tasks {
                 }
             }
         }
+        reservation.commit();
+        let mut permits = split_permit(permit, started.len());
         let records: Vec<Shared> = started.iter().map(|(r, _)| r.clone()).collect();
         let mut handles = Vec::with_capacity(started.len());
         for (record, spec) in started {
             let this = self.clone();
             let guard = self.inner.background.enter();
+            let permit = permits.pop();
             handles.push(tokio::spawn(async move {
                 let _guard = guard;
+                let _permit = permit;
                 this.run(&record, &spec.cmds, &[], None, &spec.limits).await;
                 this.finish(&record);
             }));
@@ -600,13 +669,15 @@ impl Tasks {
         if !found.running {
             return Err(TaskError::NotRunning(reference.to_string()));
         }
-        let archive = files::pack(&spec.resources, now_unix()).map_err(|e| TaskError::Pack {
-            field: e.field,
-            message: e.message,
-        })?;
+        let archive =
+            files::pack(&spec.resources, now_ms() / 1000).map_err(|e| TaskError::Pack {
+                field: e.field,
+                message: e.message,
+            })?;
         if let Some(tar) = archive {
             self.inner.docker.put_archive(&found.id, "/", tar).await?;
         }
+        let permit = self.admit(1).await?;
         let record = self.adopt(&found);
         let this = self.clone();
         let guard = self.inner.background.enter();
@@ -614,6 +685,7 @@ impl Tasks {
         record.lock().unwrap().phase = Phase::Running;
         let handle = tokio::spawn(async move {
             let _guard = guard;
+            let _permit = permit;
             this.run(
                 &rec,
                 &spec.cmds,
@@ -631,17 +703,90 @@ impl Tasks {
         Ok((false, view))
     }
 
+    /// A run slot for each of `n` tasks, waiting in the bounded queue when all are taken.
+    async fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, TaskError> {
+        let s = &self.inner.settings;
+        if n > s.max_running {
+            return Err(TaskError::Request {
+                field: String::new(),
+                message: format!(
+                    "a batch of {n} tasks is more than the {} this server runs at once",
+                    s.max_running
+                ),
+            });
+        }
+        let n = n as u32;
+        if let Ok(p) = self.inner.admission.clone().try_acquire_many_owned(n) {
+            return Ok(p);
+        }
+        let _queued = Queued::enter(&self.inner.queued, s.max_queue).ok_or(TaskError::Busy)?;
+        match tokio::time::timeout(
+            s.queue_timeout,
+            self.inner.admission.clone().acquire_many_owned(n),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) | Err(_) => Err(TaskError::Busy),
+        }
+    }
+
+    /// Reserves `n` daemon slots, released on drop unless committed to records.
+    fn reserve_daemons(&self, n: usize) -> Result<Reservation<'_>, TaskError> {
+        let max = self.inner.settings.max_daemons;
+        let counter = &self.inner.daemons;
+        let mut current = counter.load(Ordering::SeqCst);
+        loop {
+            if n > 0 && current + n > max {
+                return Err(TaskError::TooManyDaemons(max));
+            }
+            match counter.compare_exchange(current, current + n, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Ok(Reservation { counter, n }),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn check_image(&self, image: &str) -> Result<(), TaskError> {
+        if self
+            .inner
+            .settings
+            .allow_images
+            .iter()
+            .any(|p| glob(p, image))
+        {
+            Ok(())
+        } else {
+            Err(TaskError::ImageNotAllowed(image.to_string()))
+        }
+    }
+
+    /// The user a task runs as: its own choice if the operator allows it, else the default.
+    fn user_for(&self, spec: &TaskSpec) -> Result<Option<String>, TaskError> {
+        let s = &self.inner.settings;
+        match &spec.user {
+            None => Ok(s.default_user.clone()),
+            Some(u) if s.allow_users.iter().any(|a| a == u) => Ok(Some(u.clone())),
+            Some(u) => Err(TaskError::UserNotAllowed(u.clone())),
+        }
+    }
+
     /// The record of a live container, made from its labels if this process has none.
     fn adopt(&self, found: &Found) -> Shared {
         let mut records = self.inner.records.lock().unwrap();
         records
             .entry(found.id.clone())
             .or_insert_with(|| {
+                let daemon = found.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true");
+                if daemon {
+                    self.inner.daemons.fetch_add(1, Ordering::SeqCst);
+                }
                 Arc::new(Mutex::new(Record {
                     id: found.id.clone(),
                     name: found.labels.get(LABEL_NAME).cloned(),
                     image: found.image.clone(),
-                    daemon: found.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true"),
+                    daemon,
                     created: label_u64(&found.labels, LABEL_CREATED).unwrap_or(0),
                     expires: label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0),
                     phase: Phase::Idle,
@@ -649,6 +794,7 @@ impl Tasks {
                     failed_command: None,
                     error: None,
                     ended: None,
+                    oom_seen: false,
                 }))
             })
             .clone()
@@ -663,7 +809,7 @@ impl Tasks {
         now: u64,
     ) -> Result<Shared, TaskError> {
         let image = spec.image.clone().unwrap_or_default();
-        let expires = now + spec.ttl;
+        let expires = now + spec.ttl * 1000;
         let config = self.container_config(spec, &image, now, expires);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let created = match self
@@ -703,6 +849,7 @@ impl Tasks {
             failed_command: None,
             error: None,
             ended: None,
+            oom_seen: false,
         }));
         // Registered at once, so reconciliation never mistakes it for an orphan.
         self.inner
@@ -763,7 +910,7 @@ impl Tasks {
             cmd: Vec::new(),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             working_dir: spec.pwd.clone(),
-            user: None,
+            user: self.user_for(spec).ok().flatten(),
             labels,
             network_disabled: true,
             host_config: HostConfig {
@@ -802,9 +949,20 @@ impl Tasks {
         };
         for (i, cmd) in cmds.iter().enumerate() {
             let outcome = run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await;
+            let killed = matches!(&outcome, Ok(res) if res.exit_code == Some(run::SIGKILL_EXIT));
+            let seen = record.lock().unwrap().oom_seen;
+            let oom = killed && !seen && self.oom_killed(&id).await;
             let mut r = record.lock().unwrap();
             match outcome {
-                Ok(result) => {
+                Ok(mut result) => {
+                    // Killed with its container: whatever code Docker saw, it did not finish.
+                    if r.ended.is_some() {
+                        result.exit_code = None;
+                    }
+                    if oom {
+                        r.oom_seen = true;
+                        result.oom_killed = true;
+                    }
                     let ok = result.succeeded();
                     r.results.push(result);
                     if !ok {
@@ -829,6 +987,14 @@ impl Tasks {
                     break;
                 }
             }
+        }
+    }
+
+    /// Whether Docker saw the kernel's OOM killer in this container (sticky per container).
+    async fn oom_killed(&self, id: &str) -> bool {
+        match self.inner.docker.inspect_container(id).await {
+            Ok(c) => c.state.oom_killed,
+            Err(_) => false,
         }
     }
 
@@ -891,6 +1057,69 @@ impl Tasks {
     }
 }
 
+/// Daemon slots taken ahead of creating containers.
+struct Reservation<'a> {
+    counter: &'a AtomicUsize,
+    n: usize,
+}
+
+impl Reservation<'_> {
+    /// The containers exist and their records now own the slots.
+    fn commit(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::SeqCst);
+    }
+}
+
+/// A place in the admission queue, given back on drop.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let before = counter.fetch_add(1, Ordering::SeqCst);
+        let place = Queued(counter);
+        (before < max).then_some(place)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One permit per task out of a permit for the whole batch.
+fn split_permit(mut permit: OwnedSemaphorePermit, n: usize) -> Vec<OwnedSemaphorePermit> {
+    let mut out: Vec<_> = (1..n).filter_map(|_| permit.split(1)).collect();
+    out.push(permit);
+    out
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(at) => rest = &rest[at + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 fn ended_failure(why: &str) -> RunFailure {
     let message = match why {
         "expired" => "the task reached its TTL and its container was removed",
@@ -911,4 +1140,46 @@ fn label_u64(labels: &BTreeMap<String, String>, key: &str) -> Option<u64> {
 /// Docker's 12-character short id, for log lines.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything/at:all"));
+        assert!(glob("lessl-test/*", "lessl-test/busybox"));
+        assert!(!glob("lessl-test/*", "evil/lessl-test/busybox"));
+        assert!(glob("*/busybox:*", "lessl-test/busybox:1.36"));
+        assert!(glob("python:3.*-slim", "python:3.12-slim"));
+        assert!(!glob("python:3.*-slim", "python:3.12"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+        assert!(!glob("a*a", "a"));
+    }
+
+    #[test]
+    fn queue_places_are_bounded_and_returned() {
+        let counter = AtomicUsize::new(0);
+        let a = Queued::enter(&counter, 2).unwrap();
+        let b = Queued::enter(&counter, 2).unwrap();
+        assert!(Queued::enter(&counter, 2).is_none());
+        drop(a);
+        let c = Queued::enter(&counter, 2);
+        assert!(c.is_some());
+        drop((b, c));
+        assert_eq!(counter.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn permits_split_one_per_task() {
+        let sem = Arc::new(tokio::sync::Semaphore::new(5));
+        let p = sem.clone().try_acquire_many_owned(3).unwrap();
+        let parts = split_permit(p, 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(sem.available_permits(), 2);
+        drop(parts);
+        assert_eq!(sem.available_permits(), 5);
+    }
 }

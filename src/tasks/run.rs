@@ -17,6 +17,8 @@ use crate::spec::{Command, Limits};
 pub const AGENT_PATH: &str = "/.lessl/lessl";
 /// Exit code of the agent when it killed a command at its wall-clock limit (as timeout(1)).
 pub const TIMEOUT_EXIT: i64 = 124;
+/// Exit code of a command killed by SIGKILL (128 + 9): the OOM killer's signature.
+pub const SIGKILL_EXIT: i64 = 137;
 /// How long past a command's limit Lessl waits for the agent before giving up on the exec.
 const AGENT_GRACE: Duration = Duration::from_secs(5);
 
@@ -34,6 +36,8 @@ pub struct CmdResult {
     pub timed_out: bool,
     /// stdout or stderr went over the output cap and was cut.
     pub truncated: bool,
+    /// Killed by the kernel's OOM killer at the task's memory limit.
+    pub oom_killed: bool,
 }
 
 impl CmdResult {
@@ -130,6 +134,7 @@ pub async fn run_command(
         duration_ms: started.elapsed().as_millis() as u64,
         timed_out,
         truncated: out.truncated || err.truncated,
+        oom_killed: false,
     };
     let config = ExecConfig {
         cmd: agent_argv(cmd, limits, pwd),
