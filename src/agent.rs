@@ -10,6 +10,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Exit code when the command was killed at its limit, as timeout(1) does.
 pub const TIMEOUT_EXIT: i32 = 124;
+/// Exit code of a command killed by SIGKILL (128 + 9), which is how the OOM killer ends it.
+pub const SIGKILL_EXIT: i32 = 137;
+/// Last line on stderr when the supervisor killed the command at its limit. Lessl reads it
+/// (with the exit code) to set `timed_out`; people read it to know why.
+pub const TIMEOUT_MARK: &str = "lessl: command timed out";
+/// Last line on stderr when the kernel's OOM killer ended the command. Docker does not
+/// report OOM kills of exec'd processes, so the supervisor watches the cgroup's counter.
+pub const OOM_MARK: &str = "lessl: command was killed by the OOM killer (memory limit)";
 /// Exit code when the command could not be found, as shells do.
 const NOT_FOUND_EXIT: i32 = 127;
 /// Exit code when the command could not be started for another reason, as shells do.
@@ -111,6 +119,7 @@ async fn supervise_async(opts: RunOptions) -> i32 {
         }
     };
     let pgid = child.id().map(|p| p as i32);
+    let ooms_before = oom_kills();
     let out = forward(child.stdout.take(), tokio::io::stdout(), opts.output_bytes);
     let err = forward(child.stderr.take(), tokio::io::stderr(), opts.output_bytes);
     let out = tokio::spawn(out);
@@ -138,13 +147,29 @@ async fn supervise_async(opts: RunOptions) -> i32 {
         let _ = err.await;
     })
     .await;
+    // On a line of its own, so a command's unterminated last line cannot hide it.
     if timed_out {
-        eprintln!(
-            "lessl: command timed out after {:?} and was killed",
-            opts.timeout
-        );
+        eprintln!("\n{TIMEOUT_MARK} after {:?} and was killed", opts.timeout);
+    } else if code == SIGKILL_EXIT && oom_kills() > ooms_before {
+        eprintln!("\n{OOM_MARK}");
     }
     code
+}
+
+/// OOM kills so far in this container's memory cgroup (v2, then v1); 0 when unreadable.
+fn oom_kills() -> u64 {
+    [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ]
+    .iter()
+    .find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    })
+    .unwrap_or(0)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

@@ -175,8 +175,6 @@ struct Record {
     error: Option<RunFailure>,
     /// Set when the container was removed under a run (TTL or DELETE), to say why.
     ended: Option<&'static str>,
-    /// Docker's sticky OOMKilled flag was already seen, so a later kill is not blamed on it.
-    oom_seen: bool,
 }
 
 impl Record {
@@ -794,7 +792,6 @@ impl Tasks {
                     failed_command: None,
                     error: None,
                     ended: None,
-                    oom_seen: false,
                 }))
             })
             .clone()
@@ -849,7 +846,6 @@ impl Tasks {
             failed_command: None,
             error: None,
             ended: None,
-            oom_seen: false,
         }));
         // Registered at once, so reconciliation never mistakes it for an orphan.
         self.inner
@@ -949,19 +945,12 @@ impl Tasks {
         };
         for (i, cmd) in cmds.iter().enumerate() {
             let outcome = run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await;
-            let killed = matches!(&outcome, Ok(res) if res.exit_code == Some(run::SIGKILL_EXIT));
-            let seen = record.lock().unwrap().oom_seen;
-            let oom = killed && !seen && self.oom_killed(&id).await;
             let mut r = record.lock().unwrap();
             match outcome {
                 Ok(mut result) => {
                     // Killed with its container: whatever code Docker saw, it did not finish.
                     if r.ended.is_some() {
                         result.exit_code = None;
-                    }
-                    if oom {
-                        r.oom_seen = true;
-                        result.oom_killed = true;
                     }
                     let ok = result.succeeded();
                     r.results.push(result);
@@ -987,14 +976,6 @@ impl Tasks {
                     break;
                 }
             }
-        }
-    }
-
-    /// Whether Docker saw the kernel's OOM killer in this container (sticky per container).
-    async fn oom_killed(&self, id: &str) -> bool {
-        match self.inner.docker.inspect_container(id).await {
-            Ok(c) => c.state.oom_killed,
-            Err(_) => false,
         }
     }
 

@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::agent::{OOM_MARK, SIGKILL_EXIT, TIMEOUT_EXIT, TIMEOUT_MARK};
 use crate::docker::models::ExecConfig;
 use crate::docker::stream::{Demuxer, StreamKind};
 use crate::docker::{Docker, DockerError};
@@ -15,10 +16,6 @@ use crate::spec::{Command, Limits};
 
 /// Where the agent binary is mounted in every task container.
 pub const AGENT_PATH: &str = "/.lessl/lessl";
-/// Exit code of the agent when it killed a command at its wall-clock limit (as timeout(1)).
-pub const TIMEOUT_EXIT: i64 = 124;
-/// Exit code of a command killed by SIGKILL (128 + 9): the OOM killer's signature.
-pub const SIGKILL_EXIT: i64 = 137;
 /// How long past a command's limit Lessl waits for the agent before giving up on the exec.
 const AGENT_GRACE: Duration = Duration::from_secs(5);
 
@@ -56,12 +53,17 @@ pub enum RunError {
     },
 }
 
+/// Bytes of a stream's end kept whatever the cap, to read the supervisor's last line.
+const TAIL: usize = 256;
+
 /// Output of one stream, kept up to a cap.
 #[derive(Debug)]
 struct Capture {
     buf: Vec<u8>,
     cap: usize,
     truncated: bool,
+    /// The last bytes seen, cap or not.
+    tail: Vec<u8>,
 }
 
 impl Capture {
@@ -70,10 +72,15 @@ impl Capture {
             buf: Vec::new(),
             cap,
             truncated: false,
+            tail: Vec::new(),
         }
     }
 
     fn push(&mut self, bytes: &[u8]) {
+        let keep = &bytes[bytes.len().saturating_sub(TAIL)..];
+        self.tail.extend_from_slice(keep);
+        let excess = self.tail.len().saturating_sub(TAIL);
+        self.tail.drain(..excess);
         let room = self.cap.saturating_sub(self.buf.len());
         if bytes.len() > room {
             self.truncated = true;
@@ -83,6 +90,15 @@ impl Capture {
 
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    /// Whether the stream's last line starts with `mark`.
+    fn ends_with_line(&self, mark: &str) -> bool {
+        let tail = String::from_utf8_lossy(&self.tail);
+        tail.trim_end_matches('\n')
+            .rsplit('\n')
+            .next()
+            .is_some_and(|last| last.starts_with(mark))
     }
 }
 
@@ -126,7 +142,7 @@ pub async fn run_command(
     let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
     let mut out = Capture::new(cap);
     let mut err = Capture::new(cap);
-    let result = |out: &Capture, err: &Capture, exit_code, timed_out| CmdResult {
+    let result = |out: &Capture, err: &Capture, exit_code: Option<i64>, timed_out| CmdResult {
         cmd: display(cmd),
         exit_code,
         stdout: out.text(),
@@ -134,7 +150,7 @@ pub async fn run_command(
         duration_ms: started.elapsed().as_millis() as u64,
         timed_out,
         truncated: out.truncated || err.truncated,
-        oom_killed: false,
+        oom_killed: exit_code == Some(SIGKILL_EXIT.into()) && err.ends_with_line(OOM_MARK),
     };
     let config = ExecConfig {
         cmd: agent_argv(cmd, limits, pwd),
@@ -191,7 +207,7 @@ pub async fn run_command(
     let exit_code = exit_code_of(docker, &exec.id)
         .await
         .map_err(|e| fail(&out, &err, e))?;
-    let timed_out = exit_code == Some(TIMEOUT_EXIT) && started.elapsed() >= limit;
+    let timed_out = exit_code == Some(TIMEOUT_EXIT.into()) && err.ends_with_line(TIMEOUT_MARK);
     Ok(result(&out, &err, exit_code, timed_out))
 }
 
@@ -222,6 +238,18 @@ mod tests {
         c.push(b"f");
         assert!(c.truncated);
         assert_eq!(c.text(), "abcde");
+    }
+
+    #[test]
+    fn last_line_is_read_past_the_cap() {
+        let mut c = Capture::new(4);
+        c.push(&[b'x'; 1000]);
+        c.push(b"\nlessl: command timed out after 1s and was killed\n");
+        assert!(c.ends_with_line(TIMEOUT_MARK));
+        assert!(!c.ends_with_line(OOM_MARK));
+        assert_eq!(c.text(), "xxxx");
+        c.push(b"user output after\n");
+        assert!(!c.ends_with_line(TIMEOUT_MARK));
     }
 
     #[test]
