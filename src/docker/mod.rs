@@ -42,6 +42,7 @@ pub enum Step {
     KillContainer,
     RemoveContainer,
     WaitContainer,
+    ContainerLogs,
     CreateExec,
     StartExec,
     InspectExec,
@@ -61,6 +62,7 @@ impl Step {
             Step::KillContainer => "docker.container.kill",
             Step::RemoveContainer => "docker.container.remove",
             Step::WaitContainer => "docker.container.wait",
+            Step::ContainerLogs => "docker.container.logs",
             Step::CreateExec => "docker.exec.create",
             Step::StartExec => "docker.exec.start",
             Step::InspectExec => "docker.exec.inspect",
@@ -418,6 +420,17 @@ impl Docker {
     pub async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspect, DockerError> {
         let path = format!("/exec/{exec_id}/json");
         self.call(Step::InspectExec, Method::GET, &path, Body::Empty)
+            .await
+    }
+
+    /// The container's logs as Docker's multiplexed stream (needs a logging driver that
+    /// keeps them; Lessl's own containers use none).
+    pub async fn container_logs(&self, id: &str) -> Result<Bytes, DockerError> {
+        let path = format!("/containers/{id}/logs?stdout=true&stderr=true");
+        let resp = self
+            .send(Step::ContainerLogs, Method::GET, &path, Body::Empty)
+            .await?;
+        self.read_body(Step::ContainerLogs, resp.into_body(), MAX_JSON_BYTES)
             .await
     }
 

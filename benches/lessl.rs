@@ -1,0 +1,322 @@
+//! The benchmark: one interleaved run measuring the raw Docker floor and Lessl on the same
+//! engine, printing medians, p90 and the ratios the performance targets are stated in.
+//!
+//!     cargo bench --bench lessl                # 30 rounds
+//!     cargo bench --bench lessl -- --rounds 60 --daemons 500
+//!
+//! Needs the engine and images of `contrib/test-env.sh --setup`. It starts its own
+//! `lessl serve` (the release build) with a unique `--instance`, and removes everything it
+//! created. Figures are wall-clock on a shared machine: compare ratios within one run.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use lessl::docker::models::{ContainerConfig, ExecConfig, HostConfig, LogConfig};
+use lessl::docker::Docker;
+use serde_json::json;
+use support::{Lessl, BUSYBOX};
+
+struct Args {
+    rounds: usize,
+    daemons: usize,
+    flight: usize,
+    burst: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rounds: 30,
+        daemons: 500,
+        flight: 8,
+        burst: 48,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = || argv.get(i + 1).and_then(|v| v.parse().ok());
+        match argv[i].as_str() {
+            "--rounds" => a.rounds = val().unwrap_or(a.rounds),
+            "--daemons" => a.daemons = val().unwrap_or(a.daemons),
+            "--flight" => a.flight = val().unwrap_or(a.flight),
+            "--burst" => a.burst = val().unwrap_or(a.burst),
+            _ => {} // cargo bench passes --bench; ignore what is not ours.
+        }
+        i += 1;
+    }
+    a
+}
+
+/// Milliseconds of each sample, and the order statistics we print.
+#[derive(Default)]
+struct Series(Vec<f64>);
+
+impl Series {
+    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.0.push(t.elapsed().as_secs_f64() * 1000.0);
+        out
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+    fn median(&self) -> f64 {
+        self.pct(0.5)
+    }
+}
+
+fn raw_config(cmd: &[&str], logs: bool) -> ContainerConfig {
+    ContainerConfig {
+        image: BUSYBOX.into(),
+        entrypoint: Vec::new(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
+        working_dir: None,
+        user: None,
+        labels: [("lessl.bench".to_string(), "raw".to_string())].into(),
+        network_disabled: true,
+        host_config: HostConfig {
+            network_mode: "none".into(),
+            cap_drop: Vec::new(),
+            security_opt: Vec::new(),
+            memory: 512 << 20,
+            memory_swap: 512 << 20,
+            nano_cpus: 1_000_000_000,
+            pids_limit: 256,
+            binds: Vec::new(),
+            log_config: LogConfig {
+                kind: if logs { "json-file" } else { "none" }.into(),
+            },
+            readonly_rootfs: false,
+        },
+    }
+}
+
+/// The best raw Engine API sequence for one task: create, start, wait, logs, delete.
+async fn raw_floor(docker: &Docker) -> String {
+    let c = docker
+        .create_container(None, &raw_config(&["echo", "hello"], true))
+        .await
+        .unwrap();
+    docker.start_container(&c.id).await.unwrap();
+    docker.wait_container(&c.id).await.unwrap();
+    let logs = docker.container_logs(&c.id).await.unwrap();
+    docker.remove_container(&c.id).await.unwrap();
+    String::from_utf8_lossy(&logs).into_owned()
+}
+
+/// One `echo hello` exec into a running container: create, start (read to the end), inspect.
+async fn raw_exec(docker: &Docker, id: &str) {
+    use http_body_util::BodyExt;
+    let exec = docker
+        .create_exec(
+            id,
+            &ExecConfig {
+                cmd: vec!["echo".into(), "hello".into()],
+                env: Vec::new(),
+                working_dir: None,
+                attach_stdin: false,
+                attach_stdout: true,
+                attach_stderr: true,
+                tty: false,
+            },
+        )
+        .await
+        .unwrap();
+    let body = docker.start_exec(&exec.id).await.unwrap();
+    body.collect().await.unwrap();
+    docker.inspect_exec(&exec.id).await.unwrap();
+}
+
+fn docker_run_rm() {
+    let out = std::process::Command::new("docker")
+        .args(["run", "--rm", "--network", "none", BUSYBOX, "echo", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+}
+
+fn post_echo(lessl: &Lessl) {
+    let v = lessl
+        .post(&json!({"image": BUSYBOX, "cmd": ["echo hello"]}).to_string())
+        .expect(201)
+        .json();
+    assert_eq!(v["results"][0]["stdout"], "hello\n", "{v}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `n` jobs with `flight` at once; returns jobs per second.
+fn throughput(n: usize, flight: usize, job: impl Fn() + Sync) -> f64 {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..flight {
+            s.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
+                    job()
+                }
+            });
+        }
+    });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let docker = Docker::new("/var/run/docker.sock", Duration::from_secs(60));
+    let lessl = Lessl::start(&["--max-daemons", "2000", "--max-running", "64"]);
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_lessl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_kib(lessl.pid());
+
+    // Warm-up: first-use costs (image layers in page cache, connection pools) are not
+    // what the figures are about.
+    docker_run_rm();
+    rt.block_on(raw_floor(&docker));
+    post_echo(&lessl);
+
+    let running = rt
+        .block_on(docker.create_container(None, &raw_config(&["sleep", "3600"], false)))
+        .unwrap()
+        .id;
+    rt.block_on(docker.start_container(&running)).unwrap();
+    let daemon = lessl
+        .post(&json!({"image": BUSYBOX, "daemon": true, "ttl": 3600}).to_string())
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (mut run_rm, mut floor, mut exec, mut cold, mut put) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    for _ in 0..a.rounds {
+        run_rm.time(docker_run_rm);
+        floor.time(|| rt.block_on(raw_floor(&docker)));
+        exec.time(|| rt.block_on(raw_exec(&docker, &running)));
+        cold.time(|| post_echo(&lessl));
+        put.time(|| {
+            let v = lessl
+                .put(&daemon, r#"{"cmd": ["echo hello"]}"#)
+                .expect(200)
+                .json();
+            assert_eq!(v["results"][0]["stdout"], "hello\n");
+        });
+    }
+
+    println!(
+        "\nLessl benchmark: {} interleaved rounds, busybox `echo hello`\n",
+        a.rounds
+    );
+    println!("{:<34} {:>10} {:>10}", "", "median ms", "p90 ms");
+    for (name, s) in [
+        ("docker run --rm", &run_rm),
+        ("raw API floor (NetworkDisabled)", &floor),
+        ("raw API exec", &exec),
+        ("lessl cold POST", &cold),
+        ("lessl PUT (one command)", &put),
+    ] {
+        println!("{name:<34} {:>10.1} {:>10.1}", s.median(), s.pct(0.9));
+    }
+    println!();
+    println!(
+        "cold POST / raw API floor        {:>6.2}   (target <= 1.05)",
+        cold.median() / floor.median()
+    );
+    println!(
+        "PUT / raw exec                   {:>6.2}   (target <= 0.10)",
+        put.median() / exec.median()
+    );
+    println!(
+        "cold POST / docker run --rm      {:>6.2}",
+        cold.median() / run_rm.median()
+    );
+
+    let raw_tps = throughput(a.burst, a.flight, || {
+        rt.block_on(raw_floor(&docker));
+    });
+    let cold_tps = throughput(a.burst, a.flight, || post_echo(&lessl));
+    println!("\nthroughput, {} in flight, {} tasks:", a.flight, a.burst);
+    println!("  raw API floor   {raw_tps:>6.1} tasks/s");
+    println!(
+        "  lessl cold      {cold_tps:>6.1} tasks/s   ratio {:.2} (target >= 0.95)",
+        cold_tps / raw_tps
+    );
+
+    // Many live daemon tasks: memory and listing cost.
+    let ids = std::sync::Mutex::new(Vec::new());
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    throughput(a.daemons, a.flight, || {
+        if made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= a.daemons {
+            return;
+        }
+        let v = lessl
+            .post(&json!({"image": BUSYBOX, "daemon": true, "ttl": 3600}).to_string())
+            .expect(201)
+            .json();
+        ids.lock()
+            .unwrap()
+            .push(v["id"].as_str().unwrap().to_string());
+    });
+    let busy_rss = rss_kib(lessl.pid());
+    let mut list = Series::default();
+    for _ in 0..20 {
+        list.time(|| lessl.get("/tasks").expect(200));
+    }
+    println!("\nmemory and size:");
+    println!(
+        "  idle RSS                         {:>8.1} MiB (target <= 8)",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  RSS with {} live daemon tasks   {:>8.1} MiB",
+        a.daemons + 1,
+        busy_rss as f64 / 1024.0
+    );
+    println!(
+        "  GET /tasks with {} live tasks    p50 {:>6.1} ms (target <= 20)",
+        a.daemons + 1,
+        list.median()
+    );
+    println!(
+        "  binary                           {:>8.2} MiB (target <= 6)",
+        binary as f64 / 1048576.0
+    );
+
+    let ids = ids.into_inner().unwrap();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    throughput(ids.len(), a.flight, || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        lessl.delete(&ids[i]).expect(204);
+    });
+    lessl.delete(&daemon).expect(204);
+    rt.block_on(docker.remove_container(&running)).unwrap();
+    lessl.finish();
+}
