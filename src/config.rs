@@ -112,6 +112,25 @@ pub struct ServeArgs {
     /// Live daemon tasks at most; past it, creating one is a 429.
     #[arg(long, env = "LESSL_MAX_DAEMONS", default_value_t = 256)]
     pub max_daemons: usize,
+    /// Hosts or CIDR ranges `src` downloads may reach although they are loopback, private,
+    /// link-local or otherwise internal (comma-separated); default: none.
+    #[arg(long, env = "LESSL_SRC_ALLOW", default_value = "")]
+    pub src_allow: String,
+    /// Largest `src` download, bytes (413 past it).
+    #[arg(long, env = "LESSL_MAX_DOWNLOAD_BYTES", default_value_t = 64 << 20)]
+    pub max_download_bytes: u64,
+    /// Seconds to resolve, connect and handshake for each download hop.
+    #[arg(long, env = "LESSL_DOWNLOAD_CONNECT_TIMEOUT", default_value_t = 10.0)]
+    pub download_connect_timeout: f64,
+    /// Seconds for a whole download, redirects included (504 past it).
+    #[arg(long, env = "LESSL_DOWNLOAD_TIMEOUT", default_value_t = 60.0)]
+    pub download_timeout: f64,
+    /// Redirects a download may follow, each checked like the first URL.
+    #[arg(long, env = "LESSL_MAX_REDIRECTS", default_value_t = 5)]
+    pub max_redirects: usize,
+    /// Host directories tasks may mount with `mnt` (comma-separated prefixes); default: none.
+    #[arg(long, env = "LESSL_ALLOW_BIND", value_delimiter = ',')]
+    pub allow_bind: Vec<String>,
     /// Seconds a client has to send its request headers, and its body.
     #[arg(long, env = "LESSL_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
@@ -157,6 +176,8 @@ pub struct Config {
     pub max_daemons: usize,
     /// Deadline for a client to send a request.
     pub request_timeout: Duration,
+    /// How `src` resources are downloaded.
+    pub fetch: crate::fetch::Policy,
 }
 
 /// A setting that cannot be used, naming the flag.
@@ -248,6 +269,26 @@ impl ServeArgs {
         let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
         let queue_timeout = seconds("queue-timeout", self.queue_timeout)?;
         let request_timeout = seconds("request-timeout", self.request_timeout)?;
+        let fetch = crate::fetch::Policy {
+            allow: crate::fetch::Allow::parse(&self.src_allow).map_err(|m| bad("src-allow", m))?,
+            max_bytes: self.max_download_bytes,
+            connect_timeout: seconds("download-connect-timeout", self.download_connect_timeout)?,
+            total_timeout: seconds("download-timeout", self.download_timeout)?,
+            max_redirects: self.max_redirects,
+        };
+        let mut bind_prefixes = Vec::new();
+        for p in self.allow_bind.iter().filter(|p| !p.is_empty()) {
+            let clean = p.trim_end_matches('/');
+            let ok =
+                p.starts_with('/') && !clean.is_empty() && !clean.split('/').any(|c| c == "..");
+            if !ok {
+                return Err(bad(
+                    "allow-bind",
+                    format!("`{p}` is not an absolute directory other than /"),
+                ));
+            }
+            bind_prefixes.push(clean.to_string());
+        }
         let limits_default = Limits {
             memory_mb: self.default_memory_mb,
             cpus: self.default_cpus,
@@ -281,6 +322,7 @@ impl ServeArgs {
             ("max-commands", self.max_commands as f64),
             ("max-running", self.max_running as f64),
             ("max-daemons", self.max_daemons as f64),
+            ("max-download-bytes", self.max_download_bytes as f64),
         ];
         for (flag, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -304,6 +346,7 @@ impl ServeArgs {
                 limits_max,
                 resource_max_bytes: self.max_resource_bytes,
                 max_commands: self.max_commands,
+                bind_prefixes,
             },
             max_body_bytes: self.max_body_bytes,
             shutdown_grace,
@@ -323,6 +366,7 @@ impl ServeArgs {
             queue_timeout,
             max_daemons: self.max_daemons,
             request_timeout,
+            fetch,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`spec`]: the task spec v1.0, parsed and validated; no I/O.
 //! - [`tasks`]: task lifecycle, command runs, TTLs, reconciliation after restarts.
 //! - [`docker`]: the Engine API client over the Unix socket, and stream demultiplexing.
+//! - [`fetch`]: `src` downloads over http(s), refusing internal destinations (SSRF).
 //! - [`tar`]: the plain tar archives that carry resources into containers.
 //! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
 
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod docker;
+pub mod fetch;
 pub mod server;
 pub mod spec;
 pub mod tar;

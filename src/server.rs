@@ -84,6 +84,7 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
             max_queue: config.max_queue,
             queue_timeout: config.queue_timeout,
             max_daemons: config.max_daemons,
+            fetch: config.fetch.clone(),
         },
     );
     tasks.spawn_background();

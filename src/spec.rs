@@ -24,6 +24,8 @@ pub struct Bounds {
     pub resource_max_bytes: usize,
     /// Most commands one request may run per task.
     pub max_commands: usize,
+    /// Host directories a task may mount (`mnt` with a host path); empty allows none.
+    pub bind_prefixes: Vec<String>,
 }
 
 /// Resource limits of one task; every one is always set (Docker reads 0 as unlimited).
@@ -66,6 +68,28 @@ pub struct TaskSpec {
     pub limits: Limits,
     /// User to run as (`name`, `uid` or `uid:gid`); None is the server's choice.
     pub user: Option<String>,
+    /// Volumes and allowed host directories to mount, from `resources[].mnt`.
+    pub mounts: Vec<Mount>,
+}
+
+/// A volume mount, checked: a named volume or a host path under an allowed prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Field path of the resource that asked for it.
+    pub field: String,
+    /// Volume name, or normalised absolute host path.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// Docker's short syntax, as `HostConfig.Binds` takes it.
+    pub fn bind(&self) -> String {
+        let mode = if self.read_only { "ro" } else { "rw" };
+        format!("{}:{}:{mode}", self.source, self.target)
+    }
 }
 
 /// One command: a shell string or an exec-form argv.
@@ -96,15 +120,19 @@ pub struct Resource {
     pub path: String,
     /// What goes there.
     pub content: Content,
+    /// Permission bits of a file (0644 unless the resource says `mode`).
+    pub mode: u32,
 }
 
 /// The content of a resource.
 #[derive(Debug, Clone)]
 pub enum Content {
     /// A regular file with these bytes.
-    File { data: Vec<u8>, mode: u32 },
+    File(Vec<u8>),
     /// A plain tar archive unpacked at the resource's path.
     Archive(Vec<u8>),
+    /// Bytes to fetch from `url` first: a file, or an archive to unpack.
+    Download { url: String, archive: bool },
 }
 
 /// Why a request body is not a valid task spec. Every variant names the field at fault as a
@@ -206,6 +234,7 @@ struct RawResource {
     src: Option<String>,
     dest: Option<String>,
     mnt: Option<String>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -482,21 +511,33 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         }
     }
 
-    let resources = raw
-        .resources
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| parse_resource(r, bounds).map_err(|e| e.prefixed(&format!("resources[{i}]"))))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .enumerate()
-        .map(|(i, (path, content))| Resource {
-            field: format!("resources[{i}]"),
-            path,
-            content,
-        })
-        .collect();
+    let mut resources = Vec::new();
+    let mut mounts: Vec<Mount> = Vec::new();
+    for (i, r) in raw.resources.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("resources[{i}]");
+        match parse_resource(r, bounds).map_err(|e| e.prefixed(&field))? {
+            Placed::File {
+                path,
+                content,
+                mode,
+            } => resources.push(Resource {
+                field,
+                path,
+                content,
+                mode,
+            }),
+            Placed::Mount(mut m) => {
+                if mounts.iter().any(|o| o.target == m.target) {
+                    return Err(SpecError::invalid(
+                        format!("{field}.mnt"),
+                        format!("{} is mounted twice", m.target),
+                    ));
+                }
+                m.field = field;
+                mounts.push(m);
+            }
+        }
+    }
 
     let limits = apply_limits(raw.limits, bounds).map_err(|e| e.prefixed("limits"))?;
 
@@ -531,6 +572,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         cmds,
         limits,
         user,
+        mounts,
     })
 }
 
@@ -617,28 +659,101 @@ fn is_tar_type(content_type: &str) -> bool {
         || essence.eq_ignore_ascii_case("application/tar")
 }
 
-fn parse_resource(r: RawResource, bounds: &Bounds) -> Result<(String, Content), SpecError> {
-    if r.mnt.is_some() {
-        return Err(SpecError::invalid(
-            "mnt",
-            "volume mounts are not supported by this server yet",
-        ));
+/// What one entry of `resources` asks for.
+enum Placed {
+    File {
+        path: String,
+        content: Content,
+        mode: u32,
+    },
+    Mount(Mount),
+}
+
+/// Paths Lessl itself owns or the kernel provides: no file or mount may land there.
+const RESERVED: [&str; 4] = ["/.lessl", "/proc", "/sys", "/dev"];
+
+fn is_reserved(path: &str) -> bool {
+    RESERVED
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+}
+
+fn parse_resource(r: RawResource, bounds: &Bounds) -> Result<Placed, SpecError> {
+    if let Some(mnt) = r.mnt {
+        let extra = [
+            ("content_type", r.content_type.is_some()),
+            ("data", r.data.is_some()),
+            ("src", r.src.is_some()),
+            ("dest", r.dest.is_some()),
+            ("mode", r.mode.is_some()),
+        ];
+        if let Some((name, _)) = extra.iter().find(|(_, given)| *given) {
+            return Err(SpecError::invalid(
+                *name,
+                "a `mnt` resource takes no other field",
+            ));
+        }
+        return parse_mount(&mnt, bounds)
+            .map(Placed::Mount)
+            .map_err(|m| SpecError::invalid("mnt", m));
     }
     let dest = r
         .dest
         .ok_or_else(|| SpecError::invalid("dest", "required"))?;
     check_abs_path(&dest).map_err(|m| SpecError::invalid("dest", m))?;
-    let Some(data) = r.data else {
-        return Err(match r.src {
-            Some(_) => SpecError::invalid(
-                "src",
-                "downloads are not supported by this server yet; embed the content in `data`",
-            ),
-            None => SpecError::invalid("data", "a resource needs `data`"),
-        });
-    };
+    if is_reserved(&dest) {
+        return Err(SpecError::invalid(
+            "dest",
+            "must not be under /.lessl, /proc, /sys or /dev",
+        ));
+    }
     let content_type = r.content_type.unwrap_or_else(|| "text/plain".into());
     let tar = is_tar_type(&content_type);
+    let mode = match r.mode {
+        None => 0o644,
+        Some(_) if tar => return Err(SpecError::invalid("mode", "an archive keeps its own modes")),
+        Some(m) => parse_mode(&m).ok_or_else(|| {
+            SpecError::invalid(
+                "mode",
+                format!("`{m}` is not an octal mode such as \"0755\""),
+            )
+        })?,
+    };
+    // With `src`, `dest` is a directory and the file is named after the URL's last segment
+    // (an archive unpacks into `dest` itself).
+    let path = match &r.src {
+        Some(src) if !tar => {
+            crate::fetch::parse_url(src).map_err(|e| SpecError::invalid("src", e.to_string()))?;
+            let name = url_file_name(src).ok_or_else(|| {
+                SpecError::invalid(
+                    "src",
+                    "cannot name the file: the URL's path has no last segment",
+                )
+            })?;
+            format!("{}/{}", dest.trim_end_matches('/'), name)
+        }
+        Some(src) => {
+            crate::fetch::parse_url(src).map_err(|e| SpecError::invalid("src", e.to_string()))?;
+            dest
+        }
+        None => dest,
+    };
+    if path == "/" && !tar {
+        return Err(SpecError::invalid("dest", "a file cannot be placed at `/`"));
+    }
+    let Some(data) = r.data else {
+        return match r.src {
+            Some(url) => Ok(Placed::File {
+                path,
+                content: Content::Download { url, archive: tar },
+                mode,
+            }),
+            None => Err(SpecError::invalid(
+                "data",
+                "a resource needs `data`, `src` or `mnt`",
+            )),
+        };
+    };
     let bytes = if is_text_type(&content_type) {
         data.into_bytes()
     } else {
@@ -659,31 +774,87 @@ fn parse_resource(r: RawResource, bounds: &Bounds) -> Result<(String, Content), 
     if bytes.len() > bounds.resource_max_bytes {
         return Err(too_large(bounds));
     }
-    // With `src` and `data`, `dest` is a directory and the file is named after `src`.
-    let path = match r.src {
-        Some(src) => {
-            let name = url_file_name(&src).ok_or_else(|| {
-                SpecError::invalid(
-                    "src",
-                    "cannot name the file: the URL's path has no last segment",
-                )
-            })?;
-            format!("{}/{}", dest.trim_end_matches('/'), name)
-        }
-        None => dest,
-    };
-    if path == "/" && !tar {
-        return Err(SpecError::invalid("dest", "a file cannot be placed at `/`"));
-    }
     let content = if tar {
         Content::Archive(bytes)
     } else {
-        Content::File {
-            data: bytes,
-            mode: 0o644,
+        Content::File(bytes)
+    };
+    Ok(Placed::File {
+        path,
+        content,
+        mode,
+    })
+}
+
+/// `"0755"`, `"755"` or `"0o755"`: permission bits, at most 07777.
+fn parse_mode(m: &str) -> Option<u32> {
+    let digits = m.strip_prefix("0o").unwrap_or(m);
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|v| *v <= 0o7777)
+}
+
+/// Docker's short syntax `SOURCE:/target[:ro|:rw]`, with a named volume or an allowed host path.
+fn parse_mount(spec: &str, bounds: &Bounds) -> Result<Mount, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [s, t] => (*s, *t, false),
+        [s, t, "ro"] => (*s, *t, true),
+        [s, t, "rw"] => (*s, *t, false),
+        _ => {
+            return Err(format!(
+                "`{spec}` is not NAME:/path, NAME:/path:ro or /host:/path[:ro]"
+            ))
         }
     };
-    Ok((path, content))
+    check_abs_path(target)?;
+    if target == "/" || is_reserved(target) {
+        return Err(format!("cannot mount over {target}"));
+    }
+    let source = if source.starts_with('/') {
+        let host = normalise_host_path(source)?;
+        let allowed = bounds.bind_prefixes.iter().any(|p| {
+            let p = p.trim_end_matches('/');
+            p.is_empty() || host == p || host.starts_with(&format!("{p}/"))
+        });
+        if !allowed {
+            return Err(format!(
+                "host path {host} is not under a directory the operator allowed (--allow-bind)"
+            ));
+        }
+        host
+    } else {
+        let mut chars = source.chars();
+        let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && source.len() <= 128;
+        if !ok {
+            return Err(format!(
+                "`{source}` is neither a volume name nor an absolute host path"
+            ));
+        }
+        source.to_string()
+    };
+    Ok(Mount {
+        field: String::new(),
+        source,
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+/// Collapses duplicate slashes and a trailing slash; `.` and `..` are refused, not resolved,
+/// so what is checked against the allowed prefixes is what Docker mounts.
+fn normalise_host_path(p: &str) -> Result<String, String> {
+    if p.contains('\0') {
+        return Err("host path contains a NUL byte".into());
+    }
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.iter().any(|c| *c == "." || *c == "..") {
+        return Err(format!("host path `{p}` has a `.` or `..` component"));
+    }
+    Ok(format!("/{}", parts.join("/")))
 }
 
 fn too_large(bounds: &Bounds) -> SpecError {
@@ -775,6 +946,7 @@ mod tests {
             },
             resource_max_bytes: 1024,
             max_commands: 4,
+            bind_prefixes: vec!["/srv/shared".into()],
         }
     }
 
@@ -811,12 +983,10 @@ mod tests {
         assert_eq!(t.cmds, vec![Command::Shell("python hello.py".into())]);
         assert_eq!(t.resources[0].path, "/opt/hello.py");
         match &t.resources[0].content {
-            Content::File { data, mode } => {
-                assert_eq!(data, b"print('Hello World')");
-                assert_eq!(*mode, 0o644);
-            }
+            Content::File(data) => assert_eq!(data, b"print('Hello World')"),
             other => panic!("expected a file, got {other:?}"),
         }
+        assert_eq!(t.resources[0].mode, 0o644);
     }
 
     #[test]
@@ -870,12 +1040,12 @@ mod tests {
               {"content_type":"application/json","data":"{}","dest":"/x.json"}]}"#)
         .unwrap();
         match &t.resources[0].content {
-            Content::File { data, .. } => assert_eq!(data, &[0, 1, 2, 255]),
+            Content::File(data) => assert_eq!(data, &[0, 1, 2, 255]),
             other => panic!("{other:?}"),
         }
         assert!(matches!(&t.resources[1].content, Content::Archive(b) if b.is_empty()));
-        assert!(matches!(&t.resources[2].content, Content::File { data, .. } if data == b"plain"));
-        assert!(matches!(&t.resources[3].content, Content::File { data, .. } if data == b"{}"));
+        assert!(matches!(&t.resources[2].content, Content::File(data) if data == b"plain"));
+        assert!(matches!(&t.resources[3].content, Content::File(data) if data == b"{}"));
         assert_eq!(t.resources[3].field, "resources[3]");
     }
 
@@ -938,7 +1108,7 @@ mod tests {
             ),
             (
                 r#"{"image":"i","resources":[{"dest":"/x","mnt":"v:/x"}]}"#,
-                "resources[0].mnt",
+                "resources[0].dest",
             ),
             (
                 r#"{"image":"i","limits":{"memory_mb":0}}"#,
@@ -984,6 +1154,67 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let body = "[".repeat(100_000) + &"]".repeat(100_000);
         assert_eq!(err(&body).field(), "");
+    }
+
+    #[test]
+    fn downloads_modes_and_mounts() {
+        let t = one(
+            r#"{"image":"i","resources":[
+              {"src":"https://example.com/a/run.sh?x=1","dest":"/opt","mode":"0755"},
+              {"src":"http://example.com/site.tar","dest":"/srv/www","content_type":"application/x-tar"},
+              {"mnt":"cache:/cache"},
+              {"mnt":"/srv//shared/data/:/data:ro"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(t.resources.len(), 2);
+        assert_eq!(t.resources[0].path, "/opt/run.sh");
+        assert_eq!(t.resources[0].mode, 0o755);
+        assert!(matches!(&t.resources[0].content,
+            Content::Download { url, archive: false } if url == "https://example.com/a/run.sh?x=1"));
+        assert_eq!(t.resources[1].path, "/srv/www");
+        assert!(matches!(
+            &t.resources[1].content,
+            Content::Download { archive: true, .. }
+        ));
+        assert_eq!(t.mounts.len(), 2);
+        assert_eq!(t.mounts[0].bind(), "cache:/cache:rw");
+        assert_eq!(t.mounts[1].bind(), "/srv/shared/data:/data:ro");
+        assert_eq!(t.mounts[1].field, "resources[3]");
+    }
+
+    #[test]
+    fn bad_downloads_modes_and_mounts() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"src":"file:///etc/passwd","dest":"/x"}"#, "src"),
+            (r#"{"src":"ftp://h/x","dest":"/x"}"#, "src"),
+            (r#"{"src":"http://user:pw@h/x","dest":"/x"}"#, "src"),
+            (r#"{"src":"gopher://h/x","dest":"/x"}"#, "src"),
+            (r#"{"src":"data:text/plain,hi","dest":"/x"}"#, "src"),
+            (r#"{"data":"x","dest":"/x","mode":"999"}"#, "mode"),
+            (r#"{"data":"x","dest":"/x","mode":"0100000"}"#, "mode"),
+            (r#"{"data":"x","dest":"/x","mode":"rwx"}"#, "mode"),
+            (
+                r#"{"data":"","dest":"/x","mode":"0755","content_type":"application/x-tar"}"#,
+                "mode",
+            ),
+            (r#"{"data":"x","dest":"/.lessl/lessl"}"#, "dest"),
+            (r#"{"mnt":"/etc:/etc"}"#, "mnt"),
+            (r#"{"mnt":"/srv/shared/../../etc:/x"}"#, "mnt"),
+            (r#"{"mnt":"/srv/sharedother:/x"}"#, "mnt"),
+            (r#"{"mnt":"vol:relative"}"#, "mnt"),
+            (r#"{"mnt":"vol:/a/../b"}"#, "mnt"),
+            (r#"{"mnt":"vol:/"}"#, "mnt"),
+            (r#"{"mnt":"vol:/proc"}"#, "mnt"),
+            (r#"{"mnt":"vol:/x:rx"}"#, "mnt"),
+            (r#"{"mnt":"-vol:/x"}"#, "mnt"),
+            (r#"{"mnt":"vol:/x","dest":"/y"}"#, "dest"),
+        ];
+        for (res, field) in cases {
+            let e = err(&format!(r#"{{"image":"i","resources":[{res}]}}"#));
+            assert_eq!(e.field(), format!("resources[0].{field}"), "{res}: {e}");
+        }
+        let e = err(r#"{"image":"i","resources":[{"mnt":"a:/x"},{"mnt":"b:/x"}]}"#);
+        assert_eq!(e.field(), "resources[1].mnt");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::docker::{Cause, DockerError};
+use crate::fetch::FetchError;
 use crate::spec::SpecError;
 use crate::tasks::TaskError;
 
@@ -180,6 +181,37 @@ impl ApiError {
             ApiError::Task(TaskError::TooManyDaemons(_)) => {
                 (StatusCode::TOO_MANY_REQUESTS, "task.too_many_daemons", None)
             }
+            ApiError::Task(TaskError::Download {
+                field: f,
+                error: FetchError::ParseUrl(_) | FetchError::Refused(_),
+            }) => (StatusCode::BAD_REQUEST, "resource.refused", non_empty(f)),
+            ApiError::Task(TaskError::Download {
+                field: f,
+                error: FetchError::TooLarge { .. },
+            }) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "resource.too_large",
+                non_empty(f),
+            ),
+            ApiError::Task(TaskError::Download {
+                field: f,
+                error: FetchError::Timeout { .. },
+            }) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "resource.timeout",
+                non_empty(f),
+            ),
+            ApiError::Task(TaskError::Download {
+                field: f,
+                error:
+                    FetchError::Resolve(_)
+                    | FetchError::Connect(_)
+                    | FetchError::Tls(_)
+                    | FetchError::Request(_)
+                    | FetchError::Status { .. }
+                    | FetchError::Redirect(_)
+                    | FetchError::ReadBody(_),
+            }) => (StatusCode::BAD_GATEWAY, "resource.download", non_empty(f)),
             ApiError::Task(TaskError::Docker(e)) | ApiError::DockerDown(TaskError::Docker(e)) => {
                 (docker_status(e), e.step.code(), None)
             }
@@ -194,7 +226,8 @@ impl ApiError {
                 | TaskError::ImageNotAllowed(_)
                 | TaskError::UserNotAllowed(_)
                 | TaskError::Busy
-                | TaskError::TooManyDaemons(_),
+                | TaskError::TooManyDaemons(_)
+                | TaskError::Download { .. },
             ) => (StatusCode::SERVICE_UNAVAILABLE, "health.docker", None),
         }
     }

@@ -25,12 +25,19 @@ pub fn pack(resources: &[Resource], mtime: u64) -> Result<Option<Vec<u8>>, PackE
             message: e.to_string(),
         };
         match &r.content {
-            Content::File { data, mode } => builder
-                .file(rel, *mode, data)
+            Content::File(data) => builder
+                .file(rel, r.mode, data)
                 .map_err(|e| fail(e, "dest"))?,
             // An archive at `/` has an empty prefix: its entries land at the root as they are.
             Content::Archive(bytes) => {
                 tar::rebase(bytes, rel, &mut builder).map_err(|e| fail(e, "data"))?
+            }
+            // Downloads are fetched (and replaced by their bytes) before packing.
+            Content::Download { url, .. } => {
+                return Err(PackError {
+                    field: format!("{}.src", r.field),
+                    message: format!("{url} was not downloaded before packing"),
+                })
             }
         }
     }

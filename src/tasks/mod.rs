@@ -20,6 +20,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
 use crate::docker::{Docker, DockerError, Removed};
+use crate::fetch::{self, FetchError};
 use crate::log;
 use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
 use expiry::Expiry;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub queue_timeout: Duration,
     /// Live daemon containers at most.
     pub max_daemons: usize,
+    /// How `src` resources are downloaded, and which destinations are open.
+    pub fetch: fetch::Policy,
 }
 
 /// Why a task operation failed. The API chooses the status from this.
@@ -93,8 +96,23 @@ pub enum TaskError {
     Busy,
     /// The limit on live daemon containers is reached.
     TooManyDaemons(usize),
+    /// A `src` download failed or was refused.
+    Download { field: String, error: FetchError },
     /// A Docker call failed; the error names the step.
     Docker(DockerError),
+}
+
+impl TaskError {
+    /// Prefixes the field path with the element index of an array body.
+    fn prefixed(self, index: Option<usize>) -> Self {
+        match (self, index) {
+            (TaskError::Download { field, error }, Some(i)) => TaskError::Download {
+                field: format!("[{i}].{field}"),
+                error,
+            },
+            (e, _) => e,
+        }
+    }
 }
 
 impl fmt::Display for TaskError {
@@ -123,6 +141,7 @@ impl fmt::Display for TaskError {
                 f,
                 "this server keeps at most {n} daemon tasks; delete one first"
             ),
+            TaskError::Download { field, error } => write!(f, "{field}: {error}"),
             TaskError::Docker(e) => e.fmt(f),
         }
     }
@@ -565,8 +584,8 @@ impl Tasks {
             }
         };
         let now = now_ms();
+        let mut specs = specs;
         // Everything that can fail without Docker fails before Docker is touched.
-        let mut archives = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
             let Some(image) = &s.image else {
                 return Err(TaskError::Request {
@@ -576,6 +595,12 @@ impl Tasks {
             };
             self.check_image(image)?;
             self.user_for(s)?;
+        }
+        let mut archives = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter_mut().enumerate() {
+            self.fetch_resources(&mut s.resources)
+                .await
+                .map_err(|e| e.prefixed(if is_array { Some(i) } else { None }))?;
             let archive = files::pack(&s.resources, now / 1000).map_err(|e| TaskError::Pack {
                 field: field(i, &e.field),
                 message: e.message,
@@ -667,6 +692,13 @@ impl Tasks {
         if !found.running {
             return Err(TaskError::NotRunning(reference.to_string()));
         }
+        if let Some(m) = spec.mounts.first() {
+            return Err(TaskError::Request {
+                field: format!("{}.mnt", m.field),
+                message: "mounts apply only when a task is created".into(),
+            });
+        }
+        self.fetch_resources(&mut spec.resources).await?;
         let archive =
             files::pack(&spec.resources, now_ms() / 1000).map_err(|e| TaskError::Pack {
                 field: e.field,
@@ -768,6 +800,35 @@ impl Tasks {
             Some(u) if s.allow_users.iter().any(|a| a == u) => Ok(Some(u.clone())),
             Some(u) => Err(TaskError::UserNotAllowed(u.clone())),
         }
+    }
+
+    /// Downloads every `src` resource, all at once, replacing each by the bytes it fetched.
+    async fn fetch_resources(&self, resources: &mut [spec::Resource]) -> Result<(), TaskError> {
+        let mut jobs = Vec::new();
+        for (i, r) in resources.iter().enumerate() {
+            if let spec::Content::Download { url, .. } = &r.content {
+                let (url, policy) = (url.clone(), self.inner.settings.fetch.clone());
+                jobs.push((
+                    i,
+                    tokio::spawn(async move { fetch::download(&url, &policy).await }),
+                ));
+            }
+        }
+        for (i, job) in jobs {
+            let r = &mut resources[i];
+            let fetched = job.await.expect("download task panicked");
+            let bytes = fetched.map_err(|error| TaskError::Download {
+                field: format!("{}.src", r.field),
+                error,
+            })?;
+            let archive = matches!(r.content, spec::Content::Download { archive: true, .. });
+            r.content = if archive {
+                spec::Content::Archive(bytes)
+            } else {
+                spec::Content::File(bytes)
+            };
+        }
+        Ok(())
     }
 
     /// The record of a live container, made from its labels if this process has none.
@@ -917,7 +978,9 @@ impl Tasks {
                 memory_swap: memory,
                 nano_cpus: (spec.limits.cpus * 1e9) as i64,
                 pids_limit: spec.limits.pids as i64,
-                binds: vec![format!("{}:{AGENT_PATH}:ro", s.agent.display())],
+                binds: std::iter::once(format!("{}:{AGENT_PATH}:ro", s.agent.display()))
+                    .chain(spec.mounts.iter().map(spec::Mount::bind))
+                    .collect(),
                 log_config: LogConfig {
                     kind: "none".into(),
                 },
