@@ -9,7 +9,6 @@
 //! created. Figures are wall-clock on a shared machine: compare ratios within one run.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};
