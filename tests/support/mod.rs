@@ -372,3 +372,6 @@ pub fn container_exists(id: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+pub mod fake_docker;
+pub mod private_dockerd;
