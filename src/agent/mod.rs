@@ -1,0 +1,459 @@
+//! What runs inside task containers, from this same static binary mounted read-only:
+//! `lessl agent`, the keep-alive PID 1 that reaps zombies, needs nothing from the image, and
+//! runs the commands Lessl sends over the container's attach stream ([`protocol`]); and
+//! `lessl agent-run`, the same supervisor for one command started by a Docker exec (the
+//! fallback path). Either way a command runs in its own process group, killed whole at its
+//! wall-clock limit, with its output capped. Never talks to Docker or the API.
+
+pub mod protocol;
+mod reaper;
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use protocol::{Exit, Frame, Request};
+use reaper::{Reaper, Scope};
+
+/// Exit code when the command was killed at its limit, as timeout(1) does.
+pub const TIMEOUT_EXIT: i32 = 124;
+/// Exit code of a command killed by SIGKILL (128 + 9), which is how the OOM killer ends it.
+pub const SIGKILL_EXIT: i32 = 137;
+/// Last line on stderr when the supervisor killed the command at its limit. On the exec path
+/// Lessl reads it (with the exit code) to set `timed_out`; people read it to know why.
+pub const TIMEOUT_MARK: &str = "lessl: command timed out";
+/// Last line on stderr when the kernel's OOM killer ended the command. Docker does not
+/// report OOM kills of exec'd processes, so the supervisor watches the cgroup's counter.
+pub const OOM_MARK: &str = "lessl: command was killed by the OOM killer (memory limit)";
+/// Exit code when the command could not be found, as shells do.
+const NOT_FOUND_EXIT: i32 = 127;
+/// Exit code when the command could not be started for another reason, as shells do.
+const CANNOT_RUN_EXIT: i32 = 126;
+/// After the command exits, how long its output pipes may take to drain. A background
+/// process that keeps them open must not hold the answer hostage.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
+/// Output is read and forwarded in pieces of at most this size.
+const CHUNK: usize = 64 << 10;
+
+const SIGKILL: i32 = 9;
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The keep-alive: PID 1 of every task container. Reaps every orphan, serves the commands
+/// Lessl writes to its stdin, and exits on SIGTERM or SIGINT (PID 1 gets no default
+/// handlers, so it must ask for them). Without a stdin (an exec-only container) it just waits.
+pub fn keep_alive() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    current_thread_runtime()?.block_on(async {
+        // Registered before any child exists, so no exit goes unnoticed.
+        let mut child = signal(SignalKind::child())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let reaper = Arc::new(Reaper::new(Scope::All));
+        let (frames, outbox) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(outbox));
+        tokio::spawn(read_requests(reaper.clone(), frames));
+        loop {
+            tokio::select! {
+                _ = child.recv() => reaper.reap_all(),
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
+        }
+    })
+}
+
+/// The one writer of stdout, so frames of concurrent commands never interleave.
+async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
+    let mut stdout = tokio::io::stdout();
+    while let Some(frame) = outbox.recv().await {
+        if stdout.write_all(&frame.encode()).await.is_err() || stdout.flush().await.is_err() {
+            // Nobody attached: the frame is lost, which is what Docker does with output too.
+            continue;
+        }
+    }
+}
+
+async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("lessl agent: ignoring a malformed request: {e}");
+                continue;
+            }
+        };
+        if request.argv.is_empty() {
+            let _ = frames.send(Frame::Pong(request.id));
+            continue;
+        }
+        let (reaper, frames) = (reaper.clone(), frames.clone());
+        tokio::spawn(async move {
+            let id = request.id;
+            let sink = Sink::Frames(id, frames.clone());
+            let exit = supervise_one(&reaper, &request, &sink).await;
+            let _ = frames.send(Frame::Exit(id, exit));
+        });
+    }
+}
+
+/// Where a supervised command's output goes.
+enum Sink {
+    /// This process's own stdout and stderr (the exec path).
+    Std,
+    /// Frames of request `id` to the stdout writer (the attach path).
+    Frames(u32, mpsc::UnboundedSender<Frame>),
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+impl Sink {
+    async fn write(&self, stream: Stream, bytes: &[u8]) {
+        match (self, stream) {
+            (Sink::Std, Stream::Out) => {
+                let mut out = tokio::io::stdout();
+                let _ = out.write_all(bytes).await;
+                let _ = out.flush().await;
+            }
+            (Sink::Std, Stream::Err) => {
+                let mut err = tokio::io::stderr();
+                let _ = err.write_all(bytes).await;
+                let _ = err.flush().await;
+            }
+            (Sink::Frames(id, tx), Stream::Out) => {
+                let _ = tx.send(Frame::Stdout(*id, bytes.to_vec()));
+            }
+            (Sink::Frames(id, tx), Stream::Err) => {
+                let _ = tx.send(Frame::Stderr(*id, bytes.to_vec()));
+            }
+        }
+    }
+}
+
+/// Options of `agent-run`.
+pub struct RunOptions {
+    /// Wall-clock limit of the command.
+    pub timeout: Duration,
+    /// Bytes forwarded per stream; the rest is read and dropped.
+    pub output_bytes: u64,
+    /// Directory to run in, created if missing.
+    pub cwd: Option<String>,
+    /// The command.
+    pub argv: Vec<String>,
+}
+
+/// `agent-run`: runs one command under supervision and returns the exit code to leave
+/// with. The outcome is also told on stderr's last line, which is all an exec can carry.
+pub fn supervise(opts: RunOptions) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let request = Request {
+        id: 0,
+        argv: opts.argv,
+        env: Vec::new(),
+        cwd: opts.cwd,
+        timeout_ms: opts.timeout.as_millis() as u64,
+        output_bytes: opts.output_bytes,
+    };
+    let run = async {
+        let mut child = signal(SignalKind::child())?;
+        // Orphans go to PID 1, not here: only our own command needs reaping.
+        let reaper = Arc::new(Reaper::new(Scope::Own));
+        let r = reaper.clone();
+        tokio::spawn(async move {
+            while child.recv().await.is_some() {
+                r.reap_all();
+            }
+        });
+        Ok::<_, std::io::Error>(supervise_one(&reaper, &request, &Sink::Std).await)
+    };
+    match current_thread_runtime().and_then(|rt| rt.block_on(run)) {
+        Ok(exit) => exit.exit_code,
+        Err(e) => {
+            eprintln!("lessl: cannot start: {e}");
+            CANNOT_RUN_EXIT
+        }
+    }
+}
+
+/// Runs one command to its end: spawns it in its own process group, forwards its output
+/// up to the cap, kills the group at the limit, and says how it ended.
+async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
+    let fail = |code| Exit {
+        exit_code: code,
+        timed_out: false,
+        oom_killed: false,
+    };
+    let Some((program, args)) = req.argv.split_first() else {
+        sink.write(Stream::Err, b"lessl: no command given\n").await;
+        return fail(CANNOT_RUN_EXIT);
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Some(dir) = &req.cwd {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            sink.write(
+                Stream::Err,
+                format!("lessl: cannot create pwd {dir}: {e}\n").as_bytes(),
+            )
+            .await;
+            return fail(CANNOT_RUN_EXIT);
+        }
+        cmd.current_dir(dir);
+    }
+    let ooms_before = oom_kills();
+    let (mut child, exited) = match reaper.spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("lessl: cannot run `{program}`: {e}\n");
+            sink.write(Stream::Err, msg.as_bytes()).await;
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                NOT_FOUND_EXIT
+            } else {
+                CANNOT_RUN_EXIT
+            };
+            return fail(code);
+        }
+    };
+    let pgid = child.id() as i32;
+    let out = child.stdout.take().map(OwnedFd::from);
+    let err = child.stderr.take().map(OwnedFd::from);
+    let cap = req.output_bytes;
+    let forwarding = async {
+        tokio::join!(
+            forward(out, Stream::Out, sink, cap),
+            forward(err, Stream::Err, sink, cap)
+        );
+    };
+    tokio::pin!(forwarding);
+
+    let limit = Duration::from_millis(req.timeout_ms);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut exited = exited;
+    let mut timed_out = false;
+    let mut drained = false;
+    // Output is forwarded while we wait; pipes closing first does not mean the exit.
+    let status = loop {
+        tokio::select! {
+            s = &mut exited => break s.ok(),
+            _ = tokio::time::sleep_until(deadline) => {
+                timed_out = true;
+                break None;
+            }
+            _ = &mut forwarding, if !drained => drained = true,
+        }
+    };
+    if timed_out {
+        // SAFETY: plain syscall; a negative pid addresses the whole process group.
+        unsafe { kill(-pgid, SIGKILL) };
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut exited).await;
+    }
+    if !drained {
+        let _ = tokio::time::timeout(DRAIN_GRACE, &mut forwarding).await;
+    }
+    let code = match status {
+        _ if timed_out => TIMEOUT_EXIT,
+        Some(raw) => decode_status(raw),
+        None => CANNOT_RUN_EXIT,
+    };
+    let oom_killed = !timed_out && code == SIGKILL_EXIT && oom_kills() > ooms_before;
+    // On a line of its own, so a command's unterminated last line cannot hide it.
+    if timed_out {
+        let msg = format!("\n{TIMEOUT_MARK} after {limit:?} and was killed\n");
+        sink.write(Stream::Err, msg.as_bytes()).await;
+    } else if oom_killed {
+        sink.write(Stream::Err, format!("\n{OOM_MARK}\n").as_bytes())
+            .await;
+    }
+    Exit {
+        exit_code: code,
+        timed_out,
+        oom_killed,
+    }
+}
+
+/// A wait status as a shell reports it: the exit code, or 128 + the signal.
+fn decode_status(raw: i32) -> i32 {
+    let signal = raw & 0x7f;
+    if signal == 0 {
+        (raw >> 8) & 0xff
+    } else {
+        128 + signal
+    }
+}
+
+/// OOM kills so far in this container's memory cgroup (v2, then v1); 0 when unreadable.
+fn oom_kills() -> u64 {
+    [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ]
+    .iter()
+    .find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    })
+    .unwrap_or(0)
+}
+
+/// Copies up to `cap` bytes from one of the command's pipes to the sink, then keeps reading
+/// (and dropping) so the command never blocks on a full pipe.
+async fn forward(fd: Option<OwnedFd>, stream: Stream, sink: &Sink, cap: u64) {
+    let Some(fd) = fd else { return };
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    copy_capped(&mut pipe, stream, sink, cap).await;
+}
+
+async fn copy_capped<R: AsyncRead + Unpin>(from: &mut R, stream: Stream, sink: &Sink, cap: u64) {
+    let mut left = cap;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if left > 0 {
+            let take = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+            sink.write(stream, &buf[..take]).await;
+            left -= take as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_decode_like_a_shell() {
+        assert_eq!(decode_status(0), 0);
+        assert_eq!(decode_status(3 << 8), 3);
+        assert_eq!(decode_status(9), 137);
+        assert_eq!(decode_status(15), 143);
+    }
+
+    fn request(argv: &[&str], timeout_ms: u64, output_bytes: u64) -> Request {
+        Request {
+            id: 1,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("GREETING".into(), "hi".into())],
+            cwd: None,
+            timeout_ms,
+            output_bytes,
+        }
+    }
+
+    /// Runs the supervisor for real on this machine (no container needed) and collects frames.
+    async fn run(req: Request) -> (Vec<u8>, Vec<u8>, Exit) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut child = signal(SignalKind::child()).unwrap();
+        let reaper = Arc::new(Reaper::new(Scope::Own));
+        let r = reaper.clone();
+        let reaping = tokio::spawn(async move {
+            while child.recv().await.is_some() {
+                r.reap_all();
+            }
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let exit = supervise_one(&reaper, &req, &Sink::Frames(req.id, tx)).await;
+        reaping.abort();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Ok(f) = rx.try_recv() {
+            match f {
+                Frame::Stdout(_, b) => out.extend(b),
+                Frame::Stderr(_, b) => err.extend(b),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (out, err, exit)
+    }
+
+    #[tokio::test]
+    async fn supervisor_runs_caps_and_kills() {
+        let (out, err, exit) = run(request(
+            &["/bin/sh", "-c", "echo $GREETING; echo e >&2; exit 3"],
+            5000,
+            100,
+        ))
+        .await;
+        assert_eq!(out, b"hi\n");
+        assert_eq!(err, b"e\n");
+        assert_eq!(exit.exit_code, 3);
+
+        let (out, _, exit) = run(request(
+            &["/bin/sh", "-c", "yes | head -c 100000"],
+            5000,
+            10,
+        ))
+        .await;
+        assert_eq!(out.len(), 10);
+        assert_eq!(exit.exit_code, 0);
+
+        let t = std::time::Instant::now();
+        let (out, err, exit) = run(request(
+            &[
+                "/bin/sh",
+                "-c",
+                "echo before; (sleep 30; echo child) & sleep 30",
+            ],
+            300,
+            100,
+        ))
+        .await;
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(exit.timed_out);
+        assert_eq!(exit.exit_code, TIMEOUT_EXIT);
+        assert_eq!(out, b"before\n");
+        assert!(String::from_utf8_lossy(&err).contains(TIMEOUT_MARK));
+
+        let (_, _, exit) = run(request(&["/bin/sh", "-c", "kill -TERM $$"], 5000, 100)).await;
+        assert_eq!(exit.exit_code, 143);
+
+        let (_, err, exit) = run(request(&["/no/such/program"], 5000, 100)).await;
+        assert_eq!(exit.exit_code, NOT_FOUND_EXIT);
+        assert!(String::from_utf8_lossy(&err).contains("/no/such/program"));
+    }
+
+    #[tokio::test]
+    async fn a_background_process_holding_the_pipes_does_not_hold_the_answer() {
+        let t = std::time::Instant::now();
+        let (out, _, exit) = run(request(
+            &["/bin/sh", "-c", "sleep 5 & echo done"],
+            10_000,
+            100,
+        ))
+        .await;
+        assert_eq!(out, b"done\n");
+        assert_eq!(exit.exit_code, 0);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+}
