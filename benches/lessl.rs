@@ -82,6 +82,11 @@ fn raw_config(cmd: &[&str], logs: bool) -> ContainerConfig {
         user: None,
         labels: [("lessl.bench".to_string(), "raw".to_string())].into(),
         network_disabled: true,
+        open_stdin: false,
+        stdin_once: false,
+        attach_stdin: false,
+        attach_stdout: false,
+        attach_stderr: false,
         host_config: HostConfig {
             network_mode: "none".into(),
             cap_drop: Vec::new(),

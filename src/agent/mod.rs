@@ -8,7 +8,7 @@
 pub mod protocol;
 mod reaper;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,9 +75,24 @@ pub fn keep_alive() -> std::io::Result<()> {
     })
 }
 
+/// Our stdout or stderr for async writes. Docker's stdio are pipes, which tokio drives
+/// without a thread; tokio's own `stdout()` needs a blocking thread, which a task that
+/// exhausted its pids limit would never let the agent create.
+fn async_out(fd: std::os::fd::BorrowedFd<'_>) -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    let piped = fd
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
+    match piped {
+        Some(p) => Box::new(p),
+        None if fd.as_raw_fd() == 2 => Box::new(tokio::io::stderr()),
+        None => Box::new(tokio::io::stdout()),
+    }
+}
+
 /// The one writer of stdout, so frames of concurrent commands never interleave.
 async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = async_out(std::io::stdout().as_fd());
     while let Some(frame) = outbox.recv().await {
         if stdout.write_all(&frame.encode()).await.is_err() || stdout.flush().await.is_err() {
             // Nobody attached: the frame is lost, which is what Docker does with output too.
@@ -87,7 +102,14 @@ async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
 }
 
 async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>) {
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Only a pipe can carry requests; anything else (/dev/null) means an exec-only container.
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    let Some(stdin) = stdin else { return };
+    let mut lines = tokio::io::BufReader::new(stdin).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let request: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
@@ -113,7 +135,10 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
 /// Where a supervised command's output goes.
 enum Sink {
     /// This process's own stdout and stderr (the exec path).
-    Std,
+    Std(
+        tokio::sync::Mutex<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
+        tokio::sync::Mutex<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
+    ),
     /// Frames of request `id` to the stdout writer (the attach path).
     Frames(u32, mpsc::UnboundedSender<Frame>),
 }
@@ -127,13 +152,13 @@ enum Stream {
 impl Sink {
     async fn write(&self, stream: Stream, bytes: &[u8]) {
         match (self, stream) {
-            (Sink::Std, Stream::Out) => {
-                let mut out = tokio::io::stdout();
+            (Sink::Std(out, _), Stream::Out) => {
+                let mut out = out.lock().await;
                 let _ = out.write_all(bytes).await;
                 let _ = out.flush().await;
             }
-            (Sink::Std, Stream::Err) => {
-                let mut err = tokio::io::stderr();
+            (Sink::Std(_, err), Stream::Err) => {
+                let mut err = err.lock().await;
                 let _ = err.write_all(bytes).await;
                 let _ = err.flush().await;
             }
@@ -181,7 +206,11 @@ pub fn supervise(opts: RunOptions) -> i32 {
                 r.reap_all();
             }
         });
-        Ok::<_, std::io::Error>(supervise_one(&reaper, &request, &Sink::Std).await)
+        let sink = Sink::Std(
+            tokio::sync::Mutex::new(async_out(std::io::stdout().as_fd())),
+            tokio::sync::Mutex::new(async_out(std::io::stderr().as_fd())),
+        );
+        Ok::<_, std::io::Error>(supervise_one(&reaper, &request, &sink).await)
     };
     match current_thread_runtime().and_then(|rt| rt.block_on(run)) {
         Ok(exit) => exit.exit_code,

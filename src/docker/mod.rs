@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyperlocal::UnixConnector;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,6 +43,7 @@ pub enum Step {
     RemoveContainer,
     WaitContainer,
     ContainerLogs,
+    Attach,
     CreateExec,
     StartExec,
     InspectExec,
@@ -63,6 +64,7 @@ impl Step {
             Step::RemoveContainer => "docker.container.remove",
             Step::WaitContainer => "docker.container.wait",
             Step::ContainerLogs => "docker.container.logs",
+            Step::Attach => "docker.container.attach",
             Step::CreateExec => "docker.exec.create",
             Step::StartExec => "docker.exec.start",
             Step::InspectExec => "docker.exec.inspect",
@@ -205,14 +207,21 @@ impl Docker {
     ) -> Result<Response<Incoming>, DockerError> {
         let fail = |cause| DockerError { step, cause };
         let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path_and_query).into();
+        let upgrade = matches!(body, Body::Upgrade);
         let (content_type, bytes) = match body {
-            Body::Empty => (None, Bytes::new()),
+            Body::Empty | Body::Upgrade => (None, Bytes::new()),
             Body::Json(b) => (Some("application/json"), b),
             Body::Tar(b) => (Some("application/x-tar"), b),
         };
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        if upgrade {
+            // Docker hijacks the connection for a raw two-way stream after a 101.
+            req = req
+                .header(hyper::header::CONNECTION, "Upgrade")
+                .header(hyper::header::UPGRADE, "tcp");
         }
         let req = req
             .body(Full::new(bytes))
@@ -222,7 +231,9 @@ impl Docker {
             Ok(Err(e)) => return Err(fail(Cause::Unreachable(error_chain(&e)))),
             Ok(Ok(resp)) => resp,
         };
-        if resp.status().is_success() {
+        if resp.status().is_success()
+            || (upgrade && resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS)
+        {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
@@ -434,6 +445,27 @@ impl Docker {
             .await
     }
 
+    /// Attaches to the container's stdin, stdout and stderr (before or after start) and
+    /// returns the raw two-way stream: Docker's multiplexed frames come out, stdin goes in.
+    pub async fn attach(&self, id: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>, DockerError> {
+        let path =
+            format!("/containers/{id}/attach?stream=true&stdin=true&stdout=true&stderr=true");
+        let resp = self
+            .send(Step::Attach, Method::POST, &path, Body::Upgrade)
+            .await?;
+        match tokio::time::timeout(self.timeout, hyper::upgrade::on(resp)).await {
+            Err(_) => Err(DockerError {
+                step: Step::Attach,
+                cause: Cause::Timeout(self.timeout),
+            }),
+            Ok(Err(e)) => Err(DockerError {
+                step: Step::Attach,
+                cause: Cause::Unreachable(error_chain(&e)),
+            }),
+            Ok(Ok(upgraded)) => Ok(TokioIo::new(upgraded)),
+        }
+    }
+
     /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
         let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
@@ -446,6 +478,8 @@ impl Docker {
 /// A request body, typed so `send` sets the right Content-Type.
 enum Body {
     Empty,
+    /// No body; asks Docker to switch the connection to a raw stream.
+    Upgrade,
     Json(Bytes),
     Tar(Bytes),
 }

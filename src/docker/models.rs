@@ -19,6 +19,13 @@ pub struct ContainerConfig {
     pub labels: BTreeMap<String, String>,
     /// Also skips creating the network sandbox's interfaces, which is measurably faster.
     pub network_disabled: bool,
+    /// Keep stdin open (and attachable) for the container's whole life.
+    pub open_stdin: bool,
+    /// Close stdin when the first attached client leaves; false so a new client can attach.
+    pub stdin_once: bool,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
     pub host_config: HostConfig,
 }
 

@@ -4,6 +4,7 @@
 //! the in-memory records only hold results, which a restart may lose but which never keep a
 //! container alive. This module never speaks HTTP to clients.
 
+pub mod channel;
 pub mod expiry;
 pub mod files;
 pub mod run;
@@ -38,6 +39,8 @@ const LABEL_DAEMON: &str = "lessl.daemon";
 const LABEL_CREATED: &str = "lessl.created";
 /// Unix milliseconds; the TTL deadline, re-armed from here after a restart.
 const LABEL_EXPIRES: &str = "lessl.expires";
+/// Present when the container's agent takes commands over its attach stream (stdin open).
+const LABEL_CHANNEL: &str = "lessl.channel";
 
 /// How long expiry waits before retrying a removal Docker refused (Docker down, say).
 const EXPIRY_RETRY: Duration = Duration::from_secs(5);
@@ -194,6 +197,10 @@ struct Record {
     error: Option<RunFailure>,
     /// Set when the container was removed under a run (TTL or DELETE), to say why.
     ended: Option<&'static str>,
+    /// The attach stream to the container's agent; None means commands go by exec.
+    channel: Option<Arc<channel::Channel>>,
+    /// Whether the container was created to take commands over an attach stream.
+    attachable: bool,
 }
 
 impl Record {
@@ -802,6 +809,47 @@ impl Tasks {
         }
     }
 
+    /// Attaches to a container's agent; on failure the task falls back to exec, which
+    /// works everywhere, so this is logged rather than fatal.
+    async fn open_channel(&self, id: &str) -> Option<Arc<channel::Channel>> {
+        match channel::Channel::open(&self.inner.docker, id).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log!(
+                    "task {}: no attach stream ({e:?}); commands go by exec",
+                    short(id)
+                );
+                None
+            }
+        }
+    }
+
+    /// The live channel of a record, attaching again (after a restart of Lessl, say) when the
+    /// container was made for one.
+    async fn channel_for(&self, record: &Shared) -> Option<Arc<channel::Channel>> {
+        let (id, current, attachable) = {
+            let r = record.lock().unwrap();
+            (r.id.clone(), r.channel.clone(), r.attachable)
+        };
+        match current {
+            Some(c) if !c.is_closed() => return Some(c),
+            _ if !attachable => return None,
+            _ => {}
+        }
+        let fresh = self.open_channel(&id).await?;
+        // A container of an older Lessl may carry the label without an agent that answers.
+        if !fresh.ping().await {
+            log!(
+                "task {}: agent did not answer on its attach stream; using exec",
+                short(&id)
+            );
+            record.lock().unwrap().attachable = false;
+            return None;
+        }
+        record.lock().unwrap().channel = Some(fresh.clone());
+        Some(fresh)
+    }
+
     /// Downloads every `src` resource, all at once, replacing each by the bytes it fetched.
     async fn fetch_resources(&self, resources: &mut [spec::Resource]) -> Result<(), TaskError> {
         let mut jobs = Vec::new();
@@ -853,6 +901,8 @@ impl Tasks {
                     failed_command: None,
                     error: None,
                     ended: None,
+                    channel: None,
+                    attachable: found.labels.contains_key(LABEL_CHANNEL),
                 }))
             })
             .clone()
@@ -907,6 +957,8 @@ impl Tasks {
             failed_command: None,
             error: None,
             ended: None,
+            channel: None,
+            attachable: true,
         }));
         // Registered at once, so reconciliation never mistakes it for an orphan.
         self.inner
@@ -923,6 +975,9 @@ impl Tasks {
             if let Some(tar) = archive {
                 self.inner.docker.put_archive(&id, "/", tar).await?;
             }
+            // Attached before start, so not a byte of the agent's answers is missed.
+            let channel = self.open_channel(&id).await;
+            record.lock().unwrap().channel = channel;
             self.inner.docker.start_container(&id).await?;
             Ok(())
         }
@@ -960,6 +1015,7 @@ impl Tasks {
         if let Some(n) = &spec.name {
             labels.insert(LABEL_NAME.to_string(), n.clone());
         }
+        labels.insert(LABEL_CHANNEL.to_string(), "attach".to_string());
         let memory = (spec.limits.memory_mb as i64).saturating_mul(1 << 20);
         ContainerConfig {
             image: image.to_string(),
@@ -970,6 +1026,11 @@ impl Tasks {
             user: self.user_for(spec).ok().flatten(),
             labels,
             network_disabled: true,
+            open_stdin: true,
+            stdin_once: false,
+            attach_stdin: true,
+            attach_stdout: true,
+            attach_stderr: true,
             host_config: HostConfig {
                 network_mode: "none".into(),
                 cap_drop: vec!["ALL".into()],
@@ -1007,9 +1068,16 @@ impl Tasks {
             r.id.clone()
         };
         for (i, cmd) in cmds.iter().enumerate() {
-            let outcome = run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await;
+            let outcome = match self.channel_for(record).await {
+                Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits).await,
+                None => {
+                    let outcome =
+                        run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await;
+                    self.check_killed_with_container(&id, outcome).await
+                }
+            };
             let mut r = record.lock().unwrap();
-            match outcome {
+            let failure = match outcome {
                 Ok(mut result) => {
                     // Killed with its container: whatever code Docker saw, it did not finish.
                     if r.ended.is_some() {
@@ -1017,28 +1085,72 @@ impl Tasks {
                     }
                     let ok = result.succeeded();
                     r.results.push(result);
-                    if !ok {
-                        r.failed_command = Some(i);
-                        if let Some(why) = r.ended {
-                            r.error = Some(ended_failure(why));
-                        }
-                        break;
+                    if ok {
+                        continue;
                     }
+                    r.failed_command = Some(i);
+                    r.ended.map(ended_failure)
                 }
                 Err(RunError::Docker { partial, error }) => {
                     r.results.push(partial);
                     r.failed_command = Some(i);
-                    r.error = Some(match r.ended {
-                        Some(why) => ended_failure(why),
-                        None => RunFailure {
-                            code: error.step.code().to_string(),
-                            message: error.to_string(),
-                        },
-                    });
-                    r.phase = Phase::Failed;
-                    break;
+                    Some(r.ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: error.step.code().to_string(),
+                        message: error.to_string(),
+                    }))
                 }
+                Err(RunError::Lost { partial, why }) => {
+                    r.results.push(partial);
+                    r.failed_command = Some(i);
+                    Some(r.ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: "task.container_stopped".to_string(),
+                        message: format!("the task's container stopped under the command: {why}"),
+                    }))
+                }
+            };
+            if failure.is_some() {
+                r.error = failure;
+                r.phase = Phase::Failed;
             }
+            break;
+        }
+    }
+
+    /// On the exec path a command killed by a signal may have died with its container (a
+    /// Docker restart stops every container): that is the task failing, not the command.
+    async fn check_killed_with_container(
+        &self,
+        id: &str,
+        outcome: Result<CmdResult, RunError>,
+    ) -> Result<CmdResult, RunError> {
+        let Ok(result) = outcome else { return outcome };
+        if result.exit_code.is_none_or(|c| c < 128) {
+            return Ok(result);
+        }
+        match self.inner.docker.inspect_container(id).await {
+            Ok(c) if c.state.running => Ok(result),
+            Ok(c) => Err(RunError::Lost {
+                partial: CmdResult {
+                    exit_code: None,
+                    ..result
+                },
+                why: format!("the container is {}", c.state.status),
+            }),
+            Err(e) if e.status() == Some(404) => Err(RunError::Lost {
+                partial: CmdResult {
+                    exit_code: None,
+                    ..result
+                },
+                why: "the container was removed".into(),
+            }),
+            // Docker itself is unreachable: the exit code cannot be trusted either.
+            Err(error) => Err(RunError::Docker {
+                partial: CmdResult {
+                    exit_code: None,
+                    ..result
+                },
+                error,
+            }),
         }
     }
 

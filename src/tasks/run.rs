@@ -1,6 +1,8 @@
-//! Runs one command in a running task container: a Docker exec of the in-container agent,
-//! which enforces the wall-clock limit and the output cap; output is demultiplexed and kept
-//! up to the cap here too, so a misbehaving agent still cannot flood Lessl.
+//! Runs one command in a running task container, by one of two paths to the in-container
+//! agent, which enforces the wall-clock limit and the output cap: a request over the
+//! container's attach stream ([`super::channel`], the fast path), or a Docker exec of
+//! `agent-run` (the fallback). Output is kept up to the cap here too, so a misbehaving agent
+//! still cannot flood Lessl.
 
 use std::time::Duration;
 
@@ -8,10 +10,13 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::agent::protocol::{Frame, Request};
 use crate::agent::{OOM_MARK, SIGKILL_EXIT, TIMEOUT_EXIT, TIMEOUT_MARK};
 use crate::docker::models::ExecConfig;
 use crate::docker::stream::{Demuxer, StreamKind};
-use crate::docker::{Docker, DockerError};
+use crate::docker::{Cause, Docker, DockerError, Step};
+
+use super::channel::Channel;
 use crate::spec::{Command, Limits};
 
 /// Where the agent binary is mounted in every task container.
@@ -51,6 +56,9 @@ pub enum RunError {
         partial: CmdResult,
         error: DockerError,
     },
+    /// The attach stream or exec stream ended before the command did: the container
+    /// stopped or went away under it. Output so far is kept.
+    Lost { partial: CmdResult, why: String },
 }
 
 /// Bytes of a stream's end kept whatever the cap, to read the supervisor's last line.
@@ -178,14 +186,20 @@ pub async fn run_command(
     let deadline = started + limit + AGENT_GRACE;
     let mut demux = Demuxer::new();
     let mut gave_up = false;
+    let mut broken = None;
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => {
                 gave_up = true;
                 break;
             }
-            // The stream ends when the command exits, or breaks when its container goes away.
-            Ok(None) | Ok(Some(Err(_))) => break,
+            // The stream ends when the command exits.
+            Ok(None) => break,
+            // It breaks when the container or Docker goes away under the command.
+            Ok(Some(Err(e))) => {
+                broken = Some(e.to_string());
+                break;
+            }
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let fed = demux.feed(data, |kind, bytes| match kind {
@@ -193,7 +207,8 @@ pub async fn run_command(
                         StreamKind::Stderr => err.push(bytes),
                         StreamKind::Stdin => {}
                     });
-                    if fed.is_err() {
+                    if let Err(e) = fed {
+                        broken = Some(e.to_string());
                         break;
                     }
                 }
@@ -204,11 +219,86 @@ pub async fn run_command(
         // The agent did not kill the command in time; report what it printed.
         return Ok(result(&out, &err, None, true));
     }
+    // A stream cut inside a frame is output known to be incomplete, never a success.
+    if let Some(why) = broken.or_else(|| demux.finish().err().map(|e| e.to_string())) {
+        return Err(RunError::Docker {
+            partial: result(&out, &err, None, false),
+            error: DockerError {
+                step: Step::StartExec,
+                cause: Cause::Decode(format!("the exec stream broke: {why}")),
+            },
+        });
+    }
     let exit_code = exit_code_of(docker, &exec.id)
         .await
         .map_err(|e| fail(&out, &err, e))?;
     let timed_out = exit_code == Some(TIMEOUT_EXIT.into()) && err.ends_with_line(TIMEOUT_MARK);
     Ok(result(&out, &err, exit_code, timed_out))
+}
+
+/// Runs `cmd` through the container's agent over its attach stream.
+pub async fn run_attached(
+    channel: &Channel,
+    cmd: &Command,
+    env: &[(String, String)],
+    pwd: Option<&str>,
+    limits: &Limits,
+) -> Result<CmdResult, RunError> {
+    let started = Instant::now();
+    let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+    let (mut out, mut err) = (Capture::new(cap), Capture::new(cap));
+    let result = |out: &Capture, err: &Capture, exit_code, timed_out, oom_killed| CmdResult {
+        cmd: display(cmd),
+        exit_code,
+        stdout: out.text(),
+        stderr: err.text(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        timed_out,
+        truncated: out.truncated || err.truncated,
+        oom_killed,
+    };
+    let request = Request {
+        id: 0,
+        argv: cmd.argv(),
+        env: env.to_vec(),
+        cwd: pwd.map(str::to_string),
+        timeout_ms: (limits.timeout_s * 1000.0).ceil() as u64,
+        // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
+        output_bytes: limits.output_bytes + 1,
+    };
+    let lost = |out: &Capture, err: &Capture, why: &str| RunError::Lost {
+        partial: result(out, err, None, false, false),
+        why: why.to_string(),
+    };
+    let mut frames = channel
+        .send(request)
+        .await
+        .map_err(|_| lost(&out, &err, "the agent's stream is closed"))?;
+    let deadline = started + Duration::from_secs_f64(limits.timeout_s) + AGENT_GRACE;
+    loop {
+        match tokio::time::timeout_at(deadline, frames.recv()).await {
+            Err(_) => return Ok(result(&out, &err, None, true, false)),
+            Ok(None) => {
+                return Err(lost(
+                    &out,
+                    &err,
+                    "the container's stream ended under the command",
+                ))
+            }
+            Ok(Some(Frame::Stdout(_, b))) => out.push(&b),
+            Ok(Some(Frame::Stderr(_, b))) => err.push(&b),
+            Ok(Some(Frame::Exit(_, e))) => {
+                return Ok(result(
+                    &out,
+                    &err,
+                    Some(e.exit_code.into()),
+                    e.timed_out,
+                    e.oom_killed,
+                ))
+            }
+            Ok(Some(Frame::Pong(_))) => {}
+        }
+    }
 }
 
 /// Docker can close the stream a moment before it records the exit code.

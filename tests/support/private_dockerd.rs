@@ -1,0 +1,265 @@
+//! A second, private Docker daemon started by a test, which the test may kill and restart
+//! without disturbing the shared engine other tests use. It lives in a short temporary
+//! directory D (Unix socket paths are limited to 108 bytes): `D/docker.sock`, `D/data`,
+//! `D/exec`, `D/docker.pid`, `D/dockerd.log`, and it gets its own `lessl-test/busybox`
+//! imported the way contrib/test-env.sh does. Drop removes every container on it, stops it and
+//! removes D.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct PrivateDockerd {
+    /// The directory this test created; the only one it ever removes.
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateDockerd {
+    /// Starts a private dockerd with a busybox image, or says why it cannot.
+    pub fn start() -> Result<PrivateDockerd, String> {
+        if Command::new("dockerd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            return Err("dockerd is not installed".into());
+        }
+        let dir = PathBuf::from(format!("/tmp/{}", super::unique("lf")));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let mut d = PrivateDockerd {
+            socket: dir.join("docker.sock"),
+            dir,
+            child: None,
+        };
+        d.up()?;
+        d.import_busybox()?;
+        Ok(d)
+    }
+
+    pub fn socket_str(&self) -> String {
+        self.socket.to_str().unwrap().to_string()
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The daemon's pid, from its pidfile.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("docker.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether the daemon answers on its socket.
+    pub fn answers(&self) -> bool {
+        Command::new("docker")
+            .args(["-H", &self.host(), "version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Starts the daemon (again) with the same flags and waits until it answers.
+    pub fn up(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "private dockerd already running");
+        let d = self.dir.display();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new("dockerd")
+            .args([
+                &format!("--data-root={d}/data"),
+                &format!("--exec-root={d}/exec"),
+                "-H",
+                &format!("unix://{d}/docker.sock"),
+                &format!("--pidfile={d}/docker.pid"),
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--cgroup-parent=/lessl-fault",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn dockerd: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.answers() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!(
+                    "private dockerd exited with {status} at start; its log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.down();
+        Err(format!(
+            "private dockerd did not answer within 30 s; its log:\n{}",
+            self.log_tail()
+        ))
+    }
+
+    /// SIGTERM to the daemon's own pid, then waits for it to exit (SIGKILL after 40 s).
+    /// Returns how long the stop took.
+    pub fn down(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let Some(mut child) = self.child.take() else {
+            return Ok(Duration::ZERO);
+        };
+        // The pidfile names the same process we spawned; signal exactly that pid.
+        let pid = self.pid().unwrap_or(child.id());
+        assert_eq!(pid, child.id(), "pidfile names another process");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return Ok(started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("private dockerd ignored SIGTERM for 40 s; killed".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the docker CLI against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(format!(
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Containers on this daemon carrying `label`, running or not.
+    pub fn containers_with_label(&self, label: &str) -> Vec<String> {
+        self.docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label={label}"),
+        ])
+        .expect("list containers on the private dockerd")
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    fn import_busybox(&self) -> Result<(), String> {
+        let root = self.dir.join("rootfs");
+        let bin = root.join("bin");
+        for d in [&bin, &root.join("tmp"), &root.join("etc")] {
+            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .map_err(|e| format!("copy /bin/busybox: {e}"))?;
+        let list = Command::new(bin.join("busybox"))
+            .arg("--list")
+            .output()
+            .map_err(|e| e.to_string())?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                std::os::unix::fs::symlink("busybox", bin.join(applet))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
+            .map_err(|e| e.to_string())?;
+        let script = format!(
+            "chmod 1777 {root}/tmp && tar -C {root} -c . | docker -H {host} import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' - {image}",
+            root = root.display(),
+            host = self.host(),
+            image = super::BUSYBOX,
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(&root);
+        if !out.status.success() {
+            return Err(format!(
+                "docker import failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// Whether anything is still mounted under `dir`.
+fn mounted_under(dir: &Path) -> bool {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1).is_some_and(|m| m.starts_with(&prefix)))
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Everything on this daemon is the test's own: it is private.
+            if let Ok(ids) = self.docker(&["ps", "-aq"]) {
+                for id in ids.lines().filter(|l| !l.is_empty()) {
+                    let _ = self.docker(&["rm", "-f", id]);
+                }
+            }
+            if let Err(e) = self.down() {
+                eprintln!("private dockerd: {e}");
+            }
+        }
+        if mounted_under(&self.dir) {
+            eprintln!(
+                "private dockerd: mounts remain under {}; not removing it",
+                self.dir.display()
+            );
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("private dockerd: removing {}: {e}", self.dir.display());
+        }
+    }
+}
