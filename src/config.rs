@@ -131,6 +131,19 @@ pub struct ServeArgs {
     /// Host directories tasks may mount with `mnt` (comma-separated prefixes); default: none.
     #[arg(long, env = "LESSL_ALLOW_BIND", value_delimiter = ',')]
     pub allow_bind: Vec<String>,
+    /// How commands reach a task's agent: `attach` (over the container's attach stream, the
+    /// fast path) or `exec` (a Docker exec per command, the fallback, for debugging).
+    #[arg(long, env = "LESSL_RUNNER", default_value = "attach", value_parser = ["attach", "exec"])]
+    pub runner: String,
+    /// Started containers to keep ready for IMAGE (repeatable, or comma-separated in the
+    /// variable): a task for it that uses the default limits starts with no container start.
+    #[arg(
+        long,
+        env = "LESSL_WARM",
+        value_delimiter = ',',
+        value_name = "IMAGE=N"
+    )]
+    pub warm: Vec<String>,
     /// Seconds a client has to send its request headers, and its body.
     #[arg(long, env = "LESSL_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
@@ -178,6 +191,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How `src` resources are downloaded.
     pub fetch: crate::fetch::Policy,
+    /// Warm pool targets per image.
+    pub warm: Vec<(String, usize)>,
+    /// Commands go by Docker exec, never over the attach stream.
+    pub exec_only: bool,
 }
 
 /// A setting that cannot be used, naming the flag.
@@ -276,6 +293,26 @@ impl ServeArgs {
             total_timeout: seconds("download-timeout", self.download_timeout)?,
             max_redirects: self.max_redirects,
         };
+        let mut warm = Vec::new();
+        for w in self.warm.iter().filter(|w| !w.is_empty()) {
+            let parsed = w
+                .rsplit_once('=')
+                .and_then(|(image, n)| Some((image.to_string(), n.parse::<usize>().ok()?)))
+                .filter(|(image, n)| !image.is_empty() && *n <= 256);
+            match parsed {
+                Some(p) => warm.push(p),
+                None => {
+                    return Err(bad(
+                        "warm",
+                        format!("`{w}` is not IMAGE=N with N at most 256"),
+                    ))
+                }
+            }
+        }
+        let exec_only = self.runner == "exec";
+        if exec_only && !warm.is_empty() {
+            return Err(bad("warm", "the warm pool needs --runner attach"));
+        }
         let mut bind_prefixes = Vec::new();
         for p in self.allow_bind.iter().filter(|p| !p.is_empty()) {
             let clean = p.trim_end_matches('/');
@@ -367,6 +404,8 @@ impl ServeArgs {
             max_daemons: self.max_daemons,
             request_timeout,
             fetch,
+            warm,
+            exec_only,
         })
     }
 }

@@ -85,6 +85,8 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
             queue_timeout: config.queue_timeout,
             max_daemons: config.max_daemons,
             fetch: config.fetch.clone(),
+            warm: config.warm.clone(),
+            exec_only: config.exec_only,
         },
     );
     tasks.spawn_background();

@@ -59,7 +59,7 @@ impl Channel {
     }
 
     /// A channel over any two-way stream carrying Docker's framing (tests use a pipe).
-    fn over<R>(reader: R, writer: Writer, short: &str) -> Arc<Channel>
+    pub(crate) fn over<R>(reader: R, writer: Writer, short: &str) -> Arc<Channel>
     where
         R: AsyncRead + Send + Unpin + 'static,
     {

@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod expiry;
 pub mod files;
+pub mod pool;
 pub mod run;
 pub mod view;
 
@@ -39,6 +40,13 @@ const LABEL_DAEMON: &str = "lessl.daemon";
 const LABEL_CREATED: &str = "lessl.created";
 /// Unix milliseconds; the TTL deadline, re-armed from here after a restart.
 const LABEL_EXPIRES: &str = "lessl.expires";
+/// On warm-pool containers: started for no task yet, to be given to one.
+const LABEL_POOL: &str = "lessl.pool";
+/// Idle pooled containers are replaced after this long (their label says twice as much,
+/// so a crashed Lessl's leftovers still expire).
+const POOL_RECYCLE: Duration = Duration::from_secs(30 * 60);
+/// How long the pool waits before trying again when it could not make a container.
+const POOL_RETRY: Duration = Duration::from_secs(5);
 /// Present when the container's agent takes commands over its attach stream (stdin open).
 const LABEL_CHANNEL: &str = "lessl.channel";
 
@@ -72,6 +80,10 @@ pub struct Settings {
     pub max_daemons: usize,
     /// How `src` resources are downloaded, and which destinations are open.
     pub fetch: fetch::Policy,
+    /// Started containers to keep ready per image (`--warm IMAGE=N`).
+    pub warm: Vec<(String, usize)>,
+    /// Run every command by Docker exec (`--runner exec`), never over the attach stream.
+    pub exec_only: bool,
 }
 
 /// Why a task operation failed. The API chooses the status from this.
@@ -201,6 +213,18 @@ struct Record {
     channel: Option<Arc<channel::Channel>>,
     /// Whether the container was created to take commands over an attach stream.
     attachable: bool,
+    /// Runs in progress (PUTs may overlap).
+    runs: usize,
+    /// Number of the newest run, whose results GET shows.
+    seq: u64,
+}
+
+/// What one run did, for its own answer.
+#[derive(Debug, Default)]
+struct RunOutcome {
+    results: Vec<CmdResult>,
+    failed_command: Option<usize>,
+    error: Option<RunFailure>,
 }
 
 impl Record {
@@ -287,6 +311,8 @@ struct Inner {
     queued: AtomicUsize,
     /// Live daemon containers, reserved before their creation.
     daemons: AtomicUsize,
+    /// Started, never-used containers waiting for a task.
+    pool: pool::Pool,
 }
 
 /// Unix milliseconds.
@@ -306,6 +332,7 @@ fn instant_of(at: u64) -> tokio::time::Instant {
 impl Tasks {
     pub fn new(docker: Docker, settings: Settings) -> Self {
         let settings_max_running = settings.max_running.max(1);
+        let settings_warm = settings.warm.clone();
         Tasks {
             inner: Arc::new(Inner {
                 docker,
@@ -317,6 +344,7 @@ impl Tasks {
                 admission: Arc::new(tokio::sync::Semaphore::new(settings_max_running)),
                 queued: AtomicUsize::new(0),
                 daemons: AtomicUsize::new(0),
+                pool: pool::Pool::new(settings_warm),
             }),
         }
     }
@@ -342,7 +370,154 @@ impl Tasks {
                 log!("reconcile: {e}; retrying in {RECONCILE_RETRY:?}");
                 tokio::time::sleep(RECONCILE_RETRY).await;
             }
+            if !this.inner.settings.warm.is_empty() {
+                this.refill_pool().await;
+            }
         });
+    }
+
+    /// Keeps the warm pool at its targets: refills after takes, replaces old containers.
+    async fn refill_pool(&self) {
+        loop {
+            let woken = self.inner.pool.wake.notified();
+            let cutoff = tokio::time::Instant::now().checked_sub(POOL_RECYCLE);
+            for id in cutoff
+                .map(|c| self.inner.pool.retire(c))
+                .unwrap_or_default()
+            {
+                self.remove_in_background(id);
+            }
+            let mut failed = false;
+            for (image, missing) in self.inner.pool.deficit() {
+                for _ in 0..missing {
+                    match self.start_warm(&image).await {
+                        Ok(w) => self.inner.pool.put(&image, w),
+                        Err(e) => {
+                            log!("warm pool: cannot start a container of {image}: {e}");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            let wait = if failed { POOL_RETRY } else { POOL_RECYCLE / 4 };
+            let _ = tokio::time::timeout(wait, woken).await;
+        }
+    }
+
+    /// Creates, attaches and starts one pooled container with the default settings.
+    async fn start_warm(&self, image: &str) -> Result<pool::Warm, TaskError> {
+        let now = now_ms();
+        let spec = TaskSpec {
+            daemon: false,
+            image: Some(image.to_string()),
+            ttl: 2 * POOL_RECYCLE.as_secs(),
+            ttl_given: false,
+            resources: Vec::new(),
+            name: None,
+            pwd: None,
+            env: Vec::new(),
+            cmds: Vec::new(),
+            limits: self.inner.settings.bounds.limits_default,
+            user: None,
+            mounts: Vec::new(),
+        };
+        let mut config = self.container_config(&spec, image, now, now + spec.ttl * 1000);
+        config
+            .labels
+            .insert(LABEL_POOL.to_string(), "true".to_string());
+        let created = self.inner.docker.create_container(None, &config).await?;
+        let id = created.id;
+        let started = async {
+            if let Some(w) = created.warnings.filter(|w| !w.is_empty()) {
+                return Err(TaskError::LimitDiscarded { warnings: w });
+            }
+            let channel = channel::Channel::open(&self.inner.docker, &id)
+                .await
+                .map_err(|e| match e {
+                    channel::ChannelError::Attach(d) => TaskError::Docker(d),
+                    channel::ChannelError::Closed => TaskError::Request {
+                        field: String::new(),
+                        message: "attach stream closed at once".into(),
+                    },
+                })?;
+            self.inner.docker.start_container(&id).await?;
+            Ok(channel)
+        }
+        .await;
+        match started {
+            Ok(channel) => Ok(pool::Warm {
+                id,
+                channel,
+                born: tokio::time::Instant::now(),
+            }),
+            Err(e) => {
+                self.remove_in_background(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a task can run in a pooled container: one made with the defaults, no name,
+    /// no mounts, never a daemon (its labels say non-daemon and default TTL).
+    fn warm_eligible(&self, spec: &TaskSpec) -> bool {
+        let d = &self.inner.settings.bounds.limits_default;
+        let l = &spec.limits;
+        !spec.daemon
+            && spec.name.is_none()
+            && spec.mounts.is_empty()
+            && spec.user.is_none()
+            && (l.memory_mb, l.pids) == (d.memory_mb, d.pids)
+            && l.cpus == d.cpus
+            && spec
+                .image
+                .as_deref()
+                .is_some_and(|i| self.inner.pool.serves(i))
+    }
+
+    /// Gives a pooled container to a task: its files placed, its record and TTL set.
+    async fn start_in_warm(
+        &self,
+        spec: &TaskSpec,
+        archive: Option<Vec<u8>>,
+        warm: pool::Warm,
+        now: u64,
+    ) -> Result<Shared, TaskError> {
+        self.inner.pool.wake.notify_one();
+        let id = warm.id.clone();
+        let expires = now + spec.ttl * 1000;
+        let record = Arc::new(Mutex::new(Record {
+            id: id.clone(),
+            name: None,
+            image: spec.image.clone().unwrap_or_default(),
+            daemon: false,
+            created: now,
+            expires,
+            phase: Phase::Starting,
+            results: Vec::new(),
+            failed_command: None,
+            error: None,
+            ended: None,
+            channel: Some(warm.channel),
+            attachable: true,
+            runs: 0,
+            seq: 0,
+        }));
+        self.inner
+            .records
+            .lock()
+            .unwrap()
+            .insert(id.clone(), record.clone());
+        self.inner.expiry.arm(&id, instant_of(expires));
+        if let Some(tar) = archive {
+            if let Err(e) = self.inner.docker.put_archive(&id, "/", tar).await {
+                self.forget(&id, "failed");
+                self.remove_in_background(id);
+                return Err(e.into());
+            }
+        }
+        record.lock().unwrap().phase = Phase::Running;
+        Ok(record)
     }
 
     /// Docker's API version, proving it answers.
@@ -363,6 +538,16 @@ impl Tasks {
             }
             let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
             let created = label_u64(&c.labels, LABEL_CREATED).unwrap_or(0);
+            // Idle pooled containers of this process belong to the pool; an earlier
+            // process's are stale (its pool is gone) and go.
+            if c.labels.contains_key(LABEL_POOL) {
+                if created < self.inner.boot {
+                    if self.inner.docker.remove_container(&c.id).await.is_ok() {
+                        removed += 1;
+                    }
+                }
+                continue;
+            }
             let daemon = c.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true");
             let orphan = created < self.inner.boot && (!daemon || !c.running);
             if expires <= now || orphan {
@@ -445,6 +630,11 @@ impl Tasks {
             .collect())
     }
 
+    /// A pooled container not yet given to a task is not a task.
+    fn idle_in_pool(&self, c: &Found) -> bool {
+        c.labels.contains_key(LABEL_POOL) && self.record(&c.id).is_none()
+    }
+
     fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
         labels.contains_key(LABEL_MANAGED)
             && labels.get(LABEL_INSTANCE) == Some(&self.inner.settings.instance)
@@ -484,7 +674,7 @@ impl Tasks {
         if is_id {
             if let Some(found) = self.inspect_own(reference).await? {
                 // Docker also resolves names and other prefix lengths; only ids count here.
-                if found.id.starts_with(reference) {
+                if found.id.starts_with(reference) && !self.idle_in_pool(&found) {
                     return Ok(Some(found));
                 }
             }
@@ -546,6 +736,7 @@ impl Tasks {
     /// Every live task of this instance, oldest first.
     pub async fn list(&self) -> Result<Vec<TaskView>, TaskError> {
         let mut found = self.list_own().await?;
+        found.retain(|c| !self.idle_in_pool(c));
         found.sort_by_key(|c| {
             (
                 label_u64(&c.labels, LABEL_CREATED).unwrap_or(0),
@@ -619,7 +810,16 @@ impl Tasks {
         let reservation = self.reserve_daemons(daemons)?;
         let mut started = Vec::with_capacity(specs.len());
         for (spec, archive) in specs.into_iter().zip(archives) {
-            match self.start_task(&spec, archive, now).await {
+            let warm = if self.warm_eligible(&spec) {
+                spec.image.as_deref().and_then(|i| self.inner.pool.take(i))
+            } else {
+                None
+            };
+            let start = match warm {
+                Some(w) => self.start_in_warm(&spec, archive, w, now).await,
+                None => self.start_task(&spec, archive, now).await,
+            };
+            match start {
                 Ok(record) => started.push((record, spec)),
                 Err(e) => {
                     for (record, _) in started {
@@ -633,25 +833,58 @@ impl Tasks {
         }
         reservation.commit();
         let mut permits = split_permit(permit, started.len());
-        let records: Vec<Shared> = started.iter().map(|(r, _)| r.clone()).collect();
         let mut handles = Vec::with_capacity(started.len());
         for (record, spec) in started {
-            let this = self.clone();
-            let guard = self.inner.background.enter();
-            let permit = permits.pop();
-            handles.push(tokio::spawn(async move {
-                let _guard = guard;
-                let _permit = permit;
-                this.run(&record, &spec.cmds, &[], None, &spec.limits).await;
-                this.finish(&record);
-            }));
+            handles.push(self.spawn_run(record, spec, permits.pop()));
         }
-        if wait {
-            for h in handles {
-                h.await.expect("task runner panicked");
-            }
+        let mut views = Vec::with_capacity(handles.len());
+        for (view, handle) in handles {
+            views.push(if wait {
+                handle.await.expect("task runner panicked")
+            } else {
+                view
+            });
         }
-        Ok(records.iter().map(|r| r.lock().unwrap().view()).collect())
+        Ok(views)
+    }
+
+    /// Starts a run of `spec`'s commands in the task of `record`, returning the task as it
+    /// is now (for a 202) and the handle that yields it with this run's results.
+    fn spawn_run(
+        &self,
+        record: Shared,
+        spec: TaskSpec,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> (TaskView, tokio::task::JoinHandle<TaskView>) {
+        let seq = {
+            let mut r = record.lock().unwrap();
+            r.runs += 1;
+            r.seq += 1;
+            r.phase = Phase::Running;
+            r.results.clear();
+            r.failed_command = None;
+            r.error = None;
+            r.seq
+        };
+        let now = record.lock().unwrap().view();
+        let this = self.clone();
+        let guard = self.inner.background.enter();
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            let _permit = permit;
+            let outcome = this
+                .run(
+                    &record,
+                    seq,
+                    &spec.cmds,
+                    &spec.env,
+                    spec.pwd.as_deref(),
+                    &spec.limits,
+                )
+                .await;
+            this.finish(&record, outcome)
+        });
+        (now, handle)
     }
 
     /// PUT: runs the spec's commands in the live task `reference`, or creates it (named
@@ -716,27 +949,10 @@ impl Tasks {
         }
         let permit = self.admit(1).await?;
         let record = self.adopt(&found);
-        let this = self.clone();
-        let guard = self.inner.background.enter();
-        let rec = record.clone();
-        record.lock().unwrap().phase = Phase::Running;
-        let handle = tokio::spawn(async move {
-            let _guard = guard;
-            let _permit = permit;
-            this.run(
-                &rec,
-                &spec.cmds,
-                &spec.env,
-                spec.pwd.as_deref(),
-                &spec.limits,
-            )
-            .await;
-            this.finish(&rec);
-        });
+        let (view, handle) = self.spawn_run(record, spec, Some(permit));
         if wait {
-            handle.await.expect("task runner panicked");
+            return Ok((false, handle.await.expect("task runner panicked")));
         }
-        let view = record.lock().unwrap().view();
         Ok((false, view))
     }
 
@@ -812,6 +1028,9 @@ impl Tasks {
     /// Attaches to a container's agent; on failure the task falls back to exec, which
     /// works everywhere, so this is logged rather than fatal.
     async fn open_channel(&self, id: &str) -> Option<Arc<channel::Channel>> {
+        if self.inner.settings.exec_only {
+            return None;
+        }
         match channel::Channel::open(&self.inner.docker, id).await {
             Ok(c) => Some(c),
             Err(e) => {
@@ -833,7 +1052,7 @@ impl Tasks {
         };
         match current {
             Some(c) if !c.is_closed() => return Some(c),
-            _ if !attachable => return None,
+            _ if !attachable || self.inner.settings.exec_only => return None,
             _ => {}
         }
         let fresh = self.open_channel(&id).await?;
@@ -903,6 +1122,8 @@ impl Tasks {
                     ended: None,
                     channel: None,
                     attachable: found.labels.contains_key(LABEL_CHANNEL),
+                    runs: 0,
+                    seq: 0,
                 }))
             })
             .clone()
@@ -959,6 +1180,8 @@ impl Tasks {
             ended: None,
             channel: None,
             attachable: true,
+            runs: 0,
+            seq: 0,
         }));
         // Registered at once, so reconciliation never mistakes it for an orphan.
         self.inner
@@ -1054,19 +1277,14 @@ impl Tasks {
     async fn run(
         &self,
         record: &Shared,
+        seq: u64,
         cmds: &[Command],
         env: &[(String, String)],
         pwd: Option<&str>,
         limits: &Limits,
-    ) {
-        let id = {
-            let mut r = record.lock().unwrap();
-            r.phase = Phase::Running;
-            r.results.clear();
-            r.failed_command = None;
-            r.error = None;
-            r.id.clone()
-        };
+    ) -> RunOutcome {
+        let id = record.lock().unwrap().id.clone();
+        let mut out = RunOutcome::default();
         for (i, cmd) in cmds.iter().enumerate() {
             let outcome = match self.channel_for(record).await {
                 Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits).await,
@@ -1076,44 +1294,52 @@ impl Tasks {
                     self.check_killed_with_container(&id, outcome).await
                 }
             };
-            let mut r = record.lock().unwrap();
-            let failure = match outcome {
+            let ended = record.lock().unwrap().ended;
+            let done = match outcome {
                 Ok(mut result) => {
                     // Killed with its container: whatever code Docker saw, it did not finish.
-                    if r.ended.is_some() {
+                    if ended.is_some() {
                         result.exit_code = None;
                     }
                     let ok = result.succeeded();
-                    r.results.push(result);
-                    if ok {
-                        continue;
+                    out.results.push(result);
+                    if !ok {
+                        out.failed_command = Some(i);
+                        out.error = ended.map(ended_failure);
                     }
-                    r.failed_command = Some(i);
-                    r.ended.map(ended_failure)
+                    !ok
                 }
                 Err(RunError::Docker { partial, error }) => {
-                    r.results.push(partial);
-                    r.failed_command = Some(i);
-                    Some(r.ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
                         code: error.step.code().to_string(),
                         message: error.to_string(),
-                    }))
+                    }));
+                    true
                 }
                 Err(RunError::Lost { partial, why }) => {
-                    r.results.push(partial);
-                    r.failed_command = Some(i);
-                    Some(r.ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
                         code: "task.container_stopped".to_string(),
                         message: format!("the task's container stopped under the command: {why}"),
-                    }))
+                    }));
+                    true
                 }
             };
-            if failure.is_some() {
-                r.error = failure;
-                r.phase = Phase::Failed;
+            // GET shows the newest run's results as they finish.
+            let mut r = record.lock().unwrap();
+            if r.seq == seq {
+                r.results = out.results.clone();
+                r.failed_command = out.failed_command;
+                r.error = out.error.clone();
             }
-            break;
+            if done {
+                break;
+            }
         }
+        out
     }
 
     /// On the exec path a command killed by a signal may have died with its container (a
@@ -1154,11 +1380,13 @@ impl Tasks {
         }
     }
 
-    /// After a run: a daemon waits for more; anything else is removed, off the answer's path.
-    fn finish(&self, record: &Shared) {
-        let (id, daemon) = {
+    /// After a run: a daemon waits for more; anything else is removed, off the answer's
+    /// path. Returns the task with this run's own results.
+    fn finish(&self, record: &Shared, outcome: RunOutcome) -> TaskView {
+        let (id, remove, mut view) = {
             let mut r = record.lock().unwrap();
-            if r.phase == Phase::Running {
+            r.runs -= 1;
+            if r.runs == 0 && r.phase == Phase::Running {
                 r.phase = if r.daemon {
                     Phase::Idle
                 } else {
@@ -1168,11 +1396,26 @@ impl Tasks {
             if r.error.is_some() {
                 r.phase = Phase::Failed;
             }
-            (r.id.clone(), r.daemon)
+            (r.id.clone(), !r.daemon && r.runs == 0, r.view())
         };
-        if !daemon {
+        if outcome.error.is_some() {
+            view.state = Phase::Failed.as_str().to_string();
+        } else if view.state == Phase::Failed.as_str() {
+            view.state = if view.daemon {
+                Phase::Idle
+            } else {
+                Phase::Finished
+            }
+            .as_str()
+            .to_string();
+        }
+        view.results = outcome.results;
+        view.failed_command = outcome.failed_command;
+        view.error = outcome.error;
+        if remove {
             self.remove_in_background(id);
         }
+        view
     }
 
     fn remove_in_background(&self, id: String) {
@@ -1202,6 +1445,9 @@ impl Tasks {
         };
         for id in doomed {
             self.forget(&id, "shutdown");
+            self.remove_in_background(id);
+        }
+        for id in self.inner.pool.drain() {
             self.remove_in_background(id);
         }
         if tokio::time::timeout(grace, self.inner.background.wait_idle())
