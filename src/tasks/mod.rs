@@ -541,10 +541,10 @@ impl Tasks {
             // Idle pooled containers of this process belong to the pool; an earlier
             // process's are stale (its pool is gone) and go.
             if c.labels.contains_key(LABEL_POOL) {
-                if created < self.inner.boot {
-                    if self.inner.docker.remove_container(&c.id).await.is_ok() {
-                        removed += 1;
-                    }
+                if created < self.inner.boot
+                    && self.inner.docker.remove_container(&c.id).await.is_ok()
+                {
+                    removed += 1;
                 }
                 continue;
             }
