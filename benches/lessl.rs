@@ -189,6 +189,8 @@ fn main() {
         .unwrap();
     let docker = Docker::new("/var/run/docker.sock", Duration::from_secs(60));
     let lessl = Lessl::start(&["--max-daemons", "2000", "--max-running", "64"]);
+    let warm_pool = format!("{BUSYBOX}={}", a.flight);
+    let warm = Lessl::start(&["--max-running", "64", "--warm", &warm_pool]);
     let binary = std::fs::metadata(env!("CARGO_BIN_EXE_lessl"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -214,18 +216,18 @@ fn main() {
         .unwrap()
         .to_string();
 
-    let (mut run_rm, mut floor, mut exec, mut cold, mut put) = (
-        Series::default(),
-        Series::default(),
-        Series::default(),
-        Series::default(),
-        Series::default(),
-    );
+    let pool_full = || pooled(&warm) >= a.flight;
+    support::wait_until(Duration::from_secs(60), pool_full);
+    let mut s: [Series; 6] = Default::default();
+    let [run_rm, floor, exec, cold, put, hot] = &mut s;
     for _ in 0..a.rounds {
         run_rm.time(docker_run_rm);
         floor.time(|| rt.block_on(raw_floor(&docker)));
         exec.time(|| rt.block_on(raw_exec(&docker, &running)));
         cold.time(|| post_echo(&lessl));
+        // A pooled container taken now was refilled since the last round.
+        support::wait_until(Duration::from_secs(10), pool_full);
+        hot.time(|| post_echo(&warm));
         put.time(|| {
             let v = lessl
                 .put(&daemon, r#"{"cmd": ["echo hello"]}"#)
@@ -241,11 +243,12 @@ fn main() {
     );
     println!("{:<34} {:>10} {:>10}", "", "median ms", "p90 ms");
     for (name, s) in [
-        ("docker run --rm", &run_rm),
-        ("raw API floor (NetworkDisabled)", &floor),
-        ("raw API exec", &exec),
-        ("lessl cold POST", &cold),
-        ("lessl PUT (one command)", &put),
+        ("docker run --rm", &*run_rm),
+        ("raw API floor (NetworkDisabled)", &*floor),
+        ("raw API exec", &*exec),
+        ("lessl cold POST", &*cold),
+        ("lessl warm POST", &*hot),
+        ("lessl PUT (one command)", &*put),
     ] {
         println!("{name:<34} {:>10.1} {:>10.1}", s.median(), s.pct(0.9));
     }
@@ -323,4 +326,19 @@ fn main() {
     lessl.delete(&daemon).expect(204);
     rt.block_on(docker.remove_container(&running)).unwrap();
     lessl.finish();
+    warm.finish();
+}
+
+/// Idle pooled containers of a Lessl.
+fn pooled(lessl: &Lessl) -> usize {
+    support::docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=lessl.instance={}", lessl.instance),
+        "--filter",
+        "label=lessl.pool",
+    ])
+    .lines()
+    .count()
 }

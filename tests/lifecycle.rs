@@ -404,3 +404,46 @@ fn task_list_is_this_instances_live_tasks_oldest_first() {
     other.finish();
     lessl.finish();
 }
+
+#[test]
+fn the_task_list_follows_docker_when_containers_change_behind_lessls_back() {
+    let lessl = Lessl::start(&[]);
+    let post = || {
+        lessl
+            .post(&json!({"image": BUSYBOX, "daemon": true}).to_string())
+            .expect(201)
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (stopped, removed) = (post(), post());
+    let listed = |id: &str| {
+        lessl
+            .get("/tasks")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+    };
+    assert!(listed(&stopped).is_some() && listed(&removed).is_some());
+    docker(&["stop", "-t", "1", &stopped]);
+    docker(&["rm", "-f", &removed]);
+    assert!(
+        wait_until(Duration::from_secs(5), || listed(&removed).is_none()),
+        "a container removed outside Lessl is still listed"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        listed(&stopped).is_some_and(|t| t["state"] == "exited")
+    }));
+    lessl.get(&format!("/tasks/{removed}")).expect(404);
+    let v = lessl
+        .put(&stopped, r#"{"cmd": ["true"]}"#)
+        .expect(409)
+        .json();
+    assert_eq!(v["error"]["code"], "task.not_running");
+    lessl.delete(&stopped).expect(204);
+    lessl.finish();
+}

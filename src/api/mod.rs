@@ -15,6 +15,9 @@ use crate::spec;
 use crate::tasks::Tasks;
 pub use error::ApiError;
 
+/// The OpenAPI 3.1 document of this API, served as is at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("openapi.json");
+
 /// What every request handler shares.
 pub struct Api {
     /// The task service behind the verbs.
@@ -31,6 +34,7 @@ pub struct Api {
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
     Health,
+    OpenApi,
     ListTasks,
     CreateTask,
     GetTask(&'a str),
@@ -44,6 +48,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     match (segments.as_slice(), method) {
         (["health"], &Method::GET) => Ok(Route::Health),
         (["health"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["openapi.json"], &Method::GET) => Ok(Route::OpenApi),
+        (["openapi.json"], _) => Err(ApiError::MethodNotAllowed("GET")),
         (["tasks"], &Method::GET) => Ok(Route::ListTasks),
         (["tasks"], &Method::POST) => Ok(Route::CreateTask),
         (["tasks"], _) => Err(ApiError::MethodNotAllowed("GET, POST")),
@@ -88,6 +94,13 @@ impl Api {
                     StatusCode::OK,
                     &serde_json::json!({"status": "ok", "docker_api": api}),
                 ))
+            }
+            Route::OpenApi => {
+                query.none()?;
+                let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok(resp)
             }
             Route::ListTasks => {
                 query.none()?;
@@ -189,13 +202,13 @@ impl Api {
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(too_large);
         }
-        match Limited::new(req.into_body(), self.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(e) => Err(ApiError::ReadBody(e.to_string())),
+        // A client that trickles its body must not hold a connection (and memory) forever.
+        let body = Limited::new(req.into_body(), self.max_body_bytes).collect();
+        match tokio::time::timeout(self.request_timeout, body).await {
+            Err(_) => Err(ApiError::BodyTimeout(self.request_timeout)),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+            Ok(Err(e)) => Err(ApiError::ReadBody(e.to_string())),
         }
     }
 }
@@ -302,6 +315,11 @@ mod tests {
             Ok(Route::DeleteTask("abc"))
         );
         assert_eq!(route(&Method::GET, "/health"), Ok(Route::Health));
+        assert_eq!(route(&Method::GET, "/openapi.json"), Ok(Route::OpenApi));
+        assert_eq!(
+            route(&Method::POST, "/openapi.json"),
+            Err(ApiError::MethodNotAllowed("GET"))
+        );
         assert_eq!(
             route(&Method::DELETE, "/tasks"),
             Err(ApiError::MethodNotAllowed("GET, POST"))

@@ -44,6 +44,7 @@ pub enum Step {
     WaitContainer,
     ContainerLogs,
     Attach,
+    Events,
     CreateExec,
     StartExec,
     InspectExec,
@@ -65,6 +66,7 @@ impl Step {
             Step::WaitContainer => "docker.container.wait",
             Step::ContainerLogs => "docker.container.logs",
             Step::Attach => "docker.container.attach",
+            Step::Events => "docker.events",
             Step::CreateExec => "docker.exec.create",
             Step::StartExec => "docker.exec.start",
             Step::InspectExec => "docker.exec.inspect",
@@ -464,6 +466,17 @@ impl Docker {
             }),
             Ok(Ok(upgraded)) => Ok(TokioIo::new(upgraded)),
         }
+    }
+
+    /// Docker's event stream for containers carrying every one of `labels`: one JSON object
+    /// per line, for as long as the connection lasts (the timeout covers only the headers).
+    pub async fn events(&self, labels: &[String]) -> Result<Incoming, DockerError> {
+        let filters = serde_json::json!({ "type": ["container"], "label": labels }).to_string();
+        let path = format!("/events?filters={}", query_escape(&filters));
+        let resp = self
+            .send(Step::Events, Method::GET, &path, Body::Empty)
+            .await?;
+        Ok(resp.into_body())
     }
 
     /// Unpacks a plain tar archive at `dir` (which must exist) in the container.

@@ -143,3 +143,18 @@ pub struct WaitResponse {
 pub struct VersionInfo {
     pub api_version: String,
 }
+
+/// One line of Docker's event stream; only what says which container did what.
+#[derive(Debug, Deserialize)]
+pub struct Event {
+    #[serde(rename = "Action", default)]
+    pub action: String,
+    #[serde(rename = "Actor", default)]
+    pub actor: Actor,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Actor {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+}

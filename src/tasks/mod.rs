@@ -215,6 +215,10 @@ struct Record {
     attachable: bool,
     /// Runs in progress (PUTs may overlap).
     runs: usize,
+    /// The container exists, as far as Docker's events said.
+    alive: bool,
+    /// The container stopped (its keep-alive died, or Docker stopped it).
+    exited: bool,
     /// Number of the newest run, whose results GET shows.
     seq: u64,
 }
@@ -229,11 +233,18 @@ struct RunOutcome {
 
 impl Record {
     fn view(&self) -> TaskView {
+        let stopped =
+            self.exited && matches!(self.phase, Phase::Idle | Phase::Running | Phase::Starting);
         TaskView {
             id: self.id.clone(),
             name: self.name.clone(),
             image: self.image.clone(),
-            state: self.phase.as_str().to_string(),
+            state: if stopped {
+                "exited"
+            } else {
+                self.phase.as_str()
+            }
+            .to_string(),
             daemon: self.daemon,
             created_at: rfc3339(self.created / 1000),
             expires_at: rfc3339(self.expires / 1000),
@@ -313,6 +324,8 @@ struct Inner {
     daemons: AtomicUsize,
     /// Started, never-used containers waiting for a task.
     pool: pool::Pool,
+    /// The records mirror Docker (events stream live, reconciled since it connected).
+    mirrored: std::sync::atomic::AtomicBool,
 }
 
 /// Unix milliseconds.
@@ -345,6 +358,7 @@ impl Tasks {
                 queued: AtomicUsize::new(0),
                 daemons: AtomicUsize::new(0),
                 pool: pool::Pool::new(settings_warm),
+                mirrored: Default::default(),
             }),
         }
     }
@@ -365,15 +379,87 @@ impl Tasks {
             }
         });
         let this = self.clone();
-        tokio::spawn(async move {
-            while let Err(e) = this.reconcile().await {
+        tokio::spawn(async move { this.mirror_docker().await });
+    }
+
+    /// Keeps the in-memory records a mirror of Docker: watches the event stream of this
+    /// instance's containers, and after every (re)connection reconciles with a full listing,
+    /// so nothing that happened while the stream was down is missed. While the mirror is
+    /// live, listings are served from memory.
+    async fn mirror_docker(&self) {
+        let labels = [LABEL_MANAGED.to_string(), self.instance_label()];
+        let mut pool_started = false;
+        loop {
+            let events = match self.inner.docker.events(&labels).await {
+                Ok(e) => e,
+                Err(e) => {
+                    log!("docker events: {e}; retrying in {RECONCILE_RETRY:?}");
+                    tokio::time::sleep(RECONCILE_RETRY).await;
+                    continue;
+                }
+            };
+            if let Err(e) = self.reconcile().await {
                 log!("reconcile: {e}; retrying in {RECONCILE_RETRY:?}");
                 tokio::time::sleep(RECONCILE_RETRY).await;
+                continue;
             }
-            if !this.inner.settings.warm.is_empty() {
-                this.refill_pool().await;
+            self.inner.mirrored.store(true, Ordering::SeqCst);
+            if !pool_started && !self.inner.settings.warm.is_empty() {
+                pool_started = true;
+                let this = self.clone();
+                tokio::spawn(async move { this.refill_pool().await });
             }
-        });
+            let why = self.follow_events(events).await;
+            self.inner.mirrored.store(false, Ordering::SeqCst);
+            log!("docker events stream ended ({why}); reconnecting");
+        }
+    }
+
+    /// Applies events until the stream ends; returns why it ended.
+    async fn follow_events(&self, mut events: hyper::body::Incoming) -> String {
+        use http_body_util::BodyExt;
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match events.frame().await {
+                None => return "end of stream".into(),
+                Some(Err(e)) => return e.to_string(),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+            };
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                if let Ok(event) = serde_json::from_slice::<crate::docker::models::Event>(&line) {
+                    self.apply_event(&event.action, &event.actor.id);
+                }
+            }
+        }
+    }
+
+    /// A container stopped or went away: the records say so at once.
+    fn apply_event(&self, action: &str, id: &str) {
+        let Some(record) = self.record(id) else {
+            return;
+        };
+        match action {
+            "die" => record.lock().unwrap().exited = true,
+            "destroy" => {
+                let daemon = {
+                    let mut r = record.lock().unwrap();
+                    r.exited = true;
+                    r.alive = false;
+                    r.daemon
+                };
+                // A daemon's record only mirrors its container; a finished non-daemon's
+                // results stay visible until its TTL.
+                if daemon {
+                    self.forget(id, "removed");
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Keeps the warm pool at its targets: refills after takes, replaces old containers.
@@ -501,6 +587,8 @@ impl Tasks {
             channel: Some(warm.channel),
             attachable: true,
             runs: 0,
+            alive: true,
+            exited: false,
             seq: 0,
         }));
         self.inner
@@ -532,8 +620,18 @@ impl Tasks {
         let now = now_ms();
         let mut adopted = 0;
         let mut removed = 0;
-        for c in self.list_own().await? {
-            if self.record(&c.id).is_some() {
+        // Known before the listing, so a task created meanwhile is not taken for gone.
+        let known: Vec<String> = self.inner.records.lock().unwrap().keys().cloned().collect();
+        let listed = self.list_own().await?;
+        // Records whose containers vanished while nobody watched.
+        let present: std::collections::HashSet<&str> =
+            listed.iter().map(|c| c.id.as_str()).collect();
+        for id in known.iter().filter(|id| !present.contains(id.as_str())) {
+            self.apply_event("destroy", id);
+        }
+        for c in listed {
+            if let Some(record) = self.record(&c.id) {
+                record.lock().unwrap().exited = !c.running;
                 continue;
             }
             let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
@@ -735,6 +833,19 @@ impl Tasks {
 
     /// Every live task of this instance, oldest first.
     pub async fn list(&self) -> Result<Vec<TaskView>, TaskError> {
+        if self.inner.mirrored.load(Ordering::SeqCst) {
+            let records = self.inner.records.lock().unwrap();
+            let mut live: Vec<(u64, String, TaskView)> = records
+                .values()
+                .filter_map(|r| {
+                    let r = r.lock().unwrap();
+                    r.alive.then(|| (r.created, r.id.clone(), r.view()))
+                })
+                .collect();
+            drop(records);
+            live.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            return Ok(live.into_iter().map(|(_, _, v)| v).collect());
+        }
         let mut found = self.list_own().await?;
         found.retain(|c| !self.idle_in_pool(c));
         found.sort_by_key(|c| {
@@ -895,42 +1006,26 @@ impl Tasks {
         mut spec: TaskSpec,
         wait: bool,
     ) -> Result<(bool, TaskView), TaskError> {
-        let Some(found) = self.resolve(reference).await? else {
-            if spec.image.is_none() {
-                return Err(TaskError::NotFound(reference.to_string()));
-            }
-            if spec::check_name(reference).is_err() {
-                return Err(TaskError::Request {
-                    field: "task_name".into(),
-                    message: format!("`{reference}` cannot name a new task: use [A-Za-z0-9_.-], 1 to 64 characters"),
-                });
-            }
-            if spec.name.as_deref().is_some_and(|n| n != reference) {
-                return Err(TaskError::Request {
-                    field: "task_name".into(),
-                    message: "task_name differs from the task named in the path".into(),
-                });
-            }
-            spec.name = Some(reference.to_string());
-            let request = spec::Request {
-                tasks: vec![spec],
-                is_array: false,
-            };
-            let mut views = self.create(request, wait).await?;
-            return Ok((true, views.remove(0)));
+        // A task this process watches live answers from memory: no Docker round trip.
+        let record = match self.live_record(reference) {
+            Some(r) => r,
+            None => match self.resolve(reference).await? {
+                Some(found) if !found.running => {
+                    return Err(TaskError::NotRunning(reference.to_string()))
+                }
+                Some(found) => self.adopt(&found),
+                None => return self.put_creates(reference, spec, wait).await,
+            },
         };
-        if spec
-            .name
-            .as_deref()
-            .is_some_and(|n| Some(n) != found.labels.get(LABEL_NAME).map(String::as_str))
-        {
+        let (id, name) = {
+            let r = record.lock().unwrap();
+            (r.id.clone(), r.name.clone())
+        };
+        if spec.name.is_some() && spec.name != name {
             return Err(TaskError::Request {
                 field: "task_name".into(),
                 message: "task_name differs from the task's name; a task cannot be renamed".into(),
             });
-        }
-        if !found.running {
-            return Err(TaskError::NotRunning(reference.to_string()));
         }
         if let Some(m) = spec.mounts.first() {
             return Err(TaskError::Request {
@@ -945,15 +1040,67 @@ impl Tasks {
                 message: e.message,
             })?;
         if let Some(tar) = archive {
-            self.inner.docker.put_archive(&found.id, "/", tar).await?;
+            self.inner.docker.put_archive(&id, "/", tar).await?;
         }
         let permit = self.admit(1).await?;
-        let record = self.adopt(&found);
         let (view, handle) = self.spawn_run(record, spec, Some(permit));
         if wait {
             return Ok((false, handle.await.expect("task runner panicked")));
         }
         Ok((false, view))
+    }
+
+    /// PUT to a name no live task has: creates the task, named after the path.
+    async fn put_creates(
+        &self,
+        reference: &str,
+        mut spec: TaskSpec,
+        wait: bool,
+    ) -> Result<(bool, TaskView), TaskError> {
+        if spec.image.is_none() {
+            return Err(TaskError::NotFound(reference.to_string()));
+        }
+        if spec::check_name(reference).is_err() {
+            return Err(TaskError::Request {
+                field: "task_name".into(),
+                message: format!(
+                    "`{reference}` cannot name a new task: use [A-Za-z0-9_.-], 1 to 64 characters"
+                ),
+            });
+        }
+        if spec.name.as_deref().is_some_and(|n| n != reference) {
+            return Err(TaskError::Request {
+                field: "task_name".into(),
+                message: "task_name differs from the task named in the path".into(),
+            });
+        }
+        spec.name = Some(reference.to_string());
+        let request = spec::Request {
+            tasks: vec![spec],
+            is_array: false,
+        };
+        let mut views = self.create(request, wait).await?;
+        Ok((true, views.remove(0)))
+    }
+
+    /// A running task this process mirrors, with an open stream to its agent, by id, short
+    /// id or name; only while the mirror of Docker is live.
+    fn live_record(&self, reference: &str) -> Option<Shared> {
+        if !self.inner.mirrored.load(Ordering::SeqCst) {
+            return None;
+        }
+        let records = self.inner.records.lock().unwrap();
+        records
+            .values()
+            .find(|r| {
+                let r = r.lock().unwrap();
+                let named = r.id == reference
+                    || (reference.len() == 12 && r.id.starts_with(reference))
+                    || r.name.as_deref() == Some(reference);
+                let open = r.channel.as_ref().is_some_and(|c| !c.is_closed());
+                named && r.alive && !r.exited && open
+            })
+            .cloned()
     }
 
     /// A run slot for each of `n` tasks, waiting in the bounded queue when all are taken.
@@ -1123,6 +1270,8 @@ impl Tasks {
                     channel: None,
                     attachable: found.labels.contains_key(LABEL_CHANNEL),
                     runs: 0,
+                    alive: true,
+                    exited: !found.running,
                     seq: 0,
                 }))
             })
@@ -1181,6 +1330,8 @@ impl Tasks {
             channel: None,
             attachable: true,
             runs: 0,
+            alive: true,
+            exited: false,
             seq: 0,
         }));
         // Registered at once, so reconciliation never mistakes it for an orphan.
