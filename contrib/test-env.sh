@@ -4,7 +4,8 @@
 #   contrib/test-env.sh            # ensure Docker + test images, then `cargo test`
 #   contrib/test-env.sh --setup    # only ensure Docker + test images
 #
-# On Debian as root it installs docker.io and busybox-static when missing and starts
+# On Debian as root it installs docker.io, busybox-static, musl-tools and systemd (for
+# systemd-analyze) when missing and starts
 # `dockerd --bridge=none --iptables=false --ip-masq=false` when no engine answers; elsewhere it
 # says what is missing and stops. Images are built offline with `docker import`, since no
 # registry can be reached: lessl-test/busybox (static busybox and its applet links) and
@@ -23,6 +24,9 @@ install_packages() {
     command -v docker >/dev/null 2>&1 || missing+=(docker.io)
     [ -x /bin/busybox ] || missing+=(busybox-static)
     command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+    # tests/ops.rs checks the units with `systemd-analyze verify`, which works without
+    # systemd running as PID 1.
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         die "missing: ${missing[*]}; install them (Debian: apt-get install ${missing[*]}) and rerun"

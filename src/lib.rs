@@ -10,16 +10,23 @@
 //! - [`tasks`]: task lifecycle, command runs, TTLs, reconciliation after restarts.
 //! - [`docker`]: the Engine API client over the Unix socket, and stream demultiplexing.
 //! - [`fetch`]: `src` downloads over http(s), refusing internal destinations (SSRF).
+//! - [`metrics`]: counters and histograms for `GET /metrics` (Prometheus text format).
 //! - [`tar`]: the plain tar archives that carry resources into containers.
 //! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
+//! - [`cli`]: the command-line client (`run`, `exec`, `ps`, `status`, `rm`); it only speaks HTTP
+//!   to a Lessl, and no other module imports it.
+//! - [`systemd`]: readiness notifications (`NOTIFY_SOCKET`) and socket activation (`LISTEN_FDS`).
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod fetch;
+pub mod metrics;
 pub mod server;
 pub mod spec;
+pub mod systemd;
 pub mod tar;
 pub mod tasks;
 

@@ -14,6 +14,7 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::log;
+use crate::systemd::{Inherited, Supervision};
 use crate::tasks::{Settings, Tasks};
 
 extern "C" {
@@ -52,6 +53,38 @@ impl Listener {
         }
     }
 
+    /// Adopts the socket systemd passed (socket activation) instead of binding `--listen`.
+    /// The rule for `--listen` holds here too: a TCP socket on a non-loopback address needs a
+    /// token, whoever bound it.
+    pub fn inherit(socket: Inherited, config: &Config) -> Result<Listener, String> {
+        let step = |what: &str, e: std::io::Error| format!("socket activation: {what}: {e}");
+        match socket {
+            Inherited::Tcp(l) => {
+                let addr = l
+                    .local_addr()
+                    .map_err(|e| step("reading the inherited address", e))?;
+                if !addr.ip().is_loopback() && config.token.is_none() {
+                    return Err(format!(
+                        "socket activation: refusing to serve the inherited socket on \
+                         non-loopback {addr} without --token-file"
+                    ));
+                }
+                l.set_nonblocking(true)
+                    .map_err(|e| step("making the socket non-blocking", e))?;
+                Ok(Listener::Tcp(
+                    TcpListener::from_std(l).map_err(|e| step("registering the socket", e))?,
+                ))
+            }
+            Inherited::Unix(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|e| step("making the socket non-blocking", e))?;
+                Ok(Listener::Unix(
+                    UnixListener::from_std(l).map_err(|e| step("registering the socket", e))?,
+                ))
+            }
+        }
+    }
+
     /// Where it listens, for the log line tests and operators read.
     pub fn describe(&self) -> String {
         match self {
@@ -62,7 +95,15 @@ impl Listener {
             Listener::Unix(l) => l
                 .local_addr()
                 .ok()
-                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .and_then(|a| {
+                    // An inherited socket may have an abstract name (ListenStream=@name).
+                    a.as_pathname()
+                        .map(|p| format!("unix:{}", p.display()))
+                        .or_else(|| {
+                            a.as_abstract_name()
+                                .map(|n| format!("unix:@{}", String::from_utf8_lossy(n)))
+                        })
+                })
                 .unwrap_or_else(|| "unix".into()),
         }
     }
@@ -70,6 +111,16 @@ impl Listener {
 
 /// Runs Lessl on `listener` until `shutdown` resolves, then drains and cleans up.
 pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Output = ()>) {
+    run_supervised(listener, config, shutdown, Supervision::default()).await
+}
+
+/// [`run`], telling a service manager when the API is up and when shutdown begins.
+pub async fn run_supervised(
+    listener: Listener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    supervision: Supervision,
+) {
     let docker = Docker::new(&config.docker_socket, config.docker_timeout);
     let tasks = Tasks::new(
         docker,
@@ -96,7 +147,10 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
     });
-    log!("listening on {}", listener.describe());
+    let listening = listener.describe();
+    log!("listening on {listening}");
+    // The socket accepts from here on (connections queue until the loop below takes them).
+    supervision.ready(&listening);
 
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -125,6 +179,7 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
             let _ = conn.await;
         });
     }
+    supervision.stopping();
     log!(
         "shutting down: no new connections, {:?} for in-flight requests",
         config.shutdown_grace
@@ -136,7 +191,11 @@ pub async fn run(listener: Listener, config: Config, shutdown: impl Future<Outpu
         log!("shutdown: requests still running after the grace period");
     }
     tasks.shutdown(config.shutdown_grace).await;
-    if let crate::config::ListenAddr::Unix(path) = &config.listen {
+    // An inherited socket's file belongs to its .socket unit, which keeps listening for the
+    // next start; only a socket Lessl bound itself is Lessl's to remove.
+    if let (crate::config::ListenAddr::Unix(path), false) =
+        (&config.listen, supervision.socket_inherited)
+    {
         let _ = std::fs::remove_file(path);
     }
     log!("stopped");

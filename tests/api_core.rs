@@ -456,3 +456,37 @@ fn health_reports_docker() {
     assert!(v["docker_api"].as_str().unwrap().starts_with("1."));
     lessl.finish();
 }
+
+#[test]
+fn metrics_count_runs_commands_and_docker_calls() {
+    let lessl = Lessl::start(&[]);
+    lessl
+        .post(&json!({"image": BUSYBOX, "cmd": ["true", "false"]}).to_string())
+        .expect(201);
+    let v = lessl
+        .post(&json!({"image": BUSYBOX, "daemon": true}).to_string())
+        .expect(201)
+        .json();
+    let r = lessl.get("/metrics").expect(200);
+    assert!(r.header("Content-Type").unwrap().starts_with("text/plain"));
+    let text = r.text();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(line_start)
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert_eq!(value("lessl_runs_total{outcome=\"command_failed\"}"), 1.0);
+    assert_eq!(value("lessl_runs_total{outcome=\"succeeded\"}"), 1.0);
+    assert_eq!(value("lessl_command_duration_seconds_count"), 2.0);
+    assert!(
+        value("lessl_docker_call_duration_seconds_count{step=\"docker.container.create\"}") >= 2.0
+    );
+    assert_eq!(value("lessl_live_tasks"), 1.0);
+    assert_eq!(value("lessl_tasks_started_total{start=\"cold\"}"), 2.0);
+    assert!(value("lessl_http_responses_total{class=\"2xx\"}") >= 2.0);
+    lessl.delete(v["id"].as_str().unwrap()).expect(204);
+    lessl.finish();
+}

@@ -35,6 +35,7 @@ pub struct Api {
 enum Route<'a> {
     Health,
     OpenApi,
+    Metrics,
     ListTasks,
     CreateTask,
     GetTask(&'a str),
@@ -50,6 +51,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         (["health"], _) => Err(ApiError::MethodNotAllowed("GET")),
         (["openapi.json"], &Method::GET) => Ok(Route::OpenApi),
         (["openapi.json"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["metrics"], &Method::GET) => Ok(Route::Metrics),
+        (["metrics"], _) => Err(ApiError::MethodNotAllowed("GET")),
         (["tasks"], &Method::GET) => Ok(Route::ListTasks),
         (["tasks"], &Method::POST) => Ok(Route::CreateTask),
         (["tasks"], _) => Err(ApiError::MethodNotAllowed("GET, POST")),
@@ -74,6 +77,7 @@ impl Api {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
+        crate::metrics::METRICS.http_answered(response.status().as_u16());
         crate::log!(
             "{method} {path} -> {} in {} ms",
             response.status().as_u16(),
@@ -100,6 +104,16 @@ impl Api {
                 let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
                 resp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok(resp)
+            }
+            Route::Metrics => {
+                query.none()?;
+                let text = crate::metrics::METRICS.render(self.tasks.gauges());
+                let mut resp = Response::new(Full::new(Bytes::from(text)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
                 Ok(resp)
             }
             Route::ListTasks => {
@@ -316,6 +330,7 @@ mod tests {
         );
         assert_eq!(route(&Method::GET, "/health"), Ok(Route::Health));
         assert_eq!(route(&Method::GET, "/openapi.json"), Ok(Route::OpenApi));
+        assert_eq!(route(&Method::GET, "/metrics"), Ok(Route::Metrics));
         assert_eq!(
             route(&Method::POST, "/openapi.json"),
             Err(ApiError::MethodNotAllowed("GET"))

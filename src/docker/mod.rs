@@ -196,8 +196,12 @@ impl Docker {
         body: Body,
     ) -> Result<Response<Incoming>, DockerError> {
         let version = self.version().await?;
-        self.send_raw(step, method, &format!("{version}{path_and_query}"), body)
-            .await
+        let started = std::time::Instant::now();
+        let sent = self
+            .send_raw(step, method, &format!("{version}{path_and_query}"), body)
+            .await;
+        crate::metrics::METRICS.docker_call(step.code(), started.elapsed(), sent.is_err());
+        sent
     }
 
     async fn send_raw(

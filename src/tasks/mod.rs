@@ -608,6 +608,22 @@ impl Tasks {
         Ok(record)
     }
 
+    /// Point-in-time numbers for `GET /metrics`.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let records = self.inner.records.lock().unwrap();
+        let (mut live, mut running) = (0, 0);
+        for r in records.values() {
+            let r = r.lock().unwrap();
+            live += usize::from(r.alive);
+            running += usize::from(r.runs > 0);
+        }
+        crate::metrics::Gauges {
+            live_tasks: live,
+            running_tasks: running,
+            pooled_containers: self.inner.pool.len(),
+        }
+    }
+
     /// Docker's API version, proving it answers.
     pub async fn health(&self) -> Result<String, TaskError> {
         self.inner.docker.ping().await?;
@@ -926,6 +942,7 @@ impl Tasks {
             } else {
                 None
             };
+            crate::metrics::METRICS.task_started(warm.is_some());
             let start = match warm {
                 Some(w) => self.start_in_warm(&spec, archive, w, now).await,
                 None => self.start_task(&spec, archive, now).await,
@@ -980,6 +997,7 @@ impl Tasks {
         let now = record.lock().unwrap().view();
         let this = self.clone();
         let guard = self.inner.background.enter();
+        let started = std::time::Instant::now();
         let handle = tokio::spawn(async move {
             let _guard = guard;
             let _permit = permit;
@@ -993,6 +1011,12 @@ impl Tasks {
                     &spec.limits,
                 )
                 .await;
+            let kind = match (&outcome.error, outcome.failed_command) {
+                (Some(_), _) => crate::metrics::Outcome::Errored,
+                (None, Some(_)) => crate::metrics::Outcome::CommandFailed,
+                (None, None) => crate::metrics::Outcome::Succeeded,
+            };
+            crate::metrics::METRICS.run_ended(kind, started.elapsed());
             this.finish(&record, outcome)
         });
         (now, handle)
@@ -1446,6 +1470,10 @@ impl Tasks {
                 }
             };
             let ended = record.lock().unwrap().ended;
+            let (Ok(r)
+            | Err(RunError::Docker { partial: r, .. } | RunError::Lost { partial: r, .. })) =
+                &outcome;
+            crate::metrics::METRICS.command_ran(Duration::from_millis(r.duration_ms));
             let done = match outcome {
                 Ok(mut result) => {
                     // Killed with its container: whatever code Docker saw, it did not finish.

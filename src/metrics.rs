@@ -1,0 +1,366 @@
+//! Process-wide counters and histograms, rendered in Prometheus' text format for
+//! `GET /metrics`. Lock-free atomics only, so recording costs nothing on hot paths; modules
+//! record what happened, and this module knows nothing of what the numbers mean.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// A fixed-bucket histogram of durations.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    /// Sum in microseconds, to keep it an integer.
+    sum_us: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Histogram {
+            counts: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            sum_us: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        // Cumulative buckets are summed at render time; each observation lands in one.
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
+/// How a task's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every command exited 0.
+    Succeeded,
+    /// A command exited non-zero (or timed out, or was OOM-killed).
+    CommandFailed,
+    /// Lessl could not complete the run (container gone, Docker failed, TTL reached).
+    Errored,
+}
+
+const OUTCOMES: [(Outcome, &str); 3] = [
+    (Outcome::Succeeded, "succeeded"),
+    (Outcome::CommandFailed, "command_failed"),
+    (Outcome::Errored, "error"),
+];
+
+/// Every metric Lessl keeps.
+pub struct Metrics {
+    runs: [AtomicU64; 3],
+    run_seconds: Histogram,
+    command_seconds: Histogram,
+    /// Per Docker step code, in the order of `DOCKER_STEPS`.
+    docker_seconds: [Histogram; DOCKER_STEPS.len()],
+    docker_errors: [AtomicU64; DOCKER_STEPS.len()],
+    /// By status class 2xx..5xx.
+    http: [AtomicU64; 4],
+    warm_taken: AtomicU64,
+    cold_started: AtomicU64,
+}
+
+/// Docker steps measured, by their stable codes (see `docker::Step::code`).
+pub const DOCKER_STEPS: [&str; 17] = [
+    "docker.version",
+    "docker.ping",
+    "docker.container.create",
+    "docker.container.start",
+    "docker.container.inspect",
+    "docker.container.list",
+    "docker.container.kill",
+    "docker.container.remove",
+    "docker.container.wait",
+    "docker.container.logs",
+    "docker.container.attach",
+    "docker.events",
+    "docker.exec.create",
+    "docker.exec.start",
+    "docker.exec.inspect",
+    "docker.archive.put",
+    "other",
+];
+
+pub static METRICS: Metrics = Metrics {
+    runs: [const { AtomicU64::new(0) }; 3],
+    run_seconds: Histogram::new(),
+    command_seconds: Histogram::new(),
+    docker_seconds: [const { Histogram::new() }; DOCKER_STEPS.len()],
+    docker_errors: [const { AtomicU64::new(0) }; DOCKER_STEPS.len()],
+    http: [const { AtomicU64::new(0) }; 4],
+    warm_taken: AtomicU64::new(0),
+    cold_started: AtomicU64::new(0),
+};
+
+/// Point-in-time values the task layer reports when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub live_tasks: usize,
+    pub running_tasks: usize,
+    pub pooled_containers: usize,
+}
+
+fn step_index(code: &str) -> usize {
+    DOCKER_STEPS
+        .iter()
+        .position(|s| *s == code)
+        .unwrap_or(DOCKER_STEPS.len() - 1)
+}
+
+impl Metrics {
+    pub fn run_ended(&self, outcome: Outcome, took: Duration) {
+        let i = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
+        self.runs[i].fetch_add(1, Ordering::Relaxed);
+        self.run_seconds.observe(took);
+    }
+
+    pub fn command_ran(&self, took: Duration) {
+        self.command_seconds.observe(took);
+    }
+
+    pub fn docker_call(&self, step_code: &str, took: Duration, failed: bool) {
+        let i = step_index(step_code);
+        self.docker_seconds[i].observe(took);
+        if failed {
+            self.docker_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn http_answered(&self, status: u16) {
+        if let Some(c) = self.http.get((status / 100).saturating_sub(2) as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn task_started(&self, warm: bool) {
+        let c = if warm {
+            &self.warm_taken
+        } else {
+            &self.cold_started
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, g: Gauges) -> String {
+        let mut out = String::new();
+        let help = |out: &mut String, name: &str, kind: &str, text: &str| {
+            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+        };
+        help(
+            &mut out,
+            "lessl_runs_total",
+            "counter",
+            "Task runs (a POST's or a PUT's commands) by outcome.",
+        );
+        for (i, (_, label)) in OUTCOMES.iter().enumerate() {
+            let n = self.runs[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "lessl_runs_total{{outcome=\"{label}\"}} {n}");
+        }
+        help(
+            &mut out,
+            "lessl_tasks_started_total",
+            "counter",
+            "Tasks started, by container origin.",
+        );
+        let warm = self.warm_taken.load(Ordering::Relaxed);
+        let cold = self.cold_started.load(Ordering::Relaxed);
+        let _ = writeln!(out, "lessl_tasks_started_total{{start=\"warm\"}} {warm}");
+        let _ = writeln!(out, "lessl_tasks_started_total{{start=\"cold\"}} {cold}");
+        help(
+            &mut out,
+            "lessl_run_duration_seconds",
+            "histogram",
+            "Wall time of task runs.",
+        );
+        self.run_seconds
+            .render(&mut out, "lessl_run_duration_seconds", "");
+        help(
+            &mut out,
+            "lessl_command_duration_seconds",
+            "histogram",
+            "Wall time of single commands.",
+        );
+        self.command_seconds
+            .render(&mut out, "lessl_command_duration_seconds", "");
+        help(
+            &mut out,
+            "lessl_docker_call_duration_seconds",
+            "histogram",
+            "Docker Engine API calls by step.",
+        );
+        for (i, step) in DOCKER_STEPS.iter().enumerate() {
+            if self.docker_seconds[i].total.load(Ordering::Relaxed) > 0 {
+                let labels = format!("step=\"{step}\"");
+                self.docker_seconds[i].render(
+                    &mut out,
+                    "lessl_docker_call_duration_seconds",
+                    &labels,
+                );
+            }
+        }
+        help(
+            &mut out,
+            "lessl_docker_errors_total",
+            "counter",
+            "Docker Engine API calls that failed, by step.",
+        );
+        for (i, step) in DOCKER_STEPS.iter().enumerate() {
+            let n = self.docker_errors[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "lessl_docker_errors_total{{step=\"{step}\"}} {n}");
+        }
+        help(
+            &mut out,
+            "lessl_http_responses_total",
+            "counter",
+            "API answers by status class.",
+        );
+        for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let n = self.http[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "lessl_http_responses_total{{class=\"{class}\"}} {n}");
+        }
+        help(
+            &mut out,
+            "lessl_live_tasks",
+            "gauge",
+            "Tasks whose containers exist.",
+        );
+        let _ = writeln!(out, "lessl_live_tasks {}", g.live_tasks);
+        help(
+            &mut out,
+            "lessl_running_tasks",
+            "gauge",
+            "Tasks running commands now.",
+        );
+        let _ = writeln!(out, "lessl_running_tasks {}", g.running_tasks);
+        help(
+            &mut out,
+            "lessl_pooled_containers",
+            "gauge",
+            "Idle warm-pool containers.",
+        );
+        let _ = writeln!(out, "lessl_pooled_containers {}", g.pooled_containers);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(500));
+        let mut out = String::new();
+        h.render(&mut out, "x", "step=\"s\"");
+        assert!(
+            out.contains("x_bucket{step=\"s\",le=\"0.001\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{step=\"s\",le=\"0.05\"} 2\n"));
+        assert!(out.contains("x_bucket{step=\"s\",le=\"120\"} 2\n"));
+        assert!(out.contains("x_bucket{step=\"s\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count{step=\"s\"} 3\n"));
+        assert!(out.contains("x_sum{step=\"s\"} 500.0305\n"));
+    }
+
+    #[test]
+    fn every_docker_step_code_has_a_slot() {
+        use crate::docker::Step;
+        let steps = [
+            Step::Version,
+            Step::Ping,
+            Step::CreateContainer,
+            Step::StartContainer,
+            Step::InspectContainer,
+            Step::ListContainers,
+            Step::KillContainer,
+            Step::RemoveContainer,
+            Step::WaitContainer,
+            Step::ContainerLogs,
+            Step::Attach,
+            Step::Events,
+            Step::CreateExec,
+            Step::StartExec,
+            Step::InspectExec,
+            Step::PutArchive,
+        ];
+        for s in steps {
+            assert_ne!(step_index(s.code()), DOCKER_STEPS.len() - 1, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn rendering_has_every_family() {
+        let m = Metrics {
+            runs: [const { AtomicU64::new(0) }; 3],
+            run_seconds: Histogram::new(),
+            command_seconds: Histogram::new(),
+            docker_seconds: [const { Histogram::new() }; DOCKER_STEPS.len()],
+            docker_errors: [const { AtomicU64::new(0) }; DOCKER_STEPS.len()],
+            http: [const { AtomicU64::new(0) }; 4],
+            warm_taken: AtomicU64::new(0),
+            cold_started: AtomicU64::new(0),
+        };
+        m.run_ended(Outcome::CommandFailed, Duration::from_millis(3));
+        m.docker_call("docker.container.create", Duration::from_millis(40), true);
+        m.http_answered(201);
+        m.http_answered(503);
+        let text = m.render(Gauges {
+            live_tasks: 2,
+            running_tasks: 1,
+            pooled_containers: 3,
+        });
+        for line in [
+            "lessl_runs_total{outcome=\"command_failed\"} 1",
+            "lessl_docker_errors_total{step=\"docker.container.create\"} 1",
+            "lessl_docker_call_duration_seconds_count{step=\"docker.container.create\"} 1",
+            "lessl_http_responses_total{class=\"2xx\"} 1",
+            "lessl_http_responses_total{class=\"5xx\"} 1",
+            "lessl_live_tasks 2",
+            "lessl_running_tasks 1",
+            "lessl_pooled_containers 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
