@@ -131,6 +131,12 @@ pub struct ServeArgs {
     /// Host directories tasks may mount with `mnt` (comma-separated prefixes); default: none.
     #[arg(long, env = "LESSL_ALLOW_BIND", value_delimiter = ',')]
     pub allow_bind: Vec<String>,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, env = "LESSL_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long, env = "LESSL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// How commands reach a task's agent: `attach` (over the container's attach stream, the
     /// fast path) or `exec` (a Docker exec per command, the fallback, for debugging).
     #[arg(long, env = "LESSL_RUNNER", default_value = "attach", value_parser = ["attach", "exec"])]
@@ -195,6 +201,10 @@ pub struct Config {
     pub warm: Vec<(String, usize)>,
     /// Commands go by Docker exec, never over the attach stream.
     pub exec_only: bool,
+    /// Log level.
+    pub log_level: crate::log::Level,
+    /// Log line format.
+    pub log_format: crate::log::Format,
 }
 
 /// A setting that cannot be used, naming the flag.
@@ -310,6 +320,13 @@ impl ServeArgs {
             }
         }
         let exec_only = self.runner == "exec";
+        let log_level = crate::log::Level::parse(&self.log_level)
+            .ok_or_else(|| bad("log-level", "must be error, warn, info or debug"))?;
+        let log_format = if self.log_format == "json" {
+            crate::log::Format::Json
+        } else {
+            crate::log::Format::Text
+        };
         if exec_only && !warm.is_empty() {
             return Err(bad("warm", "the warm pool needs --runner attach"));
         }
@@ -406,6 +423,8 @@ impl ServeArgs {
             fetch,
             warm,
             exec_only,
+            log_level,
+            log_format,
         })
     }
 }

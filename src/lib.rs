@@ -10,6 +10,7 @@
 //! - [`tasks`]: task lifecycle, command runs, TTLs, reconciliation after restarts.
 //! - [`docker`]: the Engine API client over the Unix socket, and stream demultiplexing.
 //! - [`fetch`]: `src` downloads over http(s), refusing internal destinations (SSRF).
+//! - [`log`]: the event log on stderr, text or JSON, with levels.
 //! - [`metrics`]: counters and histograms for `GET /metrics` (Prometheus text format).
 //! - [`tar`]: the plain tar archives that carry resources into containers.
 //! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
@@ -23,26 +24,10 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod fetch;
+pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod spec;
 pub mod systemd;
 pub mod tar;
 pub mod tasks;
-
-/// One line on stderr per event, prefixed with the UTC time.
-#[macro_export]
-macro_rules! log {
-    ($($arg:tt)*) => {
-        $crate::log_line(format_args!($($arg)*))
-    };
-}
-
-#[doc(hidden)]
-pub fn log_line(args: std::fmt::Arguments<'_>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let stamp = tasks::view::rfc3339(now.as_secs());
-    eprintln!("{stamp} lessl: {args}");
-}

@@ -106,6 +106,7 @@ fn version() -> &'static str {
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let docker_host = std::env::var("DOCKER_HOST").ok();
     let config = args.into_config(docker_host.as_deref())?;
+    lessl::log::init(config.log_level, config.log_format);
     // systemd's variables are read and unset while this process has one thread: changing the
     // environment once the runtime's threads run would race them.
     let inherited = lessl::systemd::take_listen_fds()?;

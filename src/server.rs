@@ -148,7 +148,7 @@ pub async fn run_supervised(
         request_timeout: config.request_timeout,
     });
     let listening = listener.describe();
-    log!("listening on {listening}");
+    log!(notice: "listening on {listening}");
     // The socket accepts from here on (connections queue until the loop below takes them).
     supervision.ready(&listening);
 
@@ -167,7 +167,7 @@ pub async fn run_supervised(
             Ok(io) => io,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                log!("accept failed: {e}");
+                log!(warn: "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -188,7 +188,7 @@ pub async fn run_supervised(
         .await
         .is_err()
     {
-        log!("shutdown: requests still running after the grace period");
+        log!(warn: "shutdown: requests still running after the grace period");
     }
     tasks.shutdown(config.shutdown_grace).await;
     // An inherited socket's file belongs to its .socket unit, which keeps listening for the
@@ -198,7 +198,7 @@ pub async fn run_supervised(
     {
         let _ = std::fs::remove_file(path);
     }
-    log!("stopped");
+    log!(notice: "stopped");
 }
 
 /// Either kind of connection, boxed behind hyper's IO traits.

@@ -490,3 +490,37 @@ fn metrics_count_runs_commands_and_docker_calls() {
     lessl.delete(v["id"].as_str().unwrap()).expect(204);
     lessl.finish();
 }
+
+#[test]
+fn logs_are_json_with_the_task_in_each_line_and_follow_the_level() {
+    let lessl = Lessl::start(&["--log-format", "json"]);
+    let name = unique("logged");
+    let v = lessl
+        .post(&json!({"image": BUSYBOX, "task_name": name, "daemon": true}).to_string())
+        .expect(201)
+        .json();
+    let id = v["id"].as_str().unwrap().to_string();
+    lessl.delete(&id).expect(204);
+    let log = lessl.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for event in ["started from", "deleted"] {
+        let line = lines
+            .iter()
+            .find(|l| l["msg"].as_str().unwrap().starts_with(event))
+            .unwrap_or_else(|| panic!("no `{event}` line in\n{log}"));
+        assert_eq!(line["task"], id.as_str());
+        assert_eq!(line["name"], name.as_str());
+        assert_eq!(line["level"], "info");
+    }
+    lessl.finish();
+
+    let quiet = Lessl::start(&["--log-level", "warn"]);
+    quiet
+        .post(&json!({"image": BUSYBOX, "cmd": ["true"]}).to_string())
+        .expect(201);
+    assert!(!quiet.log().contains("started from"), "{}", quiet.log());
+    quiet.finish();
+}

@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use crate::agent::protocol::{Decoder, Frame, Request};
 use crate::docker::stream::{Demuxer, StreamKind};
 use crate::docker::{Docker, DockerError};
-use crate::log;
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -157,10 +156,8 @@ async fn route<R: AsyncRead + Unpin>(
             break e.to_string();
         }
         if !agent_log.is_empty() {
-            log!(
-                "task {short}: agent: {}",
-                String::from_utf8_lossy(&agent_log).trim_end()
-            );
+            let said = String::from_utf8_lossy(&agent_log);
+            crate::task_log!(Warn, &short, None; "agent: {}", said.trim_end());
         }
         let decoded = match frames.feed(&agent_bytes) {
             Ok(f) => f,
@@ -183,10 +180,7 @@ async fn route<R: AsyncRead + Unpin>(
     closed.store(true, Ordering::SeqCst);
     let waiting = std::mem::take(&mut *pending.lock().unwrap());
     if !waiting.is_empty() {
-        log!(
-            "task {short}: agent stream closed ({why}) under {} run(s)",
-            waiting.len()
-        );
+        crate::task_log!(Warn, &short, None; "agent stream closed ({why}) under {} run(s)", waiting.len());
     }
 }
 

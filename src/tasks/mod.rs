@@ -23,8 +23,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
 use crate::docker::{Docker, DockerError, Removed};
 use crate::fetch::{self, FetchError};
-use crate::log;
 use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
+use crate::{log, task_log};
 use expiry::Expiry;
 use run::{CmdResult, RunError, AGENT_PATH};
 use view::{rfc3339, RunFailure, TaskView};
@@ -393,13 +393,13 @@ impl Tasks {
             let events = match self.inner.docker.events(&labels).await {
                 Ok(e) => e,
                 Err(e) => {
-                    log!("docker events: {e}; retrying in {RECONCILE_RETRY:?}");
+                    log!(warn: "docker events: {e}; retrying in {RECONCILE_RETRY:?}");
                     tokio::time::sleep(RECONCILE_RETRY).await;
                     continue;
                 }
             };
             if let Err(e) = self.reconcile().await {
-                log!("reconcile: {e}; retrying in {RECONCILE_RETRY:?}");
+                log!(warn: "reconcile: {e}; retrying in {RECONCILE_RETRY:?}");
                 tokio::time::sleep(RECONCILE_RETRY).await;
                 continue;
             }
@@ -411,7 +411,7 @@ impl Tasks {
             }
             let why = self.follow_events(events).await;
             self.inner.mirrored.store(false, Ordering::SeqCst);
-            log!("docker events stream ended ({why}); reconnecting");
+            log!(warn: "docker events stream ended ({why}); reconnecting");
         }
     }
 
@@ -479,7 +479,7 @@ impl Tasks {
                     match self.start_warm(&image).await {
                         Ok(w) => self.inner.pool.put(&image, w),
                         Err(e) => {
-                            log!("warm pool: cannot start a container of {image}: {e}");
+                            log!(warn: "warm pool: cannot start a container of {image}: {e}");
                             failed = true;
                             break;
                         }
@@ -667,7 +667,9 @@ impl Tasks {
             if expires <= now || orphan {
                 match self.inner.docker.remove_container(&c.id).await {
                     Ok(_) => removed += 1,
-                    Err(e) => log!("task {}: removing at start failed: {e}", short(&c.id)),
+                    Err(e) => {
+                        task_log!(Warn, &c.id, c.labels.get(LABEL_NAME).map(String::as_str); "removing at start failed: {e}")
+                    }
                 }
             } else {
                 self.adopt(&c);
@@ -681,10 +683,11 @@ impl Tasks {
 
     async fn expire(&self, id: &str) {
         let record = self.forget(id, "expired");
+        let name = record.as_ref().and_then(|r| r.lock().unwrap().name.clone());
         match self.inner.docker.remove_container(id).await {
-            Ok(_) => log!("task {}: TTL reached, removed", short(id)),
+            Ok(_) => task_log!(Info, id, name.as_deref(); "TTL reached, removed"),
             Err(e) => {
-                log!("task {}: TTL removal failed ({e}); retrying", short(id));
+                task_log!(Warn, id, name.as_deref(); "TTL removal failed ({e}); retrying");
                 if let Some(r) = record {
                     let daemon = {
                         let mut g = r.lock().unwrap();
@@ -881,9 +884,11 @@ impl Tasks {
                 None => return Err(TaskError::NotFound(reference.to_string())),
             },
         };
-        let had_record = self.forget(&id, "deleted").is_some();
+        let record = self.forget(&id, "deleted");
+        let had_record = record.is_some();
+        let name = record.and_then(|r| r.lock().unwrap().name.clone());
         match self.inner.docker.remove_container(&id).await? {
-            Removed::Yes => log!("task {}: deleted", short(&id)),
+            Removed::Yes => task_log!(Info, &id, name.as_deref(); "deleted"),
             Removed::Gone if had_record => {}
             Removed::Gone => return Err(TaskError::NotFound(reference.to_string())),
         }
@@ -1205,10 +1210,7 @@ impl Tasks {
         match channel::Channel::open(&self.inner.docker, id).await {
             Ok(c) => Some(c),
             Err(e) => {
-                log!(
-                    "task {}: no attach stream ({e:?}); commands go by exec",
-                    short(id)
-                );
+                task_log!(Warn, id, None; "no attach stream ({e:?}); commands go by exec");
                 None
             }
         }
@@ -1229,10 +1231,7 @@ impl Tasks {
         let fresh = self.open_channel(&id).await?;
         // A container of an older Lessl may carry the label without an agent that answers.
         if !fresh.ping().await {
-            log!(
-                "task {}: agent did not answer on its attach stream; using exec",
-                short(&id)
-            );
+            task_log!(Warn, &id, None; "agent did not answer on its attach stream; using exec");
             record.lock().unwrap().attachable = false;
             return None;
         }
@@ -1386,12 +1385,8 @@ impl Tasks {
             return Err(e);
         }
         record.lock().unwrap().phase = Phase::Running;
-        log!(
-            "task {} ({}): started from {}",
-            short(&id),
-            spec.name.as_deref().unwrap_or("-"),
-            record.lock().unwrap().image
-        );
+        let image = record.lock().unwrap().image.clone();
+        task_log!(Info, &id, spec.name.as_deref(); "started from {image}");
         Ok(record)
     }
 
@@ -1604,7 +1599,7 @@ impl Tasks {
             let _guard = guard;
             // The TTL timer stays armed: if this fails, expiry tries again.
             if let Err(e) = docker.remove_container(&id).await {
-                log!("task {}: removal failed: {e}", short(&id));
+                task_log!(Warn, &id, None; "removal failed: {e}");
             }
         });
     }
@@ -1633,7 +1628,7 @@ impl Tasks {
             .await
             .is_err()
         {
-            log!("shutdown: background work still running after {grace:?}");
+            log!(warn: "shutdown: background work still running after {grace:?}");
         }
     }
 }

@@ -74,8 +74,10 @@ impl Lessl {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    // Text or JSON lines: the address ends at a quote or the line's end.
                     if let Some(addr) = line.split("listening on ").nth(1) {
                         if let Some(tx) = tx.take() {
+                            let addr = addr.split('"').next().unwrap_or(addr);
                             let _ = tx.send(addr.trim().to_string());
                         }
                     }
