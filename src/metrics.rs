@@ -114,16 +114,7 @@ pub const DOCKER_STEPS: [&str; 17] = [
     "other",
 ];
 
-pub static METRICS: Metrics = Metrics {
-    runs: [const { AtomicU64::new(0) }; 3],
-    run_seconds: Histogram::new(),
-    command_seconds: Histogram::new(),
-    docker_seconds: [const { Histogram::new() }; DOCKER_STEPS.len()],
-    docker_errors: [const { AtomicU64::new(0) }; DOCKER_STEPS.len()],
-    http: [const { AtomicU64::new(0) }; 4],
-    warm_taken: AtomicU64::new(0),
-    cold_started: AtomicU64::new(0),
-};
+pub static METRICS: Metrics = Metrics::new();
 
 /// Point-in-time values the task layer reports when metrics are rendered.
 #[derive(Debug, Clone, Copy, Default)]
@@ -141,6 +132,19 @@ fn step_index(code: &str) -> usize {
 }
 
 impl Metrics {
+    const fn new() -> Self {
+        Metrics {
+            runs: [const { AtomicU64::new(0) }; 3],
+            run_seconds: Histogram::new(),
+            command_seconds: Histogram::new(),
+            docker_seconds: [const { Histogram::new() }; DOCKER_STEPS.len()],
+            docker_errors: [const { AtomicU64::new(0) }; DOCKER_STEPS.len()],
+            http: [const { AtomicU64::new(0) }; 4],
+            warm_taken: AtomicU64::new(0),
+            cold_started: AtomicU64::new(0),
+        }
+    }
+
     pub fn run_ended(&self, outcome: Outcome, took: Duration) {
         let i = OUTCOMES
             .iter()
@@ -331,16 +335,7 @@ mod tests {
 
     #[test]
     fn rendering_has_every_family() {
-        let m = Metrics {
-            runs: [const { AtomicU64::new(0) }; 3],
-            run_seconds: Histogram::new(),
-            command_seconds: Histogram::new(),
-            docker_seconds: [const { Histogram::new() }; DOCKER_STEPS.len()],
-            docker_errors: [const { AtomicU64::new(0) }; DOCKER_STEPS.len()],
-            http: [const { AtomicU64::new(0) }; 4],
-            warm_taken: AtomicU64::new(0),
-            cold_started: AtomicU64::new(0),
-        };
+        let m = Metrics::new();
         m.run_ended(Outcome::CommandFailed, Duration::from_millis(3));
         m.docker_call("docker.container.create", Duration::from_millis(40), true);
         m.http_answered(201);

@@ -447,3 +447,25 @@ fn the_task_list_follows_docker_when_containers_change_behind_lessls_back() {
     lessl.delete(&stopped).expect(204);
     lessl.finish();
 }
+
+#[test]
+fn delete_racing_the_end_of_a_run_still_reads_as_gone() {
+    // A short async task finishes and starts its own removal; a DELETE arriving meanwhile
+    // meets a container Docker is already removing. Either way, a later GET is a 404.
+    let lessl = Lessl::start(&[]);
+    for _ in 0..20 {
+        let r = lessl
+            .request(
+                "POST",
+                "/tasks?wait=false",
+                Some(&json!({"image": BUSYBOX, "cmd": ["echo hello"]}).to_string()),
+            )
+            .expect(202);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        lessl.delete(&id).expect(204);
+        let g = lessl.get(&format!("/tasks/{id}"));
+        assert_eq!(g.status, 404, "{}\nlog:\n{}", g.text(), lessl.log());
+        lessl.delete(&id).expect(404);
+    }
+    lessl.finish();
+}

@@ -94,8 +94,14 @@ fn async_out(fd: std::os::fd::BorrowedFd<'_>) -> Box<dyn tokio::io::AsyncWrite +
 async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
     let mut stdout = async_out(std::io::stdout().as_fd());
     while let Some(frame) = outbox.recv().await {
-        if stdout.write_all(&frame.encode()).await.is_err() || stdout.flush().await.is_err() {
-            // Nobody attached: the frame is lost, which is what Docker does with output too.
+        // Everything already queued goes in one write: a short command's output and exit
+        // then reach Lessl together.
+        let mut bytes = frame.encode();
+        while let Ok(more) = outbox.try_recv() {
+            bytes.extend(more.encode());
+        }
+        if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
+            // Nobody attached: the frames are lost, which is what Docker does with output too.
             continue;
         }
     }

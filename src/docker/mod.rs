@@ -141,6 +141,8 @@ pub enum Killed {
 pub enum Removed {
     Yes,
     Gone,
+    /// Someone else's removal of it is under way; it may still be running for a moment.
+    InProgress,
 }
 
 /// Handle to one Docker Engine. Cheap to clone: the connection pool is shared.
@@ -397,8 +399,10 @@ impl Docker {
         {
             Ok(_) => Ok(Removed::Yes),
             Err(e) if e.status() == Some(404) => Ok(Removed::Gone),
-            // 409 "removal already in progress": someone else is removing it, same outcome.
-            Err(e) if e.status() == Some(409) => Ok(Removed::Gone),
+            // Other 409s are real refusals.
+            Err(e) if e.status() == Some(409) && e.to_string().contains("already in progress") => {
+                Ok(Removed::InProgress)
+            }
             Err(e) => Err(e),
         }
     }
@@ -408,6 +412,22 @@ impl Docker {
         let path = format!("/containers/{id}/wait?condition=not-running");
         self.call(Step::WaitContainer, Method::POST, &path, Body::Empty)
             .await
+    }
+
+    /// Waits (up to the client timeout) until the container no longer exists.
+    pub async fn wait_removed(&self, id: &str) -> Result<(), DockerError> {
+        let path = format!("/containers/{id}/wait?condition=removed");
+        match self
+            .send(Step::WaitContainer, Method::POST, &path, Body::Empty)
+            .await
+        {
+            Ok(resp) => self
+                .read_body(Step::WaitContainer, resp.into_body(), 64 << 10)
+                .await
+                .map(drop),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn create_exec(

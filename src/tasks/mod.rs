@@ -232,6 +232,36 @@ struct RunOutcome {
 }
 
 impl Record {
+    /// A record for a container that exists now; the run fields start empty.
+    fn new(
+        id: &str,
+        name: Option<String>,
+        image: String,
+        daemon: bool,
+        created: u64,
+        expires: u64,
+    ) -> Record {
+        Record {
+            id: id.to_string(),
+            name,
+            image,
+            daemon,
+            created,
+            expires,
+            phase: Phase::Starting,
+            results: Vec::new(),
+            failed_command: None,
+            error: None,
+            ended: None,
+            channel: None,
+            attachable: true,
+            runs: 0,
+            alive: true,
+            exited: false,
+            seq: 0,
+        }
+    }
+
     fn view(&self) -> TaskView {
         let stopped =
             self.exited && matches!(self.phase, Phase::Idle | Phase::Running | Phase::Starting);
@@ -572,31 +602,16 @@ impl Tasks {
         self.inner.pool.wake.notify_one();
         let id = warm.id.clone();
         let expires = now + spec.ttl * 1000;
-        let record = Arc::new(Mutex::new(Record {
-            id: id.clone(),
-            name: None,
-            image: spec.image.clone().unwrap_or_default(),
-            daemon: false,
-            created: now,
+        let mut record = Record::new(
+            &id,
+            None,
+            spec.image.clone().unwrap_or_default(),
+            false,
+            now,
             expires,
-            phase: Phase::Starting,
-            results: Vec::new(),
-            failed_command: None,
-            error: None,
-            ended: None,
-            channel: Some(warm.channel),
-            attachable: true,
-            runs: 0,
-            alive: true,
-            exited: false,
-            seq: 0,
-        }));
-        self.inner
-            .records
-            .lock()
-            .unwrap()
-            .insert(id.clone(), record.clone());
-        self.inner.expiry.arm(&id, instant_of(expires));
+        );
+        record.channel = Some(warm.channel);
+        let record = self.register(record);
         if let Some(tar) = archive {
             if let Err(e) = self.inner.docker.put_archive(&id, "/", tar).await {
                 self.forget(&id, "failed");
@@ -737,6 +752,7 @@ impl Tasks {
         let list = self.inner.docker.list_containers(&labels).await?;
         Ok(list
             .into_iter()
+            .filter(|c| !is_going(&c.state))
             .map(|c| Found {
                 running: c.state == "running",
                 status: c.state,
@@ -761,7 +777,9 @@ impl Tasks {
         match self.inner.docker.inspect_container(docker_ref).await {
             Ok(c) => {
                 let labels = c.config.labels.unwrap_or_default();
-                if !self.owns(&labels) {
+                // A container being removed (or dead) is gone as far as tasks go: a DELETE
+                // that raced a removal already in progress must still read as gone.
+                if !self.owns(&labels) || is_going(&c.state.status) {
                     return Ok(None);
                 }
                 Ok(Some(Found {
@@ -889,6 +907,8 @@ impl Tasks {
         let name = record.and_then(|r| r.lock().unwrap().name.clone());
         match self.inner.docker.remove_container(&id).await? {
             Removed::Yes => task_log!(Info, &id, name.as_deref(); "deleted"),
+            // The end of its run already started removing it: 204 must mean gone.
+            Removed::InProgress => self.inner.docker.wait_removed(&id).await?,
             Removed::Gone if had_record => {}
             Removed::Gone => return Err(TaskError::NotFound(reference.to_string())),
         }
@@ -1268,6 +1288,19 @@ impl Tasks {
         Ok(())
     }
 
+    /// Makes a new task known: its record, and its TTL armed.
+    fn register(&self, record: Record) -> Shared {
+        let (id, expires) = (record.id.clone(), record.expires);
+        let shared = Arc::new(Mutex::new(record));
+        self.inner
+            .records
+            .lock()
+            .unwrap()
+            .insert(id.clone(), shared.clone());
+        self.inner.expiry.arm(&id, instant_of(expires));
+        shared
+    }
+
     /// The record of a live container, made from its labels if this process has none.
     fn adopt(&self, found: &Found) -> Shared {
         let mut records = self.inner.records.lock().unwrap();
@@ -1278,25 +1311,18 @@ impl Tasks {
                 if daemon {
                     self.inner.daemons.fetch_add(1, Ordering::SeqCst);
                 }
-                Arc::new(Mutex::new(Record {
-                    id: found.id.clone(),
-                    name: found.labels.get(LABEL_NAME).cloned(),
-                    image: found.image.clone(),
+                let mut record = Record::new(
+                    &found.id,
+                    found.labels.get(LABEL_NAME).cloned(),
+                    found.image.clone(),
                     daemon,
-                    created: label_u64(&found.labels, LABEL_CREATED).unwrap_or(0),
-                    expires: label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0),
-                    phase: Phase::Idle,
-                    results: Vec::new(),
-                    failed_command: None,
-                    error: None,
-                    ended: None,
-                    channel: None,
-                    attachable: found.labels.contains_key(LABEL_CHANNEL),
-                    runs: 0,
-                    alive: true,
-                    exited: !found.running,
-                    seq: 0,
-                }))
+                    label_u64(&found.labels, LABEL_CREATED).unwrap_or(0),
+                    label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0),
+                );
+                record.phase = Phase::Idle;
+                record.attachable = found.labels.contains_key(LABEL_CHANNEL);
+                record.exited = !found.running;
+                Arc::new(Mutex::new(record))
             })
             .clone()
     }
@@ -1338,32 +1364,15 @@ impl Tasks {
             Err(e) => return Err(e.into()),
         };
         let id = created.id;
-        let record = Arc::new(Mutex::new(Record {
-            id: id.clone(),
-            name: spec.name.clone(),
-            image,
-            daemon: spec.daemon,
-            created: now,
-            expires,
-            phase: Phase::Starting,
-            results: Vec::new(),
-            failed_command: None,
-            error: None,
-            ended: None,
-            channel: None,
-            attachable: true,
-            runs: 0,
-            alive: true,
-            exited: false,
-            seq: 0,
-        }));
         // Registered at once, so reconciliation never mistakes it for an orphan.
-        self.inner
-            .records
-            .lock()
-            .unwrap()
-            .insert(id.clone(), record.clone());
-        self.inner.expiry.arm(&id, instant_of(expires));
+        let record = self.register(Record::new(
+            &id,
+            spec.name.clone(),
+            image,
+            spec.daemon,
+            now,
+            expires,
+        ));
         let warnings = created.warnings.unwrap_or_default();
         let result = async {
             if !warnings.is_empty() {
@@ -1707,6 +1716,11 @@ fn ended_failure(why: &str) -> RunFailure {
         code: format!("task.{why}"),
         message: message.to_string(),
     }
+}
+
+/// Docker states of a container on its way out.
+fn is_going(status: &str) -> bool {
+    matches!(status, "removing" | "dead")
 }
 
 fn label_u64(labels: &BTreeMap<String, String>, key: &str) -> Option<u64> {

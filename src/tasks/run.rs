@@ -130,6 +130,43 @@ pub fn agent_argv(cmd: &Command, limits: &Limits, pwd: Option<&str>) -> Vec<Stri
     argv
 }
 
+/// What one command printed so far, and since when it runs.
+struct Outputs {
+    started: Instant,
+    out: Capture,
+    err: Capture,
+}
+
+impl Outputs {
+    fn new(limits: &Limits) -> Self {
+        let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+        Outputs {
+            started: Instant::now(),
+            out: Capture::new(cap),
+            err: Capture::new(cap),
+        }
+    }
+
+    fn result(
+        &self,
+        cmd: &Command,
+        exit_code: Option<i64>,
+        timed_out: bool,
+        oom_killed: bool,
+    ) -> CmdResult {
+        CmdResult {
+            cmd: display(cmd),
+            exit_code,
+            stdout: self.out.text(),
+            stderr: self.err.text(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            timed_out,
+            truncated: self.out.truncated || self.err.truncated,
+            oom_killed,
+        }
+    }
+}
+
 fn display(cmd: &Command) -> serde_json::Value {
     match cmd {
         Command::Shell(s) => serde_json::Value::String(s.clone()),
@@ -146,19 +183,11 @@ pub async fn run_command(
     pwd: Option<&str>,
     limits: &Limits,
 ) -> Result<CmdResult, RunError> {
-    let started = Instant::now();
-    let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
-    let mut out = Capture::new(cap);
-    let mut err = Capture::new(cap);
-    let result = |out: &Capture, err: &Capture, exit_code: Option<i64>, timed_out| CmdResult {
-        cmd: display(cmd),
-        exit_code,
-        stdout: out.text(),
-        stderr: err.text(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        timed_out,
-        truncated: out.truncated || err.truncated,
-        oom_killed: exit_code == Some(SIGKILL_EXIT.into()) && err.ends_with_line(OOM_MARK),
+    let mut o = Outputs::new(limits);
+    // The exec path learns timeouts and OOM kills from the agent's last stderr line.
+    let result = |o: &Outputs, exit_code: Option<i64>, timed_out| {
+        let oom = exit_code == Some(SIGKILL_EXIT.into()) && o.err.ends_with_line(OOM_MARK);
+        o.result(cmd, exit_code, timed_out, oom)
     };
     let config = ExecConfig {
         cmd: agent_argv(cmd, limits, pwd),
@@ -169,21 +198,18 @@ pub async fn run_command(
         attach_stderr: true,
         tty: false,
     };
-    let fail = |out: &Capture, err: &Capture, error| RunError::Docker {
-        partial: result(out, err, None, false),
+    let fail = |o: &Outputs, error| RunError::Docker {
+        partial: result(o, None, false),
         error,
     };
     let exec = docker
         .create_exec(id, &config)
         .await
-        .map_err(|e| fail(&out, &err, e))?;
-    let mut body = docker
-        .start_exec(&exec.id)
-        .await
-        .map_err(|e| fail(&out, &err, e))?;
+        .map_err(|e| fail(&o, e))?;
+    let mut body = docker.start_exec(&exec.id).await.map_err(|e| fail(&o, e))?;
 
     let limit = Duration::from_secs_f64(limits.timeout_s);
-    let deadline = started + limit + AGENT_GRACE;
+    let deadline = o.started + limit + AGENT_GRACE;
     let mut demux = Demuxer::new();
     let mut gave_up = false;
     let mut broken = None;
@@ -203,8 +229,8 @@ pub async fn run_command(
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let fed = demux.feed(data, |kind, bytes| match kind {
-                        StreamKind::Stdout => out.push(bytes),
-                        StreamKind::Stderr => err.push(bytes),
+                        StreamKind::Stdout => o.out.push(bytes),
+                        StreamKind::Stderr => o.err.push(bytes),
                         StreamKind::Stdin => {}
                     });
                     if let Err(e) = fed {
@@ -217,12 +243,12 @@ pub async fn run_command(
     }
     if gave_up {
         // The agent did not kill the command in time; report what it printed.
-        return Ok(result(&out, &err, None, true));
+        return Ok(result(&o, None, true));
     }
     // A stream cut inside a frame is output known to be incomplete, never a success.
     if let Some(why) = broken.or_else(|| demux.finish().err().map(|e| e.to_string())) {
         return Err(RunError::Docker {
-            partial: result(&out, &err, None, false),
+            partial: result(&o, None, false),
             error: DockerError {
                 step: Step::StartExec,
                 cause: Cause::Decode(format!("the exec stream broke: {why}")),
@@ -231,9 +257,9 @@ pub async fn run_command(
     }
     let exit_code = exit_code_of(docker, &exec.id)
         .await
-        .map_err(|e| fail(&out, &err, e))?;
-    let timed_out = exit_code == Some(TIMEOUT_EXIT.into()) && err.ends_with_line(TIMEOUT_MARK);
-    Ok(result(&out, &err, exit_code, timed_out))
+        .map_err(|e| fail(&o, e))?;
+    let timed_out = exit_code == Some(TIMEOUT_EXIT.into()) && o.err.ends_with_line(TIMEOUT_MARK);
+    Ok(result(&o, exit_code, timed_out))
 }
 
 /// Runs `cmd` through the container's agent over its attach stream.
@@ -244,19 +270,7 @@ pub async fn run_attached(
     pwd: Option<&str>,
     limits: &Limits,
 ) -> Result<CmdResult, RunError> {
-    let started = Instant::now();
-    let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
-    let (mut out, mut err) = (Capture::new(cap), Capture::new(cap));
-    let result = |out: &Capture, err: &Capture, exit_code, timed_out, oom_killed| CmdResult {
-        cmd: display(cmd),
-        exit_code,
-        stdout: out.text(),
-        stderr: err.text(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        timed_out,
-        truncated: out.truncated || err.truncated,
-        oom_killed,
-    };
+    let mut o = Outputs::new(limits);
     let request = Request {
         id: 0,
         argv: cmd.argv(),
@@ -266,35 +280,23 @@ pub async fn run_attached(
         // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
         output_bytes: limits.output_bytes + 1,
     };
-    let lost = |out: &Capture, err: &Capture, why: &str| RunError::Lost {
-        partial: result(out, err, None, false, false),
+    let lost = |o: &Outputs, why: &str| RunError::Lost {
+        partial: o.result(cmd, None, false, false),
         why: why.to_string(),
     };
     let mut frames = channel
         .send(request)
         .await
-        .map_err(|_| lost(&out, &err, "the agent's stream is closed"))?;
-    let deadline = started + Duration::from_secs_f64(limits.timeout_s) + AGENT_GRACE;
+        .map_err(|_| lost(&o, "the agent's stream is closed"))?;
+    let deadline = o.started + Duration::from_secs_f64(limits.timeout_s) + AGENT_GRACE;
     loop {
         match tokio::time::timeout_at(deadline, frames.recv()).await {
-            Err(_) => return Ok(result(&out, &err, None, true, false)),
-            Ok(None) => {
-                return Err(lost(
-                    &out,
-                    &err,
-                    "the container's stream ended under the command",
-                ))
-            }
-            Ok(Some(Frame::Stdout(_, b))) => out.push(&b),
-            Ok(Some(Frame::Stderr(_, b))) => err.push(&b),
+            Err(_) => return Ok(o.result(cmd, None, true, false)),
+            Ok(None) => return Err(lost(&o, "the container's stream ended under the command")),
+            Ok(Some(Frame::Stdout(_, b))) => o.out.push(&b),
+            Ok(Some(Frame::Stderr(_, b))) => o.err.push(&b),
             Ok(Some(Frame::Exit(_, e))) => {
-                return Ok(result(
-                    &out,
-                    &err,
-                    Some(e.exit_code.into()),
-                    e.timed_out,
-                    e.oom_killed,
-                ))
+                return Ok(o.result(cmd, Some(e.exit_code.into()), e.timed_out, e.oom_killed))
             }
             Ok(Some(Frame::Pong(_))) => {}
         }
