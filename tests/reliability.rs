@@ -624,3 +624,91 @@ fn daemon_cap_is_429_and_frees_up_on_delete() {
     lessl.delete(&second).expect(204);
     lessl.finish();
 }
+
+/// A Unix-socket proxy to the real engine that delays the answer to container creates, so
+/// Lessl's create times out although Docker made the container.
+fn slow_create_proxy(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let path = dir.join("slow.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { break };
+            let Ok(mut engine) = UnixStream::connect("/var/run/docker.sock") else {
+                break;
+            };
+            let (mut client_r, mut engine_w) =
+                (client.try_clone().unwrap(), engine.try_clone().unwrap());
+            let delay = Arc::new(AtomicBool::new(false));
+            let mark = delay.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = client_r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if buf[..n].windows(18).any(|w| w == b"/containers/create") {
+                        mark.store(true, Ordering::SeqCst);
+                    }
+                    if engine_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = engine.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if delay.swap(false, Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_secs(3));
+                    }
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    path
+}
+
+#[test]
+fn a_create_that_timed_out_but_happened_is_found_and_removed() {
+    let dir = std::env::temp_dir().join(unique("slow"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = slow_create_proxy(&dir);
+    let lessl = Lessl::start(&[
+        "--docker-socket",
+        socket.to_str().unwrap(),
+        "--docker-timeout",
+        "1",
+    ]);
+    let v = lessl
+        .post(&json!({"image": "lessl-test/busybox", "cmd": ["echo hi"]}).to_string())
+        .expect(504)
+        .json();
+    assert_eq!(v["error"]["code"], "docker.container.create");
+    // Docker did create it; Lessl finds it by its create token and removes it.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            // The proxy's own delay must not hide a container that really exists.
+            containers_with_label(&format!("lessl.instance={}", lessl.instance)).is_empty()
+        }),
+        "the container of a timed-out create was left behind; log:\n{}",
+        lessl.log()
+    );
+    assert!(
+        lessl
+            .log()
+            .contains("created although its create call failed"),
+        "{}",
+        lessl.log()
+    );
+    lessl.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

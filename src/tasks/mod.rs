@@ -47,6 +47,10 @@ const LABEL_POOL: &str = "lessl.pool";
 const POOL_RECYCLE: Duration = Duration::from_secs(30 * 60);
 /// How long the pool waits before trying again when it could not make a container.
 const POOL_RETRY: Duration = Duration::from_secs(5);
+/// Unique per create call, so a create whose answer was lost can still be found.
+const LABEL_TOKEN: &str = "lessl.token";
+/// How long Lessl keeps looking for a container whose create answer it never got.
+const SWEEP_FOR: Duration = Duration::from_secs(60);
 /// Present when the container's agent takes commands over its attach stream (stdin open).
 const LABEL_CHANNEL: &str = "lessl.channel";
 
@@ -542,7 +546,13 @@ impl Tasks {
         config
             .labels
             .insert(LABEL_POOL.to_string(), "true".to_string());
-        let created = self.inner.docker.create_container(None, &config).await?;
+        let created = match self.inner.docker.create_container(None, &config).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.sweep_lost_create(&config);
+                return Err(e.into());
+            }
+        };
         let id = created.id;
         let started = async {
             if let Some(w) = created.warnings.filter(|w| !w.is_empty()) {
@@ -1361,7 +1371,10 @@ impl Tasks {
                     message: format!("Docker refused the container: {e}"),
                 })
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.sweep_lost_create(&config);
+                return Err(e.into());
+            }
         };
         let id = created.id;
         // Registered at once, so reconciliation never mistakes it for an orphan.
@@ -1418,6 +1431,7 @@ impl Tasks {
             labels.insert(LABEL_NAME.to_string(), n.clone());
         }
         labels.insert(LABEL_CHANNEL.to_string(), "attach".to_string());
+        labels.insert(LABEL_TOKEN.to_string(), create_token());
         let memory = (spec.limits.memory_mb as i64).saturating_mul(1 << 20);
         ContainerConfig {
             image: image.to_string(),
@@ -1601,6 +1615,38 @@ impl Tasks {
         view
     }
 
+    /// A create that failed without Docker's answer (timeout, broken connection) may still
+    /// have made the container: look for it by its token for a while and remove it.
+    fn sweep_lost_create(&self, config: &ContainerConfig) {
+        let Some(token) = config.labels.get(LABEL_TOKEN) else {
+            return;
+        };
+        let labels = [
+            LABEL_MANAGED.to_string(),
+            self.instance_label(),
+            format!("{LABEL_TOKEN}={token}"),
+        ];
+        let docker = self.inner.docker.clone();
+        let guard = self.inner.background.enter();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let until = tokio::time::Instant::now() + SWEEP_FOR;
+            while tokio::time::Instant::now() < until {
+                if let Ok(found) = docker.list_containers(&labels).await {
+                    for c in &found {
+                        if docker.remove_container(&c.id).await.is_ok() {
+                            task_log!(Warn, &c.id, None; "removed: created although its create call failed");
+                        }
+                    }
+                    if !found.is_empty() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
     fn remove_in_background(&self, id: String) {
         let docker = self.inner.docker.clone();
         let guard = self.inner.background.enter();
@@ -1716,6 +1762,17 @@ fn ended_failure(why: &str) -> RunFailure {
         code: format!("task.{why}"),
         message: message.to_string(),
     }
+}
+
+/// A token no other create of this process (or another) will carry.
+fn create_token() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{:x}-{n:x}", std::process::id(), nanos)
 }
 
 /// Docker states of a container on its way out.
