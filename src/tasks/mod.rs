@@ -4,12 +4,15 @@
 //! the in-memory records only hold results, which a restart may lose but which never keep a
 //! container alive. This module never speaks HTTP to clients.
 
+mod admission;
 pub mod channel;
 pub mod expiry;
 pub mod files;
+mod mirror;
 pub mod pool;
 pub mod run;
 pub mod view;
+mod warm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -416,223 +419,6 @@ impl Tasks {
         tokio::spawn(async move { this.mirror_docker().await });
     }
 
-    /// Keeps the in-memory records a mirror of Docker: watches the event stream of this
-    /// instance's containers, and after every (re)connection reconciles with a full listing,
-    /// so nothing that happened while the stream was down is missed. While the mirror is
-    /// live, listings are served from memory.
-    async fn mirror_docker(&self) {
-        let labels = [LABEL_MANAGED.to_string(), self.instance_label()];
-        let mut pool_started = false;
-        loop {
-            let events = match self.inner.docker.events(&labels).await {
-                Ok(e) => e,
-                Err(e) => {
-                    log!(warn: "docker events: {e}; retrying in {RECONCILE_RETRY:?}");
-                    tokio::time::sleep(RECONCILE_RETRY).await;
-                    continue;
-                }
-            };
-            if let Err(e) = self.reconcile().await {
-                log!(warn: "reconcile: {e}; retrying in {RECONCILE_RETRY:?}");
-                tokio::time::sleep(RECONCILE_RETRY).await;
-                continue;
-            }
-            self.inner.mirrored.store(true, Ordering::SeqCst);
-            if !pool_started && !self.inner.settings.warm.is_empty() {
-                pool_started = true;
-                let this = self.clone();
-                tokio::spawn(async move { this.refill_pool().await });
-            }
-            let why = self.follow_events(events).await;
-            self.inner.mirrored.store(false, Ordering::SeqCst);
-            log!(warn: "docker events stream ended ({why}); reconnecting");
-        }
-    }
-
-    /// Applies events until the stream ends; returns why it ended.
-    async fn follow_events(&self, mut events: hyper::body::Incoming) -> String {
-        use http_body_util::BodyExt;
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            let chunk = match events.frame().await {
-                None => return "end of stream".into(),
-                Some(Err(e)) => return e.to_string(),
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-            };
-            buf.extend_from_slice(&chunk);
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                if let Ok(event) = serde_json::from_slice::<crate::docker::models::Event>(&line) {
-                    self.apply_event(&event.action, &event.actor.id);
-                }
-            }
-        }
-    }
-
-    /// A container stopped or went away: the records say so at once.
-    fn apply_event(&self, action: &str, id: &str) {
-        let Some(record) = self.record(id) else {
-            return;
-        };
-        match action {
-            "die" => record.lock().unwrap().exited = true,
-            "destroy" => {
-                let daemon = {
-                    let mut r = record.lock().unwrap();
-                    r.exited = true;
-                    r.alive = false;
-                    r.daemon
-                };
-                // A daemon's record only mirrors its container; a finished non-daemon's
-                // results stay visible until its TTL.
-                if daemon {
-                    self.forget(id, "removed");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Keeps the warm pool at its targets: refills after takes, replaces old containers.
-    async fn refill_pool(&self) {
-        loop {
-            let woken = self.inner.pool.wake.notified();
-            let cutoff = tokio::time::Instant::now().checked_sub(POOL_RECYCLE);
-            for id in cutoff
-                .map(|c| self.inner.pool.retire(c))
-                .unwrap_or_default()
-            {
-                self.remove_in_background(id);
-            }
-            let mut failed = false;
-            for (image, missing) in self.inner.pool.deficit() {
-                for _ in 0..missing {
-                    match self.start_warm(&image).await {
-                        Ok(w) => self.inner.pool.put(&image, w),
-                        Err(e) => {
-                            log!(warn: "warm pool: cannot start a container of {image}: {e}");
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            let wait = if failed { POOL_RETRY } else { POOL_RECYCLE / 4 };
-            let _ = tokio::time::timeout(wait, woken).await;
-        }
-    }
-
-    /// Creates, attaches and starts one pooled container with the default settings.
-    async fn start_warm(&self, image: &str) -> Result<pool::Warm, TaskError> {
-        let now = now_ms();
-        let spec = TaskSpec {
-            daemon: false,
-            image: Some(image.to_string()),
-            ttl: 2 * POOL_RECYCLE.as_secs(),
-            ttl_given: false,
-            resources: Vec::new(),
-            name: None,
-            pwd: None,
-            env: Vec::new(),
-            cmds: Vec::new(),
-            limits: self.inner.settings.bounds.limits_default,
-            user: None,
-            mounts: Vec::new(),
-        };
-        let mut config = self.container_config(&spec, image, now, now + spec.ttl * 1000);
-        config
-            .labels
-            .insert(LABEL_POOL.to_string(), "true".to_string());
-        let created = match self.inner.docker.create_container(None, &config).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.sweep_lost_create(&config);
-                return Err(e.into());
-            }
-        };
-        let id = created.id;
-        let started = async {
-            if let Some(w) = created.warnings.filter(|w| !w.is_empty()) {
-                return Err(TaskError::LimitDiscarded { warnings: w });
-            }
-            let channel = channel::Channel::open(&self.inner.docker, &id)
-                .await
-                .map_err(|e| match e {
-                    channel::ChannelError::Attach(d) => TaskError::Docker(d),
-                    channel::ChannelError::Closed => TaskError::Request {
-                        field: String::new(),
-                        message: "attach stream closed at once".into(),
-                    },
-                })?;
-            self.inner.docker.start_container(&id).await?;
-            Ok(channel)
-        }
-        .await;
-        match started {
-            Ok(channel) => Ok(pool::Warm {
-                id,
-                channel,
-                born: tokio::time::Instant::now(),
-            }),
-            Err(e) => {
-                self.remove_in_background(id);
-                Err(e)
-            }
-        }
-    }
-
-    /// Whether a task can run in a pooled container: one made with the defaults, no name,
-    /// no mounts, never a daemon (its labels say non-daemon and default TTL).
-    fn warm_eligible(&self, spec: &TaskSpec) -> bool {
-        let d = &self.inner.settings.bounds.limits_default;
-        let l = &spec.limits;
-        !spec.daemon
-            && spec.name.is_none()
-            && spec.mounts.is_empty()
-            && spec.user.is_none()
-            && (l.memory_mb, l.pids) == (d.memory_mb, d.pids)
-            && l.cpus == d.cpus
-            && spec
-                .image
-                .as_deref()
-                .is_some_and(|i| self.inner.pool.serves(i))
-    }
-
-    /// Gives a pooled container to a task: its files placed, its record and TTL set.
-    async fn start_in_warm(
-        &self,
-        spec: &TaskSpec,
-        archive: Option<Vec<u8>>,
-        warm: pool::Warm,
-        now: u64,
-    ) -> Result<Shared, TaskError> {
-        self.inner.pool.wake.notify_one();
-        let id = warm.id.clone();
-        let expires = now + spec.ttl * 1000;
-        let mut record = Record::new(
-            &id,
-            None,
-            spec.image.clone().unwrap_or_default(),
-            false,
-            now,
-            expires,
-        );
-        record.channel = Some(warm.channel);
-        let record = self.register(record);
-        if let Some(tar) = archive {
-            if let Err(e) = self.inner.docker.put_archive(&id, "/", tar).await {
-                self.forget(&id, "failed");
-                self.remove_in_background(id);
-                return Err(e.into());
-            }
-        }
-        record.lock().unwrap().phase = Phase::Running;
-        Ok(record)
-    }
-
     /// Point-in-time numbers for `GET /metrics`.
     pub fn gauges(&self) -> crate::metrics::Gauges {
         let records = self.inner.records.lock().unwrap();
@@ -653,82 +439,6 @@ impl Tasks {
     pub async fn health(&self) -> Result<String, TaskError> {
         self.inner.docker.ping().await?;
         Ok(self.inner.docker.api_version().await?)
-    }
-
-    /// Adopts what an earlier Lessl left: re-arms the TTL of live daemon tasks and removes
-    /// what expired, what never started and non-daemon tasks whose run died with that Lessl.
-    pub async fn reconcile(&self) -> Result<(), TaskError> {
-        let now = now_ms();
-        let mut adopted = 0;
-        let mut removed = 0;
-        // Known before the listing, so a task created meanwhile is not taken for gone.
-        let known: Vec<String> = self.inner.records.lock().unwrap().keys().cloned().collect();
-        let listed = self.list_own().await?;
-        // Records whose containers vanished while nobody watched.
-        let present: std::collections::HashSet<&str> =
-            listed.iter().map(|c| c.id.as_str()).collect();
-        for id in known.iter().filter(|id| !present.contains(id.as_str())) {
-            self.apply_event("destroy", id);
-        }
-        for c in listed {
-            if let Some(record) = self.record(&c.id) {
-                record.lock().unwrap().exited = !c.running;
-                continue;
-            }
-            let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
-            let created = label_u64(&c.labels, LABEL_CREATED).unwrap_or(0);
-            // Idle pooled containers of this process belong to the pool; an earlier
-            // process's are stale (its pool is gone) and go.
-            if c.labels.contains_key(LABEL_POOL) {
-                if created < self.inner.boot
-                    && self.inner.docker.remove_container(&c.id).await.is_ok()
-                {
-                    removed += 1;
-                }
-                continue;
-            }
-            let daemon = c.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true");
-            let orphan = created < self.inner.boot && (!daemon || !c.running);
-            if expires <= now || orphan {
-                match self.inner.docker.remove_container(&c.id).await {
-                    Ok(_) => removed += 1,
-                    Err(e) => {
-                        task_log!(Warn, &c.id, c.labels.get(LABEL_NAME).map(String::as_str); "removing at start failed: {e}")
-                    }
-                }
-            } else {
-                self.adopt(&c);
-                self.inner.expiry.arm(&c.id, instant_of(expires));
-                adopted += 1;
-            }
-        }
-        log!("reconciled: {adopted} task(s) adopted, {removed} removed");
-        Ok(())
-    }
-
-    async fn expire(&self, id: &str) {
-        let record = self.forget(id, "expired");
-        let name = record.as_ref().and_then(|r| r.lock().unwrap().name.clone());
-        match self.inner.docker.remove_container(id).await {
-            Ok(_) => task_log!(Info, id, name.as_deref(); "TTL reached, removed"),
-            Err(e) => {
-                task_log!(Warn, id, name.as_deref(); "TTL removal failed ({e}); retrying");
-                if let Some(r) = record {
-                    let daemon = {
-                        let mut g = r.lock().unwrap();
-                        g.ended = None;
-                        g.daemon
-                    };
-                    if daemon {
-                        self.inner.daemons.fetch_add(1, Ordering::SeqCst);
-                    }
-                    self.inner.records.lock().unwrap().insert(id.to_string(), r);
-                }
-                self.inner
-                    .expiry
-                    .arm(id, tokio::time::Instant::now() + EXPIRY_RETRY);
-            }
-        }
     }
 
     /// Drops the record of `id`, marking why for a run still using it.
@@ -995,7 +705,7 @@ impl Tasks {
             }
         }
         reservation.commit();
-        let mut permits = split_permit(permit, started.len());
+        let mut permits = admission::split_permit(permit, started.len());
         let mut handles = Vec::with_capacity(started.len());
         for (record, spec) in started {
             handles.push(self.spawn_run(record, spec, permits.pop()));
@@ -1160,75 +870,6 @@ impl Tasks {
                 named && r.alive && !r.exited && open
             })
             .cloned()
-    }
-
-    /// A run slot for each of `n` tasks, waiting in the bounded queue when all are taken.
-    async fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, TaskError> {
-        let s = &self.inner.settings;
-        if n > s.max_running {
-            return Err(TaskError::Request {
-                field: String::new(),
-                message: format!(
-                    "a batch of {n} tasks is more than the {} this server runs at once",
-                    s.max_running
-                ),
-            });
-        }
-        let n = n as u32;
-        if let Ok(p) = self.inner.admission.clone().try_acquire_many_owned(n) {
-            return Ok(p);
-        }
-        let _queued = Queued::enter(&self.inner.queued, s.max_queue).ok_or(TaskError::Busy)?;
-        match tokio::time::timeout(
-            s.queue_timeout,
-            self.inner.admission.clone().acquire_many_owned(n),
-        )
-        .await
-        {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) | Err(_) => Err(TaskError::Busy),
-        }
-    }
-
-    /// Reserves `n` daemon slots, released on drop unless committed to records.
-    fn reserve_daemons(&self, n: usize) -> Result<Reservation<'_>, TaskError> {
-        let max = self.inner.settings.max_daemons;
-        let counter = &self.inner.daemons;
-        let mut current = counter.load(Ordering::SeqCst);
-        loop {
-            if n > 0 && current + n > max {
-                return Err(TaskError::TooManyDaemons(max));
-            }
-            match counter.compare_exchange(current, current + n, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return Ok(Reservation { counter, n }),
-                Err(now) => current = now,
-            }
-        }
-    }
-
-    fn check_image(&self, image: &str) -> Result<(), TaskError> {
-        if self
-            .inner
-            .settings
-            .allow_images
-            .iter()
-            .any(|p| glob(p, image))
-        {
-            Ok(())
-        } else {
-            Err(TaskError::ImageNotAllowed(image.to_string()))
-        }
-    }
-
-    /// The user a task runs as: its own choice if the operator allows it, else the default.
-    fn user_for(&self, spec: &TaskSpec) -> Result<Option<String>, TaskError> {
-        let s = &self.inner.settings;
-        match &spec.user {
-            None => Ok(s.default_user.clone()),
-            Some(u) if s.allow_users.iter().any(|a| a == u) => Ok(Some(u.clone())),
-            Some(u) => Err(TaskError::UserNotAllowed(u.clone())),
-        }
     }
 
     /// Attaches to a container's agent; on failure the task falls back to exec, which
@@ -1688,69 +1329,6 @@ impl Tasks {
     }
 }
 
-/// Daemon slots taken ahead of creating containers.
-struct Reservation<'a> {
-    counter: &'a AtomicUsize,
-    n: usize,
-}
-
-impl Reservation<'_> {
-    /// The containers exist and their records now own the slots.
-    fn commit(mut self) {
-        self.n = 0;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(self.n, Ordering::SeqCst);
-    }
-}
-
-/// A place in the admission queue, given back on drop.
-struct Queued<'a>(&'a AtomicUsize);
-
-impl<'a> Queued<'a> {
-    fn enter(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
-        let before = counter.fetch_add(1, Ordering::SeqCst);
-        let place = Queued(counter);
-        (before < max).then_some(place)
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// One permit per task out of a permit for the whole batch.
-fn split_permit(mut permit: OwnedSemaphorePermit, n: usize) -> Vec<OwnedSemaphorePermit> {
-    let mut out: Vec<_> = (1..n).filter_map(|_| permit.split(1)).collect();
-    out.push(permit);
-    out
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(at) => rest = &rest[at + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 fn ended_failure(why: &str) -> RunFailure {
     let message = match why {
         "expired" => "the task reached its TTL and its container was removed",
@@ -1787,46 +1365,4 @@ fn label_u64(labels: &BTreeMap<String, String>, key: &str) -> Option<u64> {
 /// Docker's 12-character short id, for log lines.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob("*", "anything/at:all"));
-        assert!(glob("lessl-test/*", "lessl-test/busybox"));
-        assert!(!glob("lessl-test/*", "evil/lessl-test/busybox"));
-        assert!(glob("*/busybox:*", "lessl-test/busybox:1.36"));
-        assert!(glob("python:3.*-slim", "python:3.12-slim"));
-        assert!(!glob("python:3.*-slim", "python:3.12"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exactly"));
-        assert!(!glob("a*a", "a"));
-    }
-
-    #[test]
-    fn queue_places_are_bounded_and_returned() {
-        let counter = AtomicUsize::new(0);
-        let a = Queued::enter(&counter, 2).unwrap();
-        let b = Queued::enter(&counter, 2).unwrap();
-        assert!(Queued::enter(&counter, 2).is_none());
-        drop(a);
-        let c = Queued::enter(&counter, 2);
-        assert!(c.is_some());
-        drop((b, c));
-        assert_eq!(counter.load(Ordering::SeqCst), 0);
-    }
-
-    #[test]
-    fn permits_split_one_per_task() {
-        let sem = Arc::new(tokio::sync::Semaphore::new(5));
-        let p = sem.clone().try_acquire_many_owned(3).unwrap();
-        let parts = split_permit(p, 3);
-        assert_eq!(parts.len(), 3);
-        assert_eq!(sem.available_permits(), 2);
-        drop(parts);
-        assert_eq!(sem.available_permits(), 5);
-    }
 }

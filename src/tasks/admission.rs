@@ -1,0 +1,187 @@
+//! Admission: who may run what, and how many at once. Run slots with a short bounded
+//! queue, daemon slots, and the operator's allow-lists of images and users.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::*;
+
+impl Tasks {
+    /// A run slot for each of `n` tasks, waiting in the bounded queue when all are taken.
+    pub(super) async fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, TaskError> {
+        let s = &self.inner.settings;
+        if n > s.max_running {
+            return Err(TaskError::Request {
+                field: String::new(),
+                message: format!(
+                    "a batch of {n} tasks is more than the {} this server runs at once",
+                    s.max_running
+                ),
+            });
+        }
+        let n = n as u32;
+        if let Ok(p) = self.inner.admission.clone().try_acquire_many_owned(n) {
+            return Ok(p);
+        }
+        let _queued = Queued::enter(&self.inner.queued, s.max_queue).ok_or(TaskError::Busy)?;
+        match tokio::time::timeout(
+            s.queue_timeout,
+            self.inner.admission.clone().acquire_many_owned(n),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) | Err(_) => Err(TaskError::Busy),
+        }
+    }
+
+    /// Reserves `n` daemon slots, released on drop unless committed to records.
+    pub(super) fn reserve_daemons(&self, n: usize) -> Result<Reservation<'_>, TaskError> {
+        let max = self.inner.settings.max_daemons;
+        let counter = &self.inner.daemons;
+        let mut current = counter.load(Ordering::SeqCst);
+        loop {
+            if n > 0 && current + n > max {
+                return Err(TaskError::TooManyDaemons(max));
+            }
+            match counter.compare_exchange(current, current + n, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Ok(Reservation { counter, n }),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    pub(super) fn check_image(&self, image: &str) -> Result<(), TaskError> {
+        if self
+            .inner
+            .settings
+            .allow_images
+            .iter()
+            .any(|p| glob(p, image))
+        {
+            Ok(())
+        } else {
+            Err(TaskError::ImageNotAllowed(image.to_string()))
+        }
+    }
+
+    /// The user a task runs as: its own choice if the operator allows it, else the default.
+    pub(super) fn user_for(&self, spec: &TaskSpec) -> Result<Option<String>, TaskError> {
+        let s = &self.inner.settings;
+        match &spec.user {
+            None => Ok(s.default_user.clone()),
+            Some(u) if s.allow_users.iter().any(|a| a == u) => Ok(Some(u.clone())),
+            Some(u) => Err(TaskError::UserNotAllowed(u.clone())),
+        }
+    }
+}
+
+/// Daemon slots taken ahead of creating containers.
+pub(super) struct Reservation<'a> {
+    counter: &'a AtomicUsize,
+    n: usize,
+}
+
+impl Reservation<'_> {
+    /// The containers exist and their records now own the slots.
+    pub(super) fn commit(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::SeqCst);
+    }
+}
+
+/// A place in the admission queue, given back on drop.
+pub(super) struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    pub(super) fn enter(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let before = counter.fetch_add(1, Ordering::SeqCst);
+        let place = Queued(counter);
+        (before < max).then_some(place)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One permit per task out of a permit for the whole batch.
+pub(super) fn split_permit(
+    mut permit: OwnedSemaphorePermit,
+    n: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    let mut out: Vec<_> = (1..n).filter_map(|_| permit.split(1)).collect();
+    out.push(permit);
+    out
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub(super) fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(at) => rest = &rest[at + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything/at:all"));
+        assert!(glob("lessl-test/*", "lessl-test/busybox"));
+        assert!(!glob("lessl-test/*", "evil/lessl-test/busybox"));
+        assert!(glob("*/busybox:*", "lessl-test/busybox:1.36"));
+        assert!(glob("python:3.*-slim", "python:3.12-slim"));
+        assert!(!glob("python:3.*-slim", "python:3.12"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+        assert!(!glob("a*a", "a"));
+    }
+
+    #[test]
+    fn queue_places_are_bounded_and_returned() {
+        let counter = AtomicUsize::new(0);
+        let a = Queued::enter(&counter, 2).unwrap();
+        let b = Queued::enter(&counter, 2).unwrap();
+        assert!(Queued::enter(&counter, 2).is_none());
+        drop(a);
+        let c = Queued::enter(&counter, 2);
+        assert!(c.is_some());
+        drop((b, c));
+        assert_eq!(counter.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn permits_split_one_per_task() {
+        let sem = Arc::new(tokio::sync::Semaphore::new(5));
+        let p = sem.clone().try_acquire_many_owned(3).unwrap();
+        let parts = split_permit(p, 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(sem.available_permits(), 2);
+        drop(parts);
+        assert_eq!(sem.available_permits(), 5);
+    }
+}

@@ -1,0 +1,143 @@
+//! The warm pool's life: making pooled containers, keeping the pool at its targets, and
+//! giving one to a task that fits it. The bookkeeping itself is in [`super::pool`].
+
+use super::*;
+
+impl Tasks {
+    /// Keeps the warm pool at its targets: refills after takes, replaces old containers.
+    pub(super) async fn refill_pool(&self) {
+        loop {
+            let woken = self.inner.pool.wake.notified();
+            let cutoff = tokio::time::Instant::now().checked_sub(POOL_RECYCLE);
+            for id in cutoff
+                .map(|c| self.inner.pool.retire(c))
+                .unwrap_or_default()
+            {
+                self.remove_in_background(id);
+            }
+            let mut failed = false;
+            for (image, missing) in self.inner.pool.deficit() {
+                for _ in 0..missing {
+                    match self.start_warm(&image).await {
+                        Ok(w) => self.inner.pool.put(&image, w),
+                        Err(e) => {
+                            log!(warn: "warm pool: cannot start a container of {image}: {e}");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            let wait = if failed { POOL_RETRY } else { POOL_RECYCLE / 4 };
+            let _ = tokio::time::timeout(wait, woken).await;
+        }
+    }
+
+    /// Creates, attaches and starts one pooled container with the default settings.
+    pub(super) async fn start_warm(&self, image: &str) -> Result<pool::Warm, TaskError> {
+        let now = now_ms();
+        let spec = TaskSpec {
+            daemon: false,
+            image: Some(image.to_string()),
+            ttl: 2 * POOL_RECYCLE.as_secs(),
+            ttl_given: false,
+            resources: Vec::new(),
+            name: None,
+            pwd: None,
+            env: Vec::new(),
+            cmds: Vec::new(),
+            limits: self.inner.settings.bounds.limits_default,
+            user: None,
+            mounts: Vec::new(),
+        };
+        let mut config = self.container_config(&spec, image, now, now + spec.ttl * 1000);
+        config
+            .labels
+            .insert(LABEL_POOL.to_string(), "true".to_string());
+        let created = match self.inner.docker.create_container(None, &config).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.sweep_lost_create(&config);
+                return Err(e.into());
+            }
+        };
+        let id = created.id;
+        let started = async {
+            if let Some(w) = created.warnings.filter(|w| !w.is_empty()) {
+                return Err(TaskError::LimitDiscarded { warnings: w });
+            }
+            let channel = channel::Channel::open(&self.inner.docker, &id)
+                .await
+                .map_err(|e| match e {
+                    channel::ChannelError::Attach(d) => TaskError::Docker(d),
+                    channel::ChannelError::Closed => TaskError::Request {
+                        field: String::new(),
+                        message: "attach stream closed at once".into(),
+                    },
+                })?;
+            self.inner.docker.start_container(&id).await?;
+            Ok(channel)
+        }
+        .await;
+        match started {
+            Ok(channel) => Ok(pool::Warm {
+                id,
+                channel,
+                born: tokio::time::Instant::now(),
+            }),
+            Err(e) => {
+                self.remove_in_background(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a task can run in a pooled container: one made with the defaults, no name,
+    /// no mounts, never a daemon (its labels say non-daemon and default TTL).
+    pub(super) fn warm_eligible(&self, spec: &TaskSpec) -> bool {
+        let d = &self.inner.settings.bounds.limits_default;
+        let l = &spec.limits;
+        !spec.daemon
+            && spec.name.is_none()
+            && spec.mounts.is_empty()
+            && spec.user.is_none()
+            && (l.memory_mb, l.pids) == (d.memory_mb, d.pids)
+            && l.cpus == d.cpus
+            && spec
+                .image
+                .as_deref()
+                .is_some_and(|i| self.inner.pool.serves(i))
+    }
+
+    /// Gives a pooled container to a task: its files placed, its record and TTL set.
+    pub(super) async fn start_in_warm(
+        &self,
+        spec: &TaskSpec,
+        archive: Option<Vec<u8>>,
+        warm: pool::Warm,
+        now: u64,
+    ) -> Result<Shared, TaskError> {
+        self.inner.pool.wake.notify_one();
+        let id = warm.id.clone();
+        let expires = now + spec.ttl * 1000;
+        let mut record = Record::new(
+            &id,
+            None,
+            spec.image.clone().unwrap_or_default(),
+            false,
+            now,
+            expires,
+        );
+        record.channel = Some(warm.channel);
+        let record = self.register(record);
+        if let Some(tar) = archive {
+            if let Err(e) = self.inner.docker.put_archive(&id, "/", tar).await {
+                self.forget(&id, "failed");
+                self.remove_in_background(id);
+                return Err(e.into());
+            }
+        }
+        record.lock().unwrap().phase = Phase::Running;
+        Ok(record)
+    }
+}
