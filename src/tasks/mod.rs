@@ -2,7 +2,9 @@
 //! what a GET shows, and remove the container at the end of its run (non-daemon) or its TTL.
 //! Docker is the store: everything needed to clean up after a crash is in container labels;
 //! the in-memory records only hold results, which a restart may lose but which never keep a
-//! container alive. This module never speaks HTTP to clients.
+//! container alive. This module never speaks HTTP to clients. Submodules: [`admission`]
+//! (run and daemon slots, allow-lists), [`mirror`] (events, reconciliation, expiry),
+//! [`warm`] (the pool's life), [`run`] and [`channel`] (commands), [`files`], [`view`].
 
 mod admission;
 pub mod channel;
