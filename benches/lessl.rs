@@ -81,6 +81,7 @@ fn raw_config(cmd: &[&str], logs: bool) -> ContainerConfig {
         working_dir: None,
         user: None,
         labels: [("lessl.bench".to_string(), "raw".to_string())].into(),
+        volumes: Default::default(),
         network_disabled: true,
         open_stdin: false,
         stdin_once: false,

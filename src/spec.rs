@@ -70,6 +70,8 @@ pub struct TaskSpec {
     pub user: Option<String>,
     /// Volumes and allowed host directories to mount, from `resources[].mnt`.
     pub mounts: Vec<Mount>,
+    /// Read-only root filesystem; resources, `pwd` and `/tmp` get writable volumes.
+    pub read_only: bool,
 }
 
 /// A volume mount, checked: a named volume or a host path under an allowed prefix.
@@ -224,6 +226,7 @@ struct RawTask {
     cmd: Option<RawCommands>,
     limits: Option<RawLimits>,
     user: Option<String>,
+    read_only: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -573,6 +576,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         limits,
         user,
         mounts,
+        read_only: raw.read_only.unwrap_or(false),
     })
 }
 

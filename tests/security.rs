@@ -413,3 +413,59 @@ fn slow_clients_time_out() {
     lessl.get("/health").expect(200);
     lessl.finish();
 }
+
+#[test]
+fn a_read_only_root_still_gets_its_files() {
+    let lessl = Lessl::start(&[]);
+    let v = lessl
+        .post(
+            &json!({"image": BUSYBOX, "daemon": true, "read_only": true, "pwd": "/work",
+                    "resources": [{"data": "echo ran from a volume", "dest": "/opt/app/run.sh", "mode": "0755"},
+                                  {"data": "key=1\n", "dest": "/etc/app/app.conf"}],
+                    "cmd": ["/opt/app/run.sh", "cat /etc/app/app.conf", "touch /tmp/scratch ./here && echo writable",
+                            "touch /root-file 2>&1 || echo refused"]})
+            .to_string(),
+        )
+        .expect(201)
+        .json();
+    let r = &v["results"];
+    assert_eq!(r[0]["stdout"], "ran from a volume\n", "{v}");
+    assert_eq!(r[1]["stdout"], "key=1\n");
+    assert_eq!(r[2]["stdout"], "writable\n");
+    assert!(
+        r[3]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("Read-only file system"),
+        "{v}"
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &id])).unwrap();
+    assert_eq!(inspect[0]["HostConfig"]["ReadonlyRootfs"], true);
+    // Files go in only at creation.
+    let v = lessl
+        .put(
+            &id,
+            r#"{"resources": [{"data": "x", "dest": "/opt/app/more"}], "cmd": ["true"]}"#,
+        )
+        .expect(400)
+        .json();
+    assert_eq!(v["error"]["field"], "resources[0].dest");
+    // The anonymous volumes go with the container.
+    let volumes: Vec<String> = inspect[0]["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["Type"] == "volume")
+        .map(|m| m["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(volumes.len(), 4, "{:?}", inspect[0]["Mounts"]);
+    lessl.delete(&id).expect(204);
+    for vol in volumes {
+        assert!(
+            docker(&["volume", "ls", "-q", "--filter", &format!("name={vol}")]).is_empty(),
+            "volume {vol} left"
+        );
+    }
+    lessl.finish();
+}

@@ -17,6 +17,9 @@ pub struct ContainerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Anonymous volumes, by container path (the value is always an empty object).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, serde_json::Value>,
     /// Also skips creating the network sandbox's interfaces, which is measurably faster.
     pub network_disabled: bool,
     /// Keep stdin open (and attachable) for the container's whole life.

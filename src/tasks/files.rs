@@ -43,3 +43,128 @@ pub fn pack(resources: &[Resource], mtime: u64) -> Result<Option<Vec<u8>>, PackE
     }
     Ok(Some(builder.finish()))
 }
+
+/// Archives to upload, each with the directory it unpacks at.
+pub type Uploads = Vec<(String, Vec<u8>)>;
+
+/// What a task's resources become: one archive at `/`, or with a read-only root, one per
+/// writable directory.
+pub fn uploads(
+    resources: &[Resource],
+    read_only: bool,
+    pwd: Option<&str>,
+    mtime: u64,
+) -> Result<Uploads, PackError> {
+    if read_only {
+        let dirs = writable_dirs(resources, pwd)?;
+        return pack_into(resources, &dirs, mtime);
+    }
+    Ok(pack(resources, mtime)?
+        .map(|tar| ("/".to_string(), tar))
+        .into_iter()
+        .collect())
+}
+
+/// The directory a resource needs to be writable: a file's parent, an archive's `dest`.
+fn home_of(r: &Resource) -> &str {
+    match r.content {
+        Content::Archive(_) | Content::Download { archive: true, .. } => {
+            r.path.trim_end_matches('/')
+        }
+        Content::File(_) | Content::Download { archive: false, .. } => {
+            r.path.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("")
+        }
+    }
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    path == dir || path.starts_with(&format!("{dir}/"))
+}
+
+/// The directories a task with a read-only root needs writable: `/tmp`, its `pwd`, and the
+/// home of each resource, with nested ones folded into their ancestors.
+pub fn writable_dirs(resources: &[Resource], pwd: Option<&str>) -> Result<Vec<String>, PackError> {
+    let mut dirs: Vec<String> = vec!["/tmp".to_string()];
+    dirs.extend(pwd.map(|p| p.trim_end_matches('/').to_string()));
+    for r in resources {
+        let home = home_of(r);
+        if home.is_empty() {
+            return Err(PackError {
+                field: format!("{}.dest", r.field),
+                message: "with read_only, files need a directory of their own, not `/`".into(),
+            });
+        }
+        dirs.push(home.to_string());
+    }
+    dirs.sort();
+    dirs.dedup();
+    let folded: Vec<String> = dirs
+        .iter()
+        .filter(|d| !dirs.iter().any(|o| o != *d && under(d, o)))
+        .cloned()
+        .collect();
+    Ok(folded)
+}
+
+/// One archive per writable directory holding resources, its entries relative to it: a
+/// read-only root takes uploads only onto its volumes.
+pub fn pack_into(
+    resources: &[Resource],
+    dirs: &[String],
+    mtime: u64,
+) -> Result<Vec<(String, Vec<u8>)>, PackError> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let inside: Vec<Resource> = resources
+            .iter()
+            .filter(|r| under(&r.path, dir))
+            .map(|r| Resource {
+                path: format!("/{}", r.path[dir.len()..].trim_start_matches('/')),
+                ..r.clone()
+            })
+            .collect();
+        if let Some(tar) = pack(&inside, mtime)? {
+            out.push((dir.clone(), tar));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(field: &str, path: &str) -> Resource {
+        Resource {
+            field: field.into(),
+            path: path.into(),
+            content: Content::File(b"x".to_vec()),
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn writable_dirs_fold_nested_ones() {
+        let rs = [
+            file("r0", "/opt/app/run.sh"),
+            file("r1", "/opt/app/lib/x"),
+            file("r2", "/etc/app.conf"),
+        ];
+        let dirs = writable_dirs(&rs, Some("/opt")).unwrap();
+        assert_eq!(dirs, ["/etc", "/opt", "/tmp"]);
+        let e = writable_dirs(&[file("resources[3]", "/top")], None).unwrap_err();
+        assert_eq!(e.field, "resources[3].dest");
+    }
+
+    #[test]
+    fn archives_are_rooted_at_their_directory() {
+        let rs = [file("r0", "/opt/app/run.sh"), file("r1", "/etc/app.conf")];
+        let dirs = writable_dirs(&rs, None).unwrap();
+        let packed = pack_into(&rs, &dirs, 0).unwrap();
+        let names: Vec<&str> = packed.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(names, ["/etc", "/opt/app"]);
+        // The entry under /opt/app is `run.sh`, not `opt/app/run.sh`.
+        let (_, tar) = &packed[1];
+        assert_eq!(&tar[..6], b"run.sh");
+    }
+}

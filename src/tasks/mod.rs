@@ -52,6 +52,8 @@ const LABEL_POOL: &str = "lessl.pool";
 const POOL_RECYCLE: Duration = Duration::from_secs(30 * 60);
 /// How long the pool waits before trying again when it could not make a container.
 const POOL_RETRY: Duration = Duration::from_secs(5);
+/// On tasks with a read-only root: files can be placed only at creation.
+const LABEL_READ_ONLY: &str = "lessl.read_only";
 /// Unique per create call, so a create whose answer was lost can still be found.
 const LABEL_TOKEN: &str = "lessl.token";
 /// How long Lessl keeps looking for a container whose create answer it never got.
@@ -228,6 +230,8 @@ struct Record {
     alive: bool,
     /// The container stopped (its keep-alive died, or Docker stopped it).
     exited: bool,
+    /// Its root filesystem is read-only: files can be placed only at creation.
+    read_only: bool,
     /// Number of the newest run, whose results GET shows.
     seq: u64,
 }
@@ -267,6 +271,7 @@ impl Record {
             runs: 0,
             alive: true,
             exited: false,
+            read_only: false,
             seq: 0,
         }
     }
@@ -673,7 +678,8 @@ impl Tasks {
             self.fetch_resources(&mut s.resources)
                 .await
                 .map_err(|e| e.prefixed(if is_array { Some(i) } else { None }))?;
-            let archive = files::pack(&s.resources, now / 1000).map_err(|e| TaskError::Pack {
+            let archive = files::uploads(&s.resources, s.read_only, s.pwd.as_deref(), now / 1000)
+                .map_err(|e| TaskError::Pack {
                 field: field(i, &e.field),
                 message: e.message,
             })?;
@@ -788,10 +794,16 @@ impl Tasks {
                 None => return self.put_creates(reference, spec, wait).await,
             },
         };
-        let (id, name) = {
+        let (id, name, read_only) = {
             let r = record.lock().unwrap();
-            (r.id.clone(), r.name.clone())
+            (r.id.clone(), r.name.clone(), r.read_only)
         };
+        if let Some(r) = spec.resources.first().filter(|_| read_only) {
+            return Err(TaskError::Request {
+                field: format!("{}.dest", r.field),
+                message: "this task's root filesystem is read-only: files are placed only when it is created".into(),
+            });
+        }
         if spec.name.is_some() && spec.name != name {
             return Err(TaskError::Request {
                 field: "task_name".into(),
@@ -975,6 +987,7 @@ impl Tasks {
                 record.phase = Phase::Idle;
                 record.attachable = found.labels.contains_key(LABEL_CHANNEL);
                 record.exited = !found.running;
+                record.read_only = found.labels.contains_key(LABEL_READ_ONLY);
                 Arc::new(Mutex::new(record))
             })
             .clone()
@@ -985,7 +998,7 @@ impl Tasks {
     async fn start_task(
         &self,
         spec: &TaskSpec,
-        archive: Option<Vec<u8>>,
+        archive: files::Uploads,
         now: u64,
     ) -> Result<Shared, TaskError> {
         let image = spec.image.clone().unwrap_or_default();
@@ -1021,21 +1034,16 @@ impl Tasks {
         };
         let id = created.id;
         // Registered at once, so reconciliation never mistakes it for an orphan.
-        let record = self.register(Record::new(
-            &id,
-            spec.name.clone(),
-            image,
-            spec.daemon,
-            now,
-            expires,
-        ));
+        let mut record = Record::new(&id, spec.name.clone(), image, spec.daemon, now, expires);
+        record.read_only = spec.read_only;
+        let record = self.register(record);
         let warnings = created.warnings.unwrap_or_default();
         let result = async {
             if !warnings.is_empty() {
                 return Err(TaskError::LimitDiscarded { warnings });
             }
-            if let Some(tar) = archive {
-                self.inner.docker.put_archive(&id, "/", tar).await?;
+            for (dir, tar) in archive {
+                self.inner.docker.put_archive(&id, &dir, tar).await?;
             }
             // Attached before start, so not a byte of the agent's answers is missed.
             let channel = self.open_channel(&id).await;
@@ -1075,6 +1083,9 @@ impl Tasks {
         }
         labels.insert(LABEL_CHANNEL.to_string(), "attach".to_string());
         labels.insert(LABEL_TOKEN.to_string(), create_token());
+        if spec.read_only {
+            labels.insert(LABEL_READ_ONLY.to_string(), "true".to_string());
+        }
         let memory = (spec.limits.memory_mb as i64).saturating_mul(1 << 20);
         ContainerConfig {
             image: image.to_string(),
@@ -1084,6 +1095,15 @@ impl Tasks {
             working_dir: spec.pwd.clone(),
             user: self.user_for(spec).ok().flatten(),
             labels,
+            volumes: if spec.read_only {
+                files::writable_dirs(&spec.resources, spec.pwd.as_deref())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|d| (d, serde_json::json!({})))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
             network_disabled: true,
             open_stdin: true,
             stdin_once: false,
@@ -1104,7 +1124,7 @@ impl Tasks {
                 log_config: LogConfig {
                     kind: "none".into(),
                 },
-                readonly_rootfs: false,
+                readonly_rootfs: spec.read_only,
             },
         }
     }

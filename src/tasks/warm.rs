@@ -49,6 +49,7 @@ impl Tasks {
             limits: self.inner.settings.bounds.limits_default,
             user: None,
             mounts: Vec::new(),
+            read_only: false,
         };
         let mut config = self.container_config(&spec, image, now, now + spec.ttl * 1000);
         config
@@ -101,6 +102,7 @@ impl Tasks {
             && spec.name.is_none()
             && spec.mounts.is_empty()
             && spec.user.is_none()
+            && !spec.read_only
             && (l.memory_mb, l.pids) == (d.memory_mb, d.pids)
             && l.cpus == d.cpus
             && spec
@@ -113,7 +115,7 @@ impl Tasks {
     pub(super) async fn start_in_warm(
         &self,
         spec: &TaskSpec,
-        archive: Option<Vec<u8>>,
+        archive: files::Uploads,
         warm: pool::Warm,
         now: u64,
     ) -> Result<Shared, TaskError> {
@@ -130,8 +132,8 @@ impl Tasks {
         );
         record.channel = Some(warm.channel);
         let record = self.register(record);
-        if let Some(tar) = archive {
-            if let Err(e) = self.inner.docker.put_archive(&id, "/", tar).await {
+        for (dir, tar) in archive {
+            if let Err(e) = self.inner.docker.put_archive(&id, &dir, tar).await {
                 self.forget(&id, "failed");
                 self.remove_in_background(id);
                 return Err(e.into());
