@@ -27,6 +27,9 @@ install_packages() {
     # tests/ops.rs checks the units with `systemd-analyze verify`, which works without
     # systemd running as PID 1.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # tests/api_docs.rs makes a venv under target/ for jsonschema and schemathesis.
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         die "missing: ${missing[*]}; install them (Debian: apt-get install ${missing[*]}) and rerun"
