@@ -93,6 +93,13 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_image: Vec<String>,
+    /// Images Lessl may pull when they are missing (comma-separated patterns, `*` matches
+    /// anything); default: none, so a missing image is a 422.
+    #[arg(long, env = "LESSL_ALLOW_PULL", value_delimiter = ',')]
+    pub allow_pull: Vec<String>,
+    /// Seconds a pull may take.
+    #[arg(long, env = "LESSL_PULL_TIMEOUT", default_value_t = 300.0)]
+    pub pull_timeout: f64,
     /// User tasks run as unless they name an allowed one (`name`, `uid` or `uid:gid`);
     /// default: the image's user.
     #[arg(long, env = "LESSL_USER")]
@@ -181,6 +188,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Image patterns tasks may use.
     pub allow_images: Vec<String>,
+    /// Image patterns Lessl may pull when missing.
+    pub allow_pull: Vec<String>,
+    /// Deadline of one pull.
+    pub pull_timeout: Duration,
     /// Default user of tasks.
     pub user: Option<String>,
     /// Users a task may name.
@@ -409,6 +420,12 @@ impl ServeArgs {
                 .into_iter()
                 .filter(|p| !p.is_empty())
                 .collect(),
+            allow_pull: self
+                .allow_pull
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect(),
+            pull_timeout: seconds("pull-timeout", self.pull_timeout)?,
             user: self.user.filter(|u| !u.is_empty()),
             allow_users: self
                 .allow_users

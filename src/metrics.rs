@@ -94,7 +94,7 @@ pub struct Metrics {
 }
 
 /// Docker steps measured, by their stable codes (see `docker::Step::code`).
-pub const DOCKER_STEPS: [&str; 17] = [
+pub const DOCKER_STEPS: [&str; 18] = [
     "docker.version",
     "docker.ping",
     "docker.container.create",
@@ -111,6 +111,7 @@ pub const DOCKER_STEPS: [&str; 17] = [
     "docker.exec.start",
     "docker.exec.inspect",
     "docker.archive.put",
+    "docker.image.pull",
     "other",
 ];
 
@@ -327,6 +328,7 @@ mod tests {
             Step::StartExec,
             Step::InspectExec,
             Step::PutArchive,
+            Step::PullImage,
         ];
         for s in steps {
             assert_ne!(step_index(s.code()), DOCKER_STEPS.len() - 1, "{s:?}");

@@ -129,6 +129,8 @@ pub async fn run_supervised(
             agent: config.agent.clone(),
             bounds: config.bounds.clone(),
             allow_images: config.allow_images.clone(),
+            allow_pull: config.allow_pull.clone(),
+            pull_timeout: config.pull_timeout,
             default_user: config.user.clone(),
             allow_users: config.allow_users.clone(),
             max_running: config.max_running,

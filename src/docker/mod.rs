@@ -45,6 +45,7 @@ pub enum Step {
     ContainerLogs,
     Attach,
     Events,
+    PullImage,
     CreateExec,
     StartExec,
     InspectExec,
@@ -67,6 +68,7 @@ impl Step {
             Step::ContainerLogs => "docker.container.logs",
             Step::Attach => "docker.container.attach",
             Step::Events => "docker.events",
+            Step::PullImage => "docker.image.pull",
             Step::CreateExec => "docker.exec.create",
             Step::StartExec => "docker.exec.start",
             Step::InspectExec => "docker.exec.inspect",
@@ -501,6 +503,52 @@ impl Docker {
             .send(Step::Events, Method::GET, &path, Body::Empty)
             .await?;
         Ok(resp.into_body())
+    }
+
+    /// Pulls `image` (a tag is added when it names none: an empty tag would pull every tag),
+    /// waiting for the whole pull up to `deadline`. Docker reports pull failures inside a
+    /// 200 stream of progress objects, so the stream is read to its end and checked.
+    pub async fn pull_image(&self, image: &str, deadline: Duration) -> Result<(), DockerError> {
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let reference = if last.contains(':') || image.contains('@') {
+            image.to_string()
+        } else {
+            format!("{image}:latest")
+        };
+        let path = format!("/images/create?fromImage={}", query_escape(&reference));
+        let resp = self
+            .send(Step::PullImage, Method::POST, &path, Body::Empty)
+            .await?;
+        let fail = |cause| DockerError {
+            step: Step::PullImage,
+            cause,
+        };
+        let body = match tokio::time::timeout(
+            deadline,
+            Limited::new(resp.into_body(), MAX_JSON_BYTES).collect(),
+        )
+        .await
+        {
+            Err(_) => return Err(fail(Cause::Timeout(deadline))),
+            Ok(Err(e)) => return Err(fail(Cause::Unreachable(e.to_string()))),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+        #[derive(serde::Deserialize)]
+        struct Progress {
+            #[serde(default)]
+            error: Option<String>,
+        }
+        let failed = serde_json::Deserializer::from_slice(&body)
+            .into_iter::<Progress>()
+            .filter_map(Result::ok)
+            .find_map(|p| p.error);
+        match failed {
+            Some(message) => Err(fail(Cause::Status {
+                status: 404,
+                message,
+            })),
+            None => Ok(()),
+        }
     }
 
     /// Unpacks a plain tar archive at `dir` (which must exist) in the container.

@@ -67,6 +67,15 @@ impl Tasks {
         }
     }
 
+    /// Whether the operator lets Lessl pull `image` when Docker does not have it.
+    pub(super) fn may_pull(&self, image: &str) -> bool {
+        self.inner
+            .settings
+            .allow_pull
+            .iter()
+            .any(|p| glob(p, image))
+    }
+
     /// The user a task runs as: its own choice if the operator allows it, else the default.
     pub(super) fn user_for(&self, spec: &TaskSpec) -> Result<Option<String>, TaskError> {
         let s = &self.inner.settings;

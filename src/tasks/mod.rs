@@ -77,6 +77,10 @@ pub struct Settings {
     pub bounds: Bounds,
     /// Image patterns tasks may use (`*` matches any run of characters).
     pub allow_images: Vec<String>,
+    /// Image patterns Lessl may pull when Docker does not have them.
+    pub allow_pull: Vec<String>,
+    /// Deadline of one pull.
+    pub pull_timeout: Duration,
     /// User tasks run as unless they name one; None is the image's user.
     pub default_user: Option<String>,
     /// Users a task may name in `user`.
@@ -1005,12 +1009,36 @@ impl Tasks {
         let expires = now + spec.ttl * 1000;
         let config = self.container_config(spec, &image, now, expires);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
-        let created = match self
+        let mut attempt = self
             .inner
             .docker
             .create_container(name.as_deref(), &config)
-            .await
-        {
+            .await;
+        if attempt.as_ref().is_err_and(|e| e.status() == Some(404)) && self.may_pull(&image) {
+            log!("pulling {image}, which Docker does not have");
+            attempt = match self
+                .inner
+                .docker
+                .pull_image(&image, self.inner.settings.pull_timeout)
+                .await
+            {
+                Ok(()) => {
+                    self.inner
+                        .docker
+                        .create_container(name.as_deref(), &config)
+                        .await
+                }
+                // The registry refused or could not be reached: the image stays unknown.
+                Err(e) if e.status().is_some() => {
+                    return Err(TaskError::ImageUnknown {
+                        image,
+                        message: e.to_string(),
+                    })
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let created = match attempt {
             Ok(c) => c,
             Err(e) if e.status() == Some(404) => {
                 return Err(TaskError::ImageUnknown {
