@@ -98,7 +98,9 @@ fn missing_images_are_pulled_only_when_allowed() {
         .post(&json!({"image": pulled, "cmd": ["echo from a pulled image"]}).to_string())
         .expect(201)
         .json();
-    let _ = Command::new("docker").args(["rmi", &pulled]).output();
+    // The task's container goes after its run; then the pulled image can go too.
+    assert!(wait_until(Duration::from_secs(10), || lessl.containers().is_empty()));
+    docker(&["rmi", &pulled]);
     assert_eq!(v["results"][0]["stdout"], "from a pulled image\n", "{v}");
     assert!(registry.manifest_requests() >= 1);
     // A pattern that does not match is not pulled, and a pull that fails is a 422.
