@@ -501,6 +501,10 @@ fn logs_are_json_with_the_task_in_each_line_and_follow_the_level() {
         .json();
     let id = v["id"].as_str().unwrap().to_string();
     lessl.delete(&id).expect(204);
+    // Lessl's stderr is read by another thread: give the last line a moment to arrive.
+    assert!(wait_until(Duration::from_secs(5), || lessl
+        .log()
+        .contains("\"deleted\"")));
     let log = lessl.log();
     let lines: Vec<Value> = log
         .lines()

@@ -99,7 +99,9 @@ fn missing_images_are_pulled_only_when_allowed() {
         .expect(201)
         .json();
     // The task's container goes after its run; then the pulled image can go too.
-    assert!(wait_until(Duration::from_secs(10), || lessl.containers().is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || lessl
+        .containers()
+        .is_empty()));
     docker(&["rmi", &pulled]);
     assert_eq!(v["results"][0]["stdout"], "from a pulled image\n", "{v}");
     assert!(registry.manifest_requests() >= 1);

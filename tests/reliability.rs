@@ -702,10 +702,11 @@ fn a_create_that_timed_out_but_happened_is_found_and_removed() {
         "the container of a timed-out create was left behind; log:\n{}",
         lessl.log()
     );
+    // Lessl's stderr is read by another thread: give the line a moment to arrive.
     assert!(
-        lessl
+        wait_until(Duration::from_secs(5), || lessl
             .log()
-            .contains("created although its create call failed"),
+            .contains("created although its create call failed")),
         "{}",
         lessl.log()
     );
