@@ -102,7 +102,8 @@ impl Tasks {
         }
         for c in listed {
             if let Some(record) = self.record(&c.id) {
-                record.lock().unwrap().exited = !c.running;
+                // "created" is a task of ours still starting, not a stopped one.
+                record.lock().unwrap().exited = matches!(c.status.as_str(), "exited" | "dead");
                 continue;
             }
             let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
