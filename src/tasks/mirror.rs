@@ -129,7 +129,6 @@ impl Tasks {
                 }
             } else {
                 self.adopt(&c);
-                self.inner.expiry.arm(&c.id, instant_of(expires));
                 adopted += 1;
             }
         }

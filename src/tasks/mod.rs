@@ -992,6 +992,9 @@ impl Tasks {
                 record.attachable = found.labels.contains_key(LABEL_CHANNEL);
                 record.exited = !found.running;
                 record.read_only = found.labels.contains_key(LABEL_READ_ONLY);
+                // Whoever adopts first (a request may beat the reconciliation after a
+                // restart) arms the TTL from the label; reconciliation skips known records.
+                self.inner.expiry.arm(&found.id, instant_of(record.expires));
                 Arc::new(Mutex::new(record))
             })
             .clone()
