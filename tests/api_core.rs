@@ -467,6 +467,15 @@ fn metrics_count_runs_commands_and_docker_calls() {
         .post(&json!({"image": BUSYBOX, "daemon": true}).to_string())
         .expect(201)
         .json();
+    // The finished task's container goes in the background; wait until it is no longer live.
+    let live_is_one = || {
+        lessl
+            .get("/metrics")
+            .text()
+            .lines()
+            .any(|l| l == "lessl_live_tasks 1")
+    };
+    assert!(wait_until(Duration::from_secs(10), live_is_one));
     let r = lessl.get("/metrics").expect(200);
     assert!(r.header("Content-Type").unwrap().starts_with("text/plain"));
     let text = r.text();
