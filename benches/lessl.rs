@@ -101,6 +101,7 @@ fn raw_config(cmd: &[&str], logs: bool) -> ContainerConfig {
                 kind: if logs { "json-file" } else { "none" }.into(),
             },
             readonly_rootfs: false,
+            storage_opt: Default::default(),
         },
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::spec::{Bounds, Limits};
+use crate::spec::{BindRule, Bounds, Limits};
 
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,9 +135,25 @@ pub struct ServeArgs {
     /// Redirects a download may follow, each checked like the first URL.
     #[arg(long, env = "LESSL_MAX_REDIRECTS", default_value_t = 5)]
     pub max_redirects: usize,
-    /// Host directories tasks may mount with `mnt` (comma-separated prefixes); default: none.
+    /// Host directories tasks may mount with `mnt` (comma-separated): `DIR` lets a task mount
+    /// DIR itself, read-write or read-only; `DIR:ro` lets it mount DIR or any directory under
+    /// it, read-only only. Default: none.
     #[arg(long, env = "LESSL_ALLOW_BIND", value_delimiter = ',')]
     pub allow_bind: Vec<String>,
+    /// Named volumes tasks may mount with `mnt` (comma-separated patterns, `*` matches any
+    /// run of characters); each maps to a volume of this instance that Lessl creates and
+    /// labels. Default: none.
+    #[arg(long, env = "LESSL_ALLOW_VOLUMES", value_delimiter = ',')]
+    pub allow_volumes: Vec<String>,
+    /// Seconds a volume of this instance may stay unused by any task before Lessl removes it.
+    #[arg(long, env = "LESSL_VOLUME_IDLE", default_value_t = 7 * 86_400)]
+    pub volume_idle: u64,
+    /// Disk a task may write (its writable layer) when it names no `limits.disk_mb`, MiB.
+    #[arg(long, env = "LESSL_DEFAULT_DISK_MB", default_value_t = 1024)]
+    pub default_disk_mb: u64,
+    /// Largest `limits.disk_mb` a task may ask for, MiB.
+    #[arg(long, env = "LESSL_MAX_DISK_MB", default_value_t = 10_240)]
+    pub max_disk_mb: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, env = "LESSL_LOG", default_value = "info")]
     pub log_level: String,
@@ -212,6 +228,10 @@ pub struct Config {
     pub warm: Vec<(String, usize)>,
     /// Commands go by Docker exec, never over the attach stream.
     pub exec_only: bool,
+    /// Volume name patterns tasks may mount.
+    pub allow_volumes: Vec<String>,
+    /// Unused volumes of this instance are removed after this long.
+    pub volume_idle: Duration,
     /// Log level.
     pub log_level: crate::log::Level,
     /// Log line format.
@@ -232,6 +252,43 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// `--allow-bind` entries as rules. Two allowed directories may not nest: through the outer
+/// one a task could replace the inner one with a symlink that the engine would then follow.
+fn bind_rules(entries: &[String]) -> Result<Vec<BindRule>, ConfigError> {
+    let mut rules: Vec<BindRule> = Vec::new();
+    for entry in entries.iter().filter(|p| !p.is_empty()) {
+        let (dir, tree) = match entry.strip_suffix(":ro") {
+            Some(dir) => (dir, true),
+            None => (entry.as_str(), false),
+        };
+        let clean = crate::spec::normalise_host_path(dir)
+            .ok()
+            .filter(|c| dir.starts_with('/') && c != "/");
+        let Some(dir) = clean else {
+            return Err(bad(
+                "allow-bind",
+                format!("`{entry}` is not an absolute directory other than / (DIR or DIR:ro)"),
+            ));
+        };
+        let nests = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+        if let Some(other) = rules
+            .iter()
+            .find(|r| nests(&dir, &r.dir) || nests(&r.dir, &dir))
+        {
+            return Err(bad(
+                "allow-bind",
+                format!(
+                    "{dir} and {} overlap: allowed directories must not nest, or a task \
+                     could swap one for a symlink through the other",
+                    other.dir
+                ),
+            ));
+        }
+        rules.push(BindRule { dir, tree });
+    }
+    Ok(rules)
+}
 
 fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -341,18 +398,14 @@ impl ServeArgs {
         if exec_only && !warm.is_empty() {
             return Err(bad("warm", "the warm pool needs --runner attach"));
         }
-        let mut bind_prefixes = Vec::new();
-        for p in self.allow_bind.iter().filter(|p| !p.is_empty()) {
-            let clean = p.trim_end_matches('/');
-            let ok =
-                p.starts_with('/') && !clean.is_empty() && !clean.split('/').any(|c| c == "..");
-            if !ok {
-                return Err(bad(
-                    "allow-bind",
-                    format!("`{p}` is not an absolute directory other than /"),
-                ));
-            }
-            bind_prefixes.push(clean.to_string());
+        let binds = bind_rules(&self.allow_bind)?;
+        let allow_volumes: Vec<String> = self
+            .allow_volumes
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        if self.volume_idle == 0 {
+            return Err(bad("volume-idle", "must be positive"));
         }
         let limits_default = Limits {
             memory_mb: self.default_memory_mb,
@@ -360,6 +413,7 @@ impl ServeArgs {
             pids: self.default_pids,
             timeout_s: self.default_timeout,
             output_bytes: self.default_output_bytes,
+            disk_mb: self.default_disk_mb,
         };
         let limits_max = Limits {
             memory_mb: self.max_memory_mb,
@@ -367,6 +421,7 @@ impl ServeArgs {
             pids: self.max_pids,
             timeout_s: self.max_timeout,
             output_bytes: self.max_output_bytes,
+            disk_mb: self.max_disk_mb,
         };
         // Docker reads 0 as "unlimited": a zero default would silently lift the limit.
         let positive = [
@@ -380,6 +435,8 @@ impl ServeArgs {
             ("max-timeout", limits_max.timeout_s),
             ("default-output-bytes", limits_default.output_bytes as f64),
             ("max-output-bytes", limits_max.output_bytes as f64),
+            ("default-disk-mb", limits_default.disk_mb as f64),
+            ("max-disk-mb", limits_max.disk_mb as f64),
             ("default-ttl", self.default_ttl as f64),
             ("max-ttl", self.max_ttl as f64),
             ("max-body-bytes", self.max_body_bytes as f64),
@@ -411,8 +468,10 @@ impl ServeArgs {
                 limits_max,
                 resource_max_bytes: self.max_resource_bytes,
                 max_commands: self.max_commands,
-                bind_prefixes,
+                binds,
             },
+            allow_volumes,
+            volume_idle: Duration::from_secs(self.volume_idle),
             max_body_bytes: self.max_body_bytes,
             shutdown_grace,
             allow_images: self
@@ -507,5 +566,37 @@ mod tests {
             config(&["--listen", "unix:rel"]).unwrap_err().flag,
             "listen"
         );
+    }
+
+    #[test]
+    fn bind_rules_are_exact_or_read_only_trees_and_never_nest() {
+        let c = config(&["--allow-bind", "/srv/shared/,/srv/data:ro"]).unwrap();
+        assert_eq!(
+            c.bounds.binds,
+            [
+                BindRule {
+                    dir: "/srv/shared".into(),
+                    tree: false
+                },
+                BindRule {
+                    dir: "/srv/data".into(),
+                    tree: true
+                }
+            ]
+        );
+        for bad in [
+            "/srv,/srv/a",
+            "/srv/a:ro,/srv",
+            "/srv,/srv:ro",
+            "/",
+            "rel",
+            "/a/../b",
+        ] {
+            assert_eq!(
+                config(&["--allow-bind", bad]).unwrap_err().flag,
+                "allow-bind",
+                "{bad}"
+            );
+        }
     }
 }

@@ -94,7 +94,7 @@ pub struct Metrics {
 }
 
 /// Docker steps measured, by their stable codes (see `docker::Step::code`).
-pub const DOCKER_STEPS: [&str; 18] = [
+pub const DOCKER_STEPS: [&str; 23] = [
     "docker.version",
     "docker.ping",
     "docker.container.create",
@@ -112,6 +112,11 @@ pub const DOCKER_STEPS: [&str; 18] = [
     "docker.exec.inspect",
     "docker.archive.put",
     "docker.image.pull",
+    "docker.info",
+    "docker.volume.create",
+    "docker.volume.inspect",
+    "docker.volume.list",
+    "docker.volume.remove",
     "other",
 ];
 
@@ -329,6 +334,11 @@ mod tests {
             Step::InspectExec,
             Step::PutArchive,
             Step::PullImage,
+            Step::Info,
+            Step::CreateVolume,
+            Step::InspectVolume,
+            Step::ListVolumes,
+            Step::RemoveVolume,
         ];
         for s in steps {
             assert_ne!(step_index(s.code()), DOCKER_STEPS.len() - 1, "{s:?}");

@@ -140,6 +140,8 @@ pub async fn run_supervised(
             fetch: config.fetch.clone(),
             warm: config.warm.clone(),
             exec_only: config.exec_only,
+            allow_volumes: config.allow_volumes.clone(),
+            volume_idle: config.volume_idle,
         },
     );
     tasks.spawn_background();

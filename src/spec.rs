@@ -25,7 +25,22 @@ pub struct Bounds {
     /// Most commands one request may run per task.
     pub max_commands: usize,
     /// Host directories a task may mount (`mnt` with a host path); empty allows none.
-    pub bind_prefixes: Vec<String>,
+    pub binds: Vec<BindRule>,
+}
+
+/// A host directory the operator opened to `mnt` (`--allow-bind DIR` or `DIR:ro`).
+///
+/// The engine resolves a bind's host path itself, following symlinks, so a mount may only
+/// name a path that no task could have changed: either `dir` itself, which a task mounting
+/// it can fill but never replace, or, for a `tree` opened read-only to every task, any
+/// directory under it, since no task can write there to plant a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindRule {
+    /// Absolute host directory without `.`, `..` or a trailing slash.
+    pub dir: String,
+    /// `DIR:ro`: `dir` and every directory under it may be mounted, read-only only.
+    /// Otherwise only `dir` itself, read-write or read-only.
+    pub tree: bool,
 }
 
 /// Resource limits of one task; every one is always set (Docker reads 0 as unlimited).
@@ -41,6 +56,8 @@ pub struct Limits {
     pub timeout_s: f64,
     /// Output kept per stream per command, bytes.
     pub output_bytes: u64,
+    /// What the task may write to its container's file systems, MiB.
+    pub disk_mb: u64,
 }
 
 /// A validated task. Field meanings are those of the contract (DESIGN.md section 1).
@@ -74,24 +91,27 @@ pub struct TaskSpec {
     pub read_only: bool,
 }
 
-/// A volume mount, checked: a named volume or a host path under an allowed prefix.
+/// A mount, checked for syntax and against the allowed host directories. What it names on
+/// the engine (a volume of this instance, a host path free of symlinks) is checked when the
+/// task is created, since that needs I/O.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// Field path of the resource that asked for it.
     pub field: String,
-    /// Volume name, or normalised absolute host path.
-    pub source: String,
+    /// What is mounted.
+    pub source: MountSource,
     /// Absolute path in the container.
     pub target: String,
     pub read_only: bool,
 }
 
-impl Mount {
-    /// Docker's short syntax, as `HostConfig.Binds` takes it.
-    pub fn bind(&self) -> String {
-        let mode = if self.read_only { "ro" } else { "rw" };
-        format!("{}:{}:{mode}", self.source, self.target)
-    }
+/// The two things a task may mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A named volume as the task calls it; Lessl maps it to a volume of its own instance.
+    Volume(String),
+    /// A normalised absolute host path, under `rule`'s directory.
+    Host { path: String, rule: BindRule },
 }
 
 /// One command: a shell string or an exec-form argv.
@@ -248,6 +268,7 @@ struct RawLimits {
     pids: Option<i64>,
     timeout_s: Option<f64>,
     output_bytes: Option<i64>,
+    disk_mb: Option<i64>,
 }
 
 /// `cmd` is a list of commands; a bare string is accepted as a list of one.
@@ -817,28 +838,12 @@ fn parse_mount(spec: &str, bounds: &Bounds) -> Result<Mount, String> {
         return Err(format!("cannot mount over {target}"));
     }
     let source = if source.starts_with('/') {
-        let host = normalise_host_path(source)?;
-        let allowed = bounds.bind_prefixes.iter().any(|p| {
-            let p = p.trim_end_matches('/');
-            p.is_empty() || host == p || host.starts_with(&format!("{p}/"))
-        });
-        if !allowed {
-            return Err(format!(
-                "host path {host} is not under a directory the operator allowed (--allow-bind)"
-            ));
-        }
-        host
+        let path = normalise_host_path(source)?;
+        let rule = bind_rule_for(&path, read_only, &bounds.binds)?;
+        MountSource::Host { path, rule }
     } else {
-        let mut chars = source.chars();
-        let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-            && source.len() <= 128;
-        if !ok {
-            return Err(format!(
-                "`{source}` is neither a volume name nor an absolute host path"
-            ));
-        }
-        source.to_string()
+        check_volume_name(source)?;
+        MountSource::Volume(source.to_string())
     };
     Ok(Mount {
         field: String::new(),
@@ -848,9 +853,52 @@ fn parse_mount(spec: &str, bounds: &Bounds) -> Result<Mount, String> {
     })
 }
 
+/// Volume names as tasks give them: Docker's alphabet, short enough to prefix.
+pub fn check_volume_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is neither a volume name (1 to 64 of [A-Za-z0-9_.-]) nor an absolute host path"
+        ))
+    }
+}
+
+/// The operator's rule that lets a task mount host `path`, or why none does.
+fn bind_rule_for(path: &str, read_only: bool, rules: &[BindRule]) -> Result<BindRule, String> {
+    let under = |dir: &str| path == dir || path.starts_with(&format!("{dir}/"));
+    if let Some(rule) = rules.iter().find(|r| r.dir == path && !r.tree) {
+        return Ok(rule.clone());
+    }
+    if let Some(rule) = rules.iter().find(|r| r.tree && under(&r.dir)) {
+        if !read_only {
+            return Err(format!(
+                "{} is opened read-only (--allow-bind {}:ro): mount it with `:ro`",
+                path, rule.dir
+            ));
+        }
+        return Ok(rule.clone());
+    }
+    if let Some(rule) = rules.iter().find(|r| under(&r.dir)) {
+        return Err(format!(
+            "only {dir} itself may be mounted, not a directory under it: tasks can write in \
+             {dir} and plant symlinks the engine would follow on the host (the operator can \
+             open a tree read-only with --allow-bind DIR:ro)",
+            dir = rule.dir
+        ));
+    }
+    Err(format!(
+        "host path {path} is not a directory the operator allowed (--allow-bind)"
+    ))
+}
+
 /// Collapses duplicate slashes and a trailing slash; `.` and `..` are refused, not resolved,
-/// so what is checked against the allowed prefixes is what Docker mounts.
-fn normalise_host_path(p: &str) -> Result<String, String> {
+/// so what is checked against the allowed directories is what the engine is asked to mount.
+pub fn normalise_host_path(p: &str) -> Result<String, String> {
     if p.contains('\0') {
         return Err("host path contains a NUL byte".into());
     }
@@ -922,6 +970,7 @@ fn apply_limits(raw: Option<RawLimits>, bounds: &Bounds) -> Result<Limits, SpecE
             d.output_bytes,
             m.output_bytes,
         )?,
+        disk_mb: whole("disk_mb", raw.disk_mb, d.disk_mb, m.disk_mb)?,
     })
 }
 
@@ -936,6 +985,7 @@ mod tests {
             pids: 128,
             timeout_s: 30.0,
             output_bytes: 1 << 20,
+            disk_mb: 512,
         };
         Bounds {
             ttl_default: 300,
@@ -947,10 +997,20 @@ mod tests {
                 pids: 1024,
                 timeout_s: 600.0,
                 output_bytes: 16 << 20,
+                disk_mb: 4096,
             },
             resource_max_bytes: 1024,
             max_commands: 4,
-            bind_prefixes: vec!["/srv/shared".into()],
+            binds: vec![
+                BindRule {
+                    dir: "/srv/shared".into(),
+                    tree: false,
+                },
+                BindRule {
+                    dir: "/srv/data".into(),
+                    tree: true,
+                },
+            ],
         }
     }
 
@@ -1167,7 +1227,8 @@ mod tests {
               {"src":"https://example.com/a/run.sh?x=1","dest":"/opt","mode":"0755"},
               {"src":"http://example.com/site.tar","dest":"/srv/www","content_type":"application/x-tar"},
               {"mnt":"cache:/cache"},
-              {"mnt":"/srv//shared/data/:/data:ro"}]}"#,
+              {"mnt":"/srv//shared/:/shared"},
+              {"mnt":"/srv/data/sets/:/data:ro"}]}"#,
         )
         .unwrap();
         assert_eq!(t.resources.len(), 2);
@@ -1180,10 +1241,15 @@ mod tests {
             &t.resources[1].content,
             Content::Download { archive: true, .. }
         ));
-        assert_eq!(t.mounts.len(), 2);
-        assert_eq!(t.mounts[0].bind(), "cache:/cache:rw");
-        assert_eq!(t.mounts[1].bind(), "/srv/shared/data:/data:ro");
+        assert_eq!(t.mounts.len(), 3);
+        assert_eq!(t.mounts[0].source, MountSource::Volume("cache".into()));
+        assert!(!t.mounts[0].read_only);
+        assert!(matches!(&t.mounts[1].source,
+            MountSource::Host { path, rule } if path == "/srv/shared" && !rule.tree));
         assert_eq!(t.mounts[1].field, "resources[3]");
+        assert!(matches!(&t.mounts[2].source,
+            MountSource::Host { path, rule } if path == "/srv/data/sets" && rule.tree));
+        assert!(t.mounts[2].read_only);
     }
 
     #[test]
@@ -1205,6 +1271,11 @@ mod tests {
             (r#"{"mnt":"/etc:/etc"}"#, "mnt"),
             (r#"{"mnt":"/srv/shared/../../etc:/x"}"#, "mnt"),
             (r#"{"mnt":"/srv/sharedother:/x"}"#, "mnt"),
+            // Under a writable directory: a task may have planted a link there.
+            (r#"{"mnt":"/srv/shared/root/etc:/x:ro"}"#, "mnt"),
+            // A read-only tree is mounted read-only only.
+            (r#"{"mnt":"/srv/data:/x"}"#, "mnt"),
+            (r#"{"mnt":"/srv/data/sub:/x:rw"}"#, "mnt"),
             (r#"{"mnt":"vol:relative"}"#, "mnt"),
             (r#"{"mnt":"vol:/a/../b"}"#, "mnt"),
             (r#"{"mnt":"vol:/"}"#, "mnt"),

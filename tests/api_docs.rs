@@ -431,6 +431,8 @@ fn openapi_document_carries_the_task_schema_and_every_route() {
         ("get", "/health"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
+        ("get", "/volumes"),
+        ("delete", "/volumes/{name}"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

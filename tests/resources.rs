@@ -257,7 +257,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_named_volume_is_shared_by_two_tasks() {
-    let lessl = Lessl::start(&[]);
+    let lessl = Lessl::start(&["--allow-volumes", "vol-*"]);
     let volume = unique("vol");
     let v = lessl
         .post(
@@ -284,7 +284,9 @@ fn a_named_volume_is_shared_by_two_tasks() {
     assert!(wait_until(Duration::from_secs(10), || lessl
         .containers()
         .is_empty()));
-    docker(&["volume", "rm", &volume]);
+    lessl
+        .request("DELETE", &format!("/volumes/{volume}"), None)
+        .expect(204);
     lessl.finish();
 }
 
@@ -305,8 +307,9 @@ fn host_paths_need_allow_bind() {
     assert_eq!(v["error"]["field"], "resources[0].mnt");
     lessl.finish();
 
+    // The temporary directory is writable by anyone: only as a read-only tree.
     let prefix = std::env::temp_dir();
-    let lessl = Lessl::start(&["--allow-bind", prefix.to_str().unwrap()]);
+    let lessl = Lessl::start(&["--allow-bind", &format!("{}:ro", prefix.display())]);
     let v = lessl
         .post(
             &json!({"image": BUSYBOX, "resources": [{"mnt": mnt}], "cmd": ["cat /host/host.txt"]})

@@ -212,6 +212,18 @@ impl ApiError {
                     | FetchError::Redirect(_)
                     | FetchError::ReadBody(_),
             }) => (StatusCode::BAD_GATEWAY, "resource.download", non_empty(f)),
+            ApiError::Task(TaskError::Mount { field: f, .. }) => {
+                (StatusCode::BAD_REQUEST, "task.mount_refused", non_empty(f))
+            }
+            ApiError::Task(TaskError::VolumeForeign { field: f, .. }) => {
+                (StatusCode::CONFLICT, "volume.foreign", non_empty(f))
+            }
+            ApiError::Task(TaskError::VolumeNotFound(_)) => {
+                (StatusCode::NOT_FOUND, "volume.not_found", None)
+            }
+            ApiError::Task(TaskError::VolumeInUse(_)) => {
+                (StatusCode::CONFLICT, "volume.in_use", None)
+            }
             ApiError::Task(TaskError::Docker(e)) | ApiError::DockerDown(TaskError::Docker(e)) => {
                 (docker_status(e), e.step.code(), None)
             }
@@ -227,7 +239,11 @@ impl ApiError {
                 | TaskError::UserNotAllowed(_)
                 | TaskError::Busy
                 | TaskError::TooManyDaemons(_)
-                | TaskError::Download { .. },
+                | TaskError::Download { .. }
+                | TaskError::Mount { .. }
+                | TaskError::VolumeForeign { .. }
+                | TaskError::VolumeNotFound(_)
+                | TaskError::VolumeInUse(_),
             ) => (StatusCode::SERVICE_UNAVAILABLE, "health.docker", None),
         }
     }
@@ -280,6 +296,22 @@ mod tests {
             (ApiError::Task(TaskError::NotFound("x".into())), 404),
             (ApiError::Task(TaskError::NameClash("x".into())), 409),
             (ApiError::Task(TaskError::NotRunning("x".into())), 409),
+            (
+                ApiError::Task(TaskError::Mount {
+                    field: "resources[0].mnt".into(),
+                    message: "m".into(),
+                }),
+                400,
+            ),
+            (
+                ApiError::Task(TaskError::VolumeForeign {
+                    field: "resources[0].mnt".into(),
+                    volume: "v".into(),
+                }),
+                409,
+            ),
+            (ApiError::Task(TaskError::VolumeNotFound("v".into())), 404),
+            (ApiError::Task(TaskError::VolumeInUse("v".into())), 409),
             (
                 ApiError::Task(TaskError::ImageUnknown {
                     image: "i".into(),

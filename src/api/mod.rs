@@ -41,6 +41,8 @@ enum Route<'a> {
     GetTask(&'a str),
     PutTask(&'a str),
     DeleteTask(&'a str),
+    ListVolumes,
+    DeleteVolume(&'a str),
 }
 
 /// The routing table: (method, path) to a route, or the error that says why not.
@@ -60,6 +62,10 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         (["tasks", r], &Method::PUT) if !r.is_empty() => Ok(Route::PutTask(r)),
         (["tasks", r], &Method::DELETE) if !r.is_empty() => Ok(Route::DeleteTask(r)),
         (["tasks", r], _) if !r.is_empty() => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
+        (["volumes"], &Method::GET) => Ok(Route::ListVolumes),
+        (["volumes"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["volumes", v], &Method::DELETE) if !v.is_empty() => Ok(Route::DeleteVolume(v)),
+        (["volumes", v], _) if !v.is_empty() => Err(ApiError::MethodNotAllowed("DELETE")),
         _ => Err(ApiError::RouteNotFound(path.to_string())),
     }
 }
@@ -94,9 +100,10 @@ impl Api {
             Route::Health => {
                 query.none()?;
                 let api = self.tasks.health().await.map_err(ApiError::DockerDown)?;
+                let disk = self.tasks.disk_limit().await.describe();
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({"status": "ok", "docker_api": api}),
+                    &serde_json::json!({"status": "ok", "docker_api": api, "disk_limit": disk}),
                 ))
             }
             Route::OpenApi => {
@@ -124,6 +131,15 @@ impl Api {
             Route::GetTask(r) => {
                 query.none()?;
                 Ok(json(StatusCode::OK, &self.tasks.get(r).await?))
+            }
+            Route::ListVolumes => {
+                query.none()?;
+                Ok(json(StatusCode::OK, &self.tasks.volumes().await?))
+            }
+            Route::DeleteVolume(v) => {
+                query.none()?;
+                self.tasks.remove_volume(v).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
             }
             Route::DeleteTask(r) => {
                 query.none()?;

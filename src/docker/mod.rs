@@ -5,6 +5,7 @@
 pub mod models;
 pub mod stream;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +51,11 @@ pub enum Step {
     StartExec,
     InspectExec,
     PutArchive,
+    Info,
+    CreateVolume,
+    InspectVolume,
+    ListVolumes,
+    RemoveVolume,
 }
 
 impl Step {
@@ -73,6 +79,11 @@ impl Step {
             Step::StartExec => "docker.exec.start",
             Step::InspectExec => "docker.exec.inspect",
             Step::PutArchive => "docker.archive.put",
+            Step::Info => "docker.info",
+            Step::CreateVolume => "docker.volume.create",
+            Step::InspectVolume => "docker.volume.inspect",
+            Step::ListVolumes => "docker.volume.list",
+            Step::RemoveVolume => "docker.volume.remove",
         }
     }
 }
@@ -405,6 +416,63 @@ impl Docker {
             Err(e) if e.status() == Some(409) && e.to_string().contains("already in progress") => {
                 Ok(Removed::InProgress)
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the engine says of itself: its storage driver and the runtimes it knows.
+    pub async fn info(&self) -> Result<EngineInfo, DockerError> {
+        self.call(Step::Info, Method::GET, "/info", Body::Empty)
+            .await
+    }
+
+    /// Creates a named volume with `labels` on the default (`local`) driver.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Volume, DockerError> {
+        let body = Body::json(
+            Step::CreateVolume,
+            &serde_json::json!({"Name": name, "Labels": labels}),
+        )?;
+        self.call(Step::CreateVolume, Method::POST, "/volumes/create", body)
+            .await
+    }
+
+    /// The volume `name`, or None when the engine has none by that name.
+    pub async fn inspect_volume(&self, name: &str) -> Result<Option<Volume>, DockerError> {
+        let path = format!("/volumes/{}", query_escape(name));
+        match self
+            .call(Step::InspectVolume, Method::GET, &path, Body::Empty)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every volume carrying all of `labels` (`key=value` or `key`).
+    pub async fn list_volumes(&self, labels: &[String]) -> Result<Vec<Volume>, DockerError> {
+        let filters = serde_json::json!({ "label": labels }).to_string();
+        let path = format!("/volumes?filters={}", query_escape(&filters));
+        let list: VolumeList = self
+            .call(Step::ListVolumes, Method::GET, &path, Body::Empty)
+            .await?;
+        Ok(list.volumes.unwrap_or_default())
+    }
+
+    /// Removes a volume; a volume some container still uses is [`VolumeRemoved::InUse`].
+    pub async fn remove_volume(&self, name: &str) -> Result<VolumeRemoved, DockerError> {
+        let path = format!("/volumes/{}", query_escape(name));
+        match self
+            .send(Step::RemoveVolume, Method::DELETE, &path, Body::Empty)
+            .await
+        {
+            Ok(_) => Ok(VolumeRemoved::Yes),
+            Err(e) if e.status() == Some(404) => Ok(VolumeRemoved::Gone),
+            Err(e) if e.status() == Some(409) => Ok(VolumeRemoved::InUse),
             Err(e) => Err(e),
         }
     }

@@ -47,6 +47,10 @@ pub struct HostConfig {
     pub binds: Vec<String>,
     pub log_config: LogConfig,
     pub readonly_rootfs: bool,
+    /// Per-container storage options; `size` caps the writable layer where the storage
+    /// driver supports quotas.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_opt: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +114,16 @@ pub struct ContainerSummary {
     pub state: String,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub mounts: Option<Vec<MountPoint>>,
+}
+
+/// One mount of a listed container; only volumes have a name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountPoint {
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,4 +174,56 @@ pub struct Event {
 pub struct Actor {
     #[serde(rename = "ID", default)]
     pub id: String,
+}
+
+/// The few fields of `GET /info` Lessl reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EngineInfo {
+    /// Storage driver (`overlay2`, `btrfs`, ...).
+    #[serde(default)]
+    pub driver: String,
+    /// Pairs such as `["Backing Filesystem", "xfs"]`.
+    #[serde(default)]
+    pub driver_status: Option<Vec<Vec<String>>>,
+}
+
+impl EngineInfo {
+    /// The filesystem under the storage driver, when the engine says.
+    pub fn backing_filesystem(&self) -> Option<&str> {
+        self.driver_status
+            .iter()
+            .flatten()
+            .find(|pair| pair.first().map(String::as_str) == Some("Backing Filesystem"))
+            .and_then(|pair| pair.get(1))
+            .map(String::as_str)
+    }
+}
+
+/// A volume as the engine describes it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeList {
+    #[serde(default)]
+    pub volumes: Option<Vec<Volume>>,
+}
+
+/// What removing a volume did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeRemoved {
+    Yes,
+    /// There was no such volume.
+    Gone,
+    /// A container still uses it.
+    InUse,
 }

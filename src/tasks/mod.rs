@@ -11,6 +11,7 @@ pub mod channel;
 pub mod expiry;
 pub mod files;
 mod mirror;
+pub mod mounts;
 pub mod pool;
 pub mod run;
 pub mod view;
@@ -99,6 +100,10 @@ pub struct Settings {
     pub warm: Vec<(String, usize)>,
     /// Run every command by Docker exec (`--runner exec`), never over the attach stream.
     pub exec_only: bool,
+    /// Volume name patterns tasks may mount (`--allow-volumes`).
+    pub allow_volumes: Vec<String>,
+    /// Unused volumes of this instance are removed after this long.
+    pub volume_idle: Duration,
 }
 
 /// Why a task operation failed. The API chooses the status from this.
@@ -128,6 +133,15 @@ pub enum TaskError {
     TooManyDaemons(usize),
     /// A `src` download failed or was refused.
     Download { field: String, error: FetchError },
+    /// A `mnt` names something that may not be mounted (a host path through a symlink, a
+    /// volume the operator did not allow).
+    Mount { field: String, message: String },
+    /// A `mnt` volume maps to a volume on the engine that this instance did not create.
+    VolumeForeign { field: String, volume: String },
+    /// No volume of this instance has that name.
+    VolumeNotFound(String),
+    /// The volume is mounted by a container, so it cannot be removed.
+    VolumeInUse(String),
     /// A Docker call failed; the error names the step.
     Docker(DockerError),
 }
@@ -139,6 +153,14 @@ impl TaskError {
             (TaskError::Download { field, error }, Some(i)) => TaskError::Download {
                 field: format!("[{i}].{field}"),
                 error,
+            },
+            (TaskError::Mount { field, message }, Some(i)) => TaskError::Mount {
+                field: format!("[{i}].{field}"),
+                message,
+            },
+            (TaskError::VolumeForeign { field, volume }, Some(i)) => TaskError::VolumeForeign {
+                field: format!("[{i}].{field}"),
+                volume,
             },
             (e, _) => e,
         }
@@ -172,6 +194,14 @@ impl fmt::Display for TaskError {
                 "this server keeps at most {n} daemon tasks; delete one first"
             ),
             TaskError::Download { field, error } => write!(f, "{field}: {error}"),
+            TaskError::Mount { field, message } => write!(f, "{field}: {message}"),
+            TaskError::VolumeForeign { field, volume } => write!(
+                f,
+                "{field}: the engine already has a volume `{volume}` that this Lessl did not \
+                 create; it is not mounted"
+            ),
+            TaskError::VolumeNotFound(n) => write!(f, "no volume `{n}`"),
+            TaskError::VolumeInUse(n) => write!(f, "volume `{n}` is mounted by a container"),
             TaskError::Docker(e) => e.fmt(f),
         }
     }
@@ -374,6 +404,46 @@ struct Inner {
     pool: pool::Pool,
     /// The records mirror Docker (events stream live, reconciled since it connected).
     mirrored: std::sync::atomic::AtomicBool,
+    /// This instance's named volumes.
+    volumes: mounts::Volumes,
+    /// Whether the engine can cap a container's writable layer (learnt from the engine).
+    disk: Mutex<DiskLimit>,
+}
+
+/// What bounds the disk a task writes, as far as Lessl knows the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskLimit {
+    /// Not asked yet (the engine was unreachable so far).
+    Unknown,
+    /// The storage driver caps each container's writable layer (`StorageOpt size`).
+    Quota(String),
+    /// The storage driver cannot: what tasks write is bounded only by the engine's disk.
+    Unbounded(String),
+}
+
+impl DiskLimit {
+    /// How `/health` and the start-up log describe it.
+    pub fn describe(&self) -> String {
+        match self {
+            DiskLimit::Unknown => "unknown until the engine answers".into(),
+            DiskLimit::Quota(how) => format!("enforced per task ({how})"),
+            DiskLimit::Unbounded(why) => format!("NOT enforced: {why}"),
+        }
+    }
+
+    /// From what the engine says of its storage: quotas work on overlay2 over xfs (mounted
+    /// with `pquota`, which only a create can prove), btrfs and zfs.
+    fn of_engine(info: &crate::docker::models::EngineInfo) -> DiskLimit {
+        let backing = info.backing_filesystem().unwrap_or("unknown");
+        match (info.driver.as_str(), backing) {
+            ("overlay2", "xfs") => DiskLimit::Quota("overlay2 on xfs".into()),
+            ("btrfs" | "zfs", _) => DiskLimit::Quota(info.driver.clone()),
+            (driver, backing) => DiskLimit::Unbounded(format!(
+                "the engine's storage driver ({driver} on {backing}) has no per-container quota \
+                 (overlay2 on xfs with pquota, btrfs or zfs have one)"
+            )),
+        }
+    }
 }
 
 /// Unix milliseconds.
@@ -394,6 +464,11 @@ impl Tasks {
     pub fn new(docker: Docker, settings: Settings) -> Self {
         let settings_max_running = settings.max_running.max(1);
         let settings_warm = settings.warm.clone();
+        let volumes = mounts::Volumes::new(
+            settings.instance.clone(),
+            settings.allow_volumes.clone(),
+            settings.volume_idle,
+        );
         Tasks {
             inner: Arc::new(Inner {
                 docker,
@@ -407,6 +482,8 @@ impl Tasks {
                 daemons: AtomicUsize::new(0),
                 pool: pool::Pool::new(settings_warm),
                 mirrored: Default::default(),
+                volumes,
+                disk: Mutex::new(DiskLimit::Unknown),
             }),
         }
     }
@@ -428,6 +505,51 @@ impl Tasks {
         });
         let this = self.clone();
         tokio::spawn(async move { this.mirror_docker().await });
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.disk_limit().await;
+            loop {
+                tokio::time::sleep(this.inner.volumes.sweep_every()).await;
+                if let Err(e) = this.inner.volumes.sweep(&this.inner.docker).await {
+                    log!(warn: "volume sweep failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// What bounds a task's disk on this engine, asking the engine the first time.
+    pub async fn disk_limit(&self) -> DiskLimit {
+        let known = self.inner.disk.lock().unwrap().clone();
+        if known != DiskLimit::Unknown {
+            return known;
+        }
+        let Ok(info) = self.inner.docker.info().await else {
+            return DiskLimit::Unknown;
+        };
+        let limit = DiskLimit::of_engine(&info);
+        self.learn_disk_limit(limit.clone());
+        limit
+    }
+
+    fn learn_disk_limit(&self, limit: DiskLimit) {
+        let mut known = self.inner.disk.lock().unwrap();
+        if *known != limit {
+            match &limit {
+                DiskLimit::Unbounded(_) => log!(warn: "disk limits: {}", limit.describe()),
+                _ => log!("disk limits: {}", limit.describe()),
+            }
+            *known = limit;
+        }
+    }
+
+    /// Volumes of this instance, for `GET /volumes`.
+    pub async fn volumes(&self) -> Result<Vec<mounts::VolumeView>, TaskError> {
+        self.inner.volumes.list(&self.inner.docker).await
+    }
+
+    /// `DELETE /volumes/{name}`.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), TaskError> {
+        self.inner.volumes.remove(&self.inner.docker, name).await
     }
 
     /// Point-in-time numbers for `GET /metrics`.
@@ -676,6 +798,10 @@ impl Tasks {
             };
             self.check_image(image)?;
             self.user_for(s)?;
+            self.inner
+                .volumes
+                .check(&s.mounts)
+                .map_err(|e| e.prefixed(is_array.then_some(i)))?;
         }
         let mut archives = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter_mut().enumerate() {
@@ -1010,13 +1136,33 @@ impl Tasks {
     ) -> Result<Shared, TaskError> {
         let image = spec.image.clone().unwrap_or_default();
         let expires = now + spec.ttl * 1000;
-        let config = self.container_config(spec, &image, now, expires);
+        let binds = self
+            .inner
+            .volumes
+            .binds(&self.inner.docker, &spec.mounts)
+            .await?;
+        let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        let mut config = self.container_config(spec, &image, now, expires, binds, quota);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let mut attempt = self
             .inner
             .docker
             .create_container(name.as_deref(), &config)
             .await;
+        if let Err(e) = &attempt {
+            if quota && refuses_storage_opt(e) {
+                // overlay2 on xfs without `pquota`: only a create tells.
+                self.learn_disk_limit(DiskLimit::Unbounded(format!(
+                    "the engine refused a storage quota: {e}"
+                )));
+                config.host_config.storage_opt.clear();
+                attempt = self
+                    .inner
+                    .docker
+                    .create_container(name.as_deref(), &config)
+                    .await;
+            }
+        }
         if attempt.as_ref().is_err_and(|e| e.status() == Some(404)) && self.may_pull(&image) {
             log!("pulling {image}, which Docker does not have");
             attempt = match self
@@ -1094,12 +1240,16 @@ impl Tasks {
         Ok(record)
     }
 
+    /// The container of a task. `binds` are its mounts, resolved; `quota` caps its writable
+    /// layer at `limits.disk_mb` (only where the engine's storage driver can).
     fn container_config(
         &self,
         spec: &TaskSpec,
         image: &str,
         now: u64,
         expires: u64,
+        binds: Vec<String>,
+        quota: bool,
     ) -> ContainerConfig {
         let s = &self.inner.settings;
         let mut labels = BTreeMap::from([
@@ -1150,12 +1300,17 @@ impl Tasks {
                 nano_cpus: (spec.limits.cpus * 1e9) as i64,
                 pids_limit: spec.limits.pids as i64,
                 binds: std::iter::once(format!("{}:{AGENT_PATH}:ro", s.agent.display()))
-                    .chain(spec.mounts.iter().map(spec::Mount::bind))
+                    .chain(binds)
                     .collect(),
                 log_config: LogConfig {
                     kind: "none".into(),
                 },
                 readonly_rootfs: spec.read_only,
+                storage_opt: if quota {
+                    BTreeMap::from([("size".to_string(), format!("{}M", spec.limits.disk_mb))])
+                } else {
+                    BTreeMap::new()
+                },
             },
         }
     }
@@ -1404,6 +1559,12 @@ fn create_token() -> String {
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{:x}-{:x}-{n:x}", std::process::id(), nanos)
+}
+
+/// Whether a create failed because the storage driver cannot apply `StorageOpt size`. The
+/// engine says so only in words (a 500 or 400 naming the option).
+fn refuses_storage_opt(e: &DockerError) -> bool {
+    matches!(e.status(), Some(400 | 500)) && e.to_string().to_ascii_lowercase().contains("storage")
 }
 
 /// Docker states of a container on its way out.

@@ -352,6 +352,7 @@ mod tests {
             pids: 1,
             timeout_s: 1.5,
             output_bytes: 10,
+            disk_mb: 1,
         };
         let argv = agent_argv(&Command::Shell("echo hi".into()), &limits, Some("/w"));
         assert_eq!(

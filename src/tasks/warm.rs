@@ -51,7 +51,9 @@ impl Tasks {
             mounts: Vec::new(),
             read_only: false,
         };
-        let mut config = self.container_config(&spec, image, now, now + spec.ttl * 1000);
+        let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        let mut config =
+            self.container_config(&spec, image, now, now + spec.ttl * 1000, Vec::new(), quota);
         config
             .labels
             .insert(LABEL_POOL.to_string(), "true".to_string());
@@ -103,7 +105,7 @@ impl Tasks {
             && spec.mounts.is_empty()
             && spec.user.is_none()
             && !spec.read_only
-            && (l.memory_mb, l.pids) == (d.memory_mb, d.pids)
+            && (l.memory_mb, l.pids, l.disk_mb) == (d.memory_mb, d.pids, d.disk_mb)
             && l.cpus == d.cpus
             && spec
                 .image

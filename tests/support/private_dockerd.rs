@@ -14,11 +14,24 @@ pub struct PrivateDockerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// `--storage-driver=btrfs` on a loop-mounted btrfs image at `D/data`, whose storage
+    /// driver can cap each container's writable layer.
+    btrfs: bool,
 }
 
 impl PrivateDockerd {
     /// Starts a private dockerd with a busybox image, or says why it cannot.
     pub fn start() -> Result<PrivateDockerd, String> {
+        PrivateDockerd::start_with(false)
+    }
+
+    /// A private dockerd whose data root is a fresh 3 GiB btrfs file system on a loop device
+    /// (needs btrfs-progs and the kernel's btrfs; contrib/test-env.sh installs the former).
+    pub fn start_btrfs() -> Result<PrivateDockerd, String> {
+        PrivateDockerd::start_with(true)
+    }
+
+    fn start_with(btrfs: bool) -> Result<PrivateDockerd, String> {
         if Command::new("dockerd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -35,10 +48,51 @@ impl PrivateDockerd {
             socket: dir.join("docker.sock"),
             dir,
             child: None,
+            btrfs,
         };
+        if btrfs {
+            d.mount_btrfs()?;
+        }
         d.up()?;
         d.import_busybox()?;
         Ok(d)
+    }
+
+    fn mount_btrfs(&self) -> Result<(), String> {
+        let image = self.dir.join("btrfs.img");
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        let script = format!(
+            "truncate -s 3G {img} && mkfs.btrfs -q {img} && mount -o loop {img} {data}",
+            img = image.display(),
+            data = data.display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot make a btrfs data root (install btrfs-progs; the kernel needs btrfs \
+                 and loop devices): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes used on the data root's file system (the btrfs image), as statfs reports them.
+    pub fn data_used_bytes(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=used"])
+            .arg(self.dir.join("data"))
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the used bytes")
     }
 
     pub fn socket_str(&self) -> String {
@@ -78,7 +132,9 @@ impl PrivateDockerd {
             .append(true)
             .open(self.dir.join("dockerd.log"))
             .map_err(|e| e.to_string())?;
+        let driver = self.btrfs.then_some("--storage-driver=btrfs");
         let child = Command::new("dockerd")
+            .args(driver)
             .args([
                 &format!("--data-root={d}/data"),
                 &format!("--exec-root={d}/exec"),
@@ -250,6 +306,10 @@ impl Drop for PrivateDockerd {
             if let Err(e) = self.down() {
                 eprintln!("private dockerd: {e}");
             }
+        }
+        if self.btrfs {
+            // `mount -o loop` frees the loop device when the file system is unmounted.
+            let _ = Command::new("umount").arg(self.dir.join("data")).status();
         }
         if mounted_under(&self.dir) {
             eprintln!(
