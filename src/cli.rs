@@ -38,6 +38,27 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove tasks (their containers are killed).
     Rm(RmArgs),
+    /// List (`ls`) or remove (`rm NAME...`) this Lessl's named volumes.
+    Volume(VolumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    pub action: VolumeAction,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeAction {
+    /// List the volumes: name, whether a container mounts it, the engine's name.
+    Ls,
+    /// Remove volumes by the names tasks give them.
+    Rm {
+        #[arg(required = true, value_parser = NonEmptyStringValueParser::new())]
+        names: Vec<String>,
+    },
 }
 
 /// How to reach the daemon; shared by every client subcommand.
@@ -207,7 +228,7 @@ impl Command {
     pub fn error_exit_code(&self) -> u8 {
         match self {
             Command::Run(_) | Command::Exec(_) => RUN_FAILED_EXIT,
-            Command::Ps(_) | Command::Status(_) | Command::Rm(_) => 1,
+            Command::Ps(_) | Command::Status(_) | Command::Rm(_) | Command::Volume(_) => 1,
         }
     }
 }
@@ -221,6 +242,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
         Command::Ps(a) => (&a.conn, None),
         Command::Status(a) => (&a.conn, None),
         Command::Rm(a) => (&a.conn, None),
+        Command::Volume(a) => (&a.conn, None),
     };
     let client = Client::new(conn)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -234,6 +256,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
             Command::Ps(a) => ps(&client, a).await,
             Command::Status(a) => status(&client, &a.task).await,
             Command::Rm(a) => rm(&client, &a.tasks).await,
+            Command::Volume(a) => volume(&client, a.action).await,
         }
     })
 }
@@ -327,6 +350,42 @@ async fn rm(client: &Client, tasks: &[String]) -> Result<u8, CliError> {
             Ok(_) => write_out(&mut std::io::stdout().lock(), format!("{t}\n").as_bytes())?,
             // One refused task does not stop the others; anything else (no daemon) would
             // only repeat itself.
+            Err(e @ CliError::Api { .. }) => {
+                eprintln!("lessl: {e}");
+                code = 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(code)
+}
+
+async fn volume(client: &Client, action: VolumeAction) -> Result<u8, CliError> {
+    #[derive(serde::Deserialize)]
+    struct Volume {
+        name: String,
+        volume: String,
+        in_use: bool,
+    }
+    let names = match action {
+        VolumeAction::Ls => {
+            let answer = client.send(Method::GET, "/volumes", None).await?;
+            let volumes: Vec<Volume> = decode("GET /volumes", &answer)?;
+            let mut text = String::from("NAME\tIN USE\tVOLUME\n");
+            for v in volumes {
+                let used = if v.in_use { "yes" } else { "no" };
+                text.push_str(&format!("{}\t{used}\t{}\n", v.name, v.volume));
+            }
+            write_out(&mut std::io::stdout().lock(), text.as_bytes())?;
+            return Ok(0);
+        }
+        VolumeAction::Rm { names } => names,
+    };
+    let mut code = 0;
+    for n in names {
+        let path = format!("/volumes/{}", encode_segment(&n));
+        match client.send(Method::DELETE, &path, None).await {
+            Ok(_) => write_out(&mut std::io::stdout().lock(), format!("{n}\n").as_bytes())?,
             Err(e @ CliError::Api { .. }) => {
                 eprintln!("lessl: {e}");
                 code = 1;

@@ -342,8 +342,29 @@ fn volumes_are_opt_in_listed_removed_and_swept_when_idle() {
         .iter()
         .any(|v| v["name"] == "cache2"));
 
+    // The CLI lists and removes them too.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lessl"))
+            .args(args)
+            .env("LESSL_URL", format!("http://{}", lessl.addr))
+            .env_remove("LESSL_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let ls = cli(&["volume", "ls"]);
+    let table = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "{ls:?}");
+    assert!(
+        table.lines().any(|l| l.starts_with("cache2\tyes\t")),
+        "{table}"
+    );
+    let rm = cli(&["volume", "rm", "cache2"]);
+    assert_eq!(rm.status.code(), Some(1), "removed while in use: {rm:?}");
+
     lessl.delete(d["id"].as_str().unwrap()).expect(204);
-    lessl.request("DELETE", "/volumes/cache2", None).expect(204);
+    let rm = cli(&["volume", "rm", "cache2"]);
+    assert!(rm.status.success(), "{rm:?}");
+    assert_eq!(String::from_utf8_lossy(&rm.stdout), "cache2\n");
     lessl.request("DELETE", "/volumes/cache2", None).expect(404);
     lessl.finish();
 }
