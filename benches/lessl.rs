@@ -102,6 +102,7 @@ fn raw_config(cmd: &[&str], logs: bool) -> ContainerConfig {
             },
             readonly_rootfs: false,
             storage_opt: Default::default(),
+            runtime: None,
         },
     }
 }

@@ -148,6 +148,10 @@ pub struct ServeArgs {
     /// Seconds a volume of this instance may stay unused by any task before Lessl removes it.
     #[arg(long, env = "LESSL_VOLUME_IDLE", default_value_t = 7 * 86_400)]
     pub volume_idle: u64,
+    /// OCI runtime every task container runs under (e.g. `runsc` for gVisor); it must be
+    /// configured in the engine. Default: the engine's default runtime.
+    #[arg(long, env = "LESSL_RUNTIME")]
+    pub runtime: Option<String>,
     /// Disk a task may write (its writable layer) when it names no `limits.disk_mb`, MiB.
     #[arg(long, env = "LESSL_DEFAULT_DISK_MB", default_value_t = 1024)]
     pub default_disk_mb: u64,
@@ -228,6 +232,8 @@ pub struct Config {
     pub warm: Vec<(String, usize)>,
     /// Commands go by Docker exec, never over the attach stream.
     pub exec_only: bool,
+    /// OCI runtime of task containers; None is the engine's default.
+    pub runtime: Option<String>,
     /// Volume name patterns tasks may mount.
     pub allow_volumes: Vec<String>,
     /// Unused volumes of this instance are removed after this long.
@@ -472,6 +478,7 @@ impl ServeArgs {
             },
             allow_volumes,
             volume_idle: Duration::from_secs(self.volume_idle),
+            runtime: self.runtime.filter(|r| !r.is_empty()),
             max_body_bytes: self.max_body_bytes,
             shutdown_grace,
             allow_images: self

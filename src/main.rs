@@ -118,6 +118,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        server::preflight(&config).await?;
         // Before the socket exists, so no client and no service manager can see Lessl up
         // while a SIGTERM would still kill it outright.
         let shutdown = shutdown_signal();

@@ -141,6 +141,7 @@ pub async fn run_supervised(
             warm: config.warm.clone(),
             exec_only: config.exec_only,
             allow_volumes: config.allow_volumes.clone(),
+            runtime: config.runtime.clone(),
             volume_idle: config.volume_idle,
         },
     );
@@ -264,6 +265,27 @@ impl hyper::rt::Write for Io {
         match self.get_mut() {
             Io::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Io::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Checks before serving what only the engine can tell: that it knows `--runtime`. An engine
+/// that is down now is not a reason to refuse to start (Lessl waits for it); one that answers
+/// without the runtime is, since every task would fail.
+pub async fn preflight(config: &Config) -> Result<(), String> {
+    let Some(runtime) = &config.runtime else {
+        return Ok(());
+    };
+    let docker = Docker::new(&config.docker_socket, config.docker_timeout);
+    match docker.has_runtime(runtime).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "--runtime {runtime}: the engine has no such runtime (configure it in the \
+             engine's daemon.json `runtimes`; `docker info` lists the ones it has)"
+        )),
+        Err(e) => {
+            log!(warn: "--runtime {runtime}: cannot ask the engine yet ({e}); tasks will fail if it lacks it");
+            Ok(())
         }
     }
 }

@@ -426,6 +426,12 @@ impl Docker {
             .await
     }
 
+    /// Whether the engine knows the OCI runtime `name`.
+    pub async fn has_runtime(&self, name: &str) -> Result<bool, DockerError> {
+        let info = self.info().await?;
+        Ok(info.runtimes.is_some_and(|r| r.contains_key(name)))
+    }
+
     /// Creates a named volume with `labels` on the default (`local`) driver.
     pub async fn create_volume(
         &self,

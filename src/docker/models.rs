@@ -47,6 +47,9 @@ pub struct HostConfig {
     pub binds: Vec<String>,
     pub log_config: LogConfig,
     pub readonly_rootfs: bool,
+    /// OCI runtime (`runsc`); the engine's default when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// Per-container storage options; `size` caps the writable layer where the storage
     /// driver supports quotas.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -186,6 +189,9 @@ pub struct EngineInfo {
     /// Pairs such as `["Backing Filesystem", "xfs"]`.
     #[serde(default)]
     pub driver_status: Option<Vec<Vec<String>>>,
+    /// OCI runtimes the engine knows, by name.
+    #[serde(default)]
+    pub runtimes: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 impl EngineInfo {

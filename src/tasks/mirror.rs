@@ -68,7 +68,8 @@ impl Tasks {
         };
         match action {
             "die" => record.lock().unwrap().exited = true,
-            "destroy" => {
+            // Docker says `destroy`; Podman's compatible API says `remove`.
+            "destroy" | "remove" => {
                 let daemon = {
                     let mut r = record.lock().unwrap();
                     r.exited = true;

@@ -100,6 +100,8 @@ pub struct Settings {
     pub warm: Vec<(String, usize)>,
     /// Run every command by Docker exec (`--runner exec`), never over the attach stream.
     pub exec_only: bool,
+    /// OCI runtime of every task container (`--runtime`); None is the engine's default.
+    pub runtime: Option<String>,
     /// Volume name patterns tasks may mount (`--allow-volumes`).
     pub allow_volumes: Vec<String>,
     /// Unused volumes of this instance are removed after this long.
@@ -614,6 +616,14 @@ impl Tasks {
                 labels: c.labels.unwrap_or_default(),
             })
             .collect())
+    }
+
+    /// Whether a container already holds the engine name `name`.
+    async fn name_taken(&self, name: Option<&str>) -> bool {
+        match name {
+            Some(n) => self.inner.docker.inspect_container(n).await.is_ok(),
+            None => false,
+        }
     }
 
     /// A pooled container not yet given to a task is not a task.
@@ -1195,8 +1205,11 @@ impl Tasks {
                     message: e.to_string(),
                 })
             }
-            Err(e) if e.status() == Some(409) && spec.name.is_some() => {
-                return Err(TaskError::NameClash(spec.name.clone().unwrap_or_default()))
+            // Docker answers a taken name with 409, Podman with 500: whatever the status, a
+            // container holding the name is the clash.
+            Err(e) if spec.name.is_some() && self.name_taken(name.as_deref()).await => {
+                log!(debug: "create refused for a taken name: {e}");
+                return Err(TaskError::NameClash(spec.name.clone().unwrap_or_default()));
             }
             Err(e) if e.status() == Some(400) => {
                 return Err(TaskError::Request {
@@ -1306,6 +1319,7 @@ impl Tasks {
                     kind: "none".into(),
                 },
                 readonly_rootfs: spec.read_only,
+                runtime: s.runtime.clone(),
                 storage_opt: if quota {
                     BTreeMap::from([("size".to_string(), format!("{}M", spec.limits.disk_mb))])
                 } else {

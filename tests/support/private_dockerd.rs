@@ -17,21 +17,29 @@ pub struct PrivateDockerd {
     /// `--storage-driver=btrfs` on a loop-mounted btrfs image at `D/data`, whose storage
     /// driver can cap each container's writable layer.
     btrfs: bool,
+    /// `D/daemon.json` configures gVisor's `runsc` as a runtime named `runsc`.
+    runsc: bool,
 }
 
 impl PrivateDockerd {
     /// Starts a private dockerd with a busybox image, or says why it cannot.
     pub fn start() -> Result<PrivateDockerd, String> {
-        PrivateDockerd::start_with(false)
+        PrivateDockerd::start_with(false, false)
+    }
+
+    /// A private dockerd that knows gVisor as the runtime `runsc` (`--platform=ptrace
+    /// --network=none`, which work without KVM); its default runtime stays runc.
+    pub fn start_runsc() -> Result<PrivateDockerd, String> {
+        PrivateDockerd::start_with(false, true)
     }
 
     /// A private dockerd whose data root is a fresh 3 GiB btrfs file system on a loop device
     /// (needs btrfs-progs and the kernel's btrfs; contrib/test-env.sh installs the former).
     pub fn start_btrfs() -> Result<PrivateDockerd, String> {
-        PrivateDockerd::start_with(true)
+        PrivateDockerd::start_with(true, false)
     }
 
-    fn start_with(btrfs: bool) -> Result<PrivateDockerd, String> {
+    fn start_with(btrfs: bool, runsc: bool) -> Result<PrivateDockerd, String> {
         if Command::new("dockerd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -49,9 +57,24 @@ impl PrivateDockerd {
             dir,
             child: None,
             btrfs,
+            runsc,
         };
         if btrfs {
             d.mount_btrfs()?;
+        }
+        if runsc {
+            let path = Command::new("sh")
+                .args(["-c", "command -v runsc"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let path = String::from_utf8_lossy(&path.stdout).trim().to_string();
+            if path.is_empty() {
+                return Err("runsc is not installed (Debian: apt-get install runsc)".into());
+            }
+            let config = serde_json::json!({"runtimes": {"runsc": {
+                "path": path, "runtimeArgs": ["--platform=ptrace", "--network=none"]}}});
+            std::fs::write(d.dir.join("daemon.json"), config.to_string())
+                .map_err(|e| e.to_string())?;
         }
         d.up()?;
         d.import_busybox()?;
@@ -132,9 +155,11 @@ impl PrivateDockerd {
             .append(true)
             .open(self.dir.join("dockerd.log"))
             .map_err(|e| e.to_string())?;
-        let driver = self.btrfs.then_some("--storage-driver=btrfs");
+        let driver = self.btrfs.then_some("--storage-driver=btrfs".to_string());
+        let config = self.runsc.then(|| format!("--config-file={d}/daemon.json"));
         let child = Command::new("dockerd")
             .args(driver)
+            .args(config)
             .args([
                 &format!("--data-root={d}/data"),
                 &format!("--exec-root={d}/exec"),
