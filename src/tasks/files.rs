@@ -14,10 +14,24 @@ pub struct PackError {
 /// The archive for `resources`, or None when there is nothing to place. Paths are absolute
 /// in the spec and relative to `/` in the archive.
 pub fn pack(resources: &[Resource], mtime: u64) -> Result<Option<Vec<u8>>, PackError> {
+    pack_at(resources, mtime, ROOT_RESERVED)
+}
+
+/// Top-level names an archive unpacked at `/` must not touch: Lessl's agent lives in
+/// `.lessl` (the contract keeps it out of reach of every spec field, archives included) and
+/// the kernel provides the others. Relative, as archive entries are.
+const ROOT_RESERVED: &[&str] = &[".lessl", "proc", "sys", "dev"];
+
+/// [`pack`], refusing entries under `reserved` (relative to where the archive unpacks).
+fn pack_at(
+    resources: &[Resource],
+    mtime: u64,
+    reserved: &[&str],
+) -> Result<Option<Vec<u8>>, PackError> {
     if resources.is_empty() {
         return Ok(None);
     }
-    let mut builder = TarBuilder::new(mtime);
+    let mut builder = TarBuilder::new(mtime).reserving(reserved);
     for r in resources {
         let rel = r.path.trim_start_matches('/').trim_end_matches('/');
         let fail = |e: tar::TarError, what: &str| PackError {
@@ -123,7 +137,8 @@ pub fn pack_into(
                 ..r.clone()
             })
             .collect();
-        if let Some(tar) = pack(&inside, mtime)? {
+        // Never `/` (writable_dirs refuses it), so nothing here can reach the root's names.
+        if let Some(tar) = pack_at(&inside, mtime, &[])? {
             out.push((dir.clone(), tar));
         }
     }
@@ -154,6 +169,50 @@ mod tests {
         assert_eq!(dirs, ["/etc", "/opt", "/tmp"]);
         let e = writable_dirs(&[file("resources[3]", "/top")], None).unwrap_err();
         assert_eq!(e.field, "resources[3].dest");
+    }
+
+    fn archive(field: &str, dest: &str, entries: &[(&str, Option<&str>)]) -> Resource {
+        // (name, None) is a file; (name, Some(target)) a hard link to target, in this order.
+        // The builder refuses a forward link, so links are written as raw headers.
+        let mut bytes = Vec::new();
+        for (name, link) in entries {
+            match link {
+                None => {
+                    let mut one = TarBuilder::new(0);
+                    one.file(name, 0o644, b"x").unwrap();
+                    bytes.extend_from_slice(&one.finish()[..1024]);
+                }
+                Some(target) => bytes.extend(crate::tar::raw_hardlink_for_tests(name, target)),
+            }
+        }
+        bytes.resize(bytes.len() + 1024, 0);
+        Resource {
+            field: field.into(),
+            path: dest.into(),
+            content: Content::Archive(bytes),
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn an_archive_at_the_root_cannot_reach_reserved_directories() {
+        for name in [".lessl/lessl", ".lessl", "proc/x", "dev/null"] {
+            let e = pack(&[archive("resources[1]", "/", &[(name, None)])], 0).unwrap_err();
+            assert_eq!(e.field, "resources[1].data", "{name}");
+        }
+        // Elsewhere the same names are ordinary ones.
+        assert!(pack(&[archive("r", "/opt", &[(".lessl/x", None)])], 0).is_ok());
+        assert!(pack(&[archive("r", "/", &[(".lesslx/y", None)])], 0).is_ok());
+    }
+
+    #[test]
+    fn a_hard_link_must_name_an_earlier_entry() {
+        let forward = archive("resources[0]", "/srv", &[("a", Some("b")), ("b", None)]);
+        assert_eq!(pack(&[forward], 0).unwrap_err().field, "resources[0].data");
+        let missing = archive("resources[0]", "/srv", &[("a", Some("etc/passwd"))]);
+        assert_eq!(pack(&[missing], 0).unwrap_err().field, "resources[0].data");
+        let backward = archive("resources[0]", "/srv", &[("b", None), ("a", Some("b"))]);
+        assert!(pack(&[backward], 0).is_ok());
     }
 
     #[test]
