@@ -1147,7 +1147,7 @@ impl Tasks {
                 security_opt: vec!["no-new-privileges".into()],
                 memory,
                 memory_swap: memory,
-                nano_cpus: (spec.limits.cpus * 1e9) as i64,
+                nano_cpus: spec.limits.nano_cpus(),
                 pids_limit: spec.limits.pids as i64,
                 binds: std::iter::once(format!("{}:{AGENT_PATH}:ro", s.agent.display()))
                     .chain(spec.mounts.iter().map(spec::Mount::bind))
@@ -1286,6 +1286,11 @@ impl Tasks {
             }
             if r.error.is_some() {
                 r.phase = Phase::Failed;
+            }
+            // A finished non-daemon task takes no more commands: its attach stream (one fd
+            // here and one in the engine) must not live on until the TTL with the record.
+            if !r.daemon && r.runs == 0 {
+                r.channel = None;
             }
             (r.id.clone(), !r.daemon && r.runs == 0, r.view())
         };
