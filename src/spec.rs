@@ -846,7 +846,8 @@ enum Placed {
 /// Paths Lessl itself owns or the kernel provides: no file or mount may land there.
 const RESERVED: [&str; 4] = ["/.lessl", "/proc", "/sys", "/dev"];
 
-fn is_reserved(path: &str) -> bool {
+/// Whether `path` (absolute, normalised) is or is under a reserved directory.
+pub fn is_reserved(path: &str) -> bool {
     RESERVED
         .iter()
         .any(|r| path == *r || path.starts_with(&format!("{r}/")))

@@ -58,6 +58,65 @@ fn pack_at(
     Ok(Some(builder.finish()))
 }
 
+/// Why the destinations of a task's resources could not be checked in its container.
+#[derive(Debug)]
+pub enum ReachError<E> {
+    /// A destination leads into a reserved directory (through a symlink already there).
+    Refused(PackError),
+    /// Looking a path up failed.
+    Stat(E),
+}
+
+/// Checks, in a container that already ran commands, that no resource lands in a reserved
+/// directory (`/.lessl`, `/proc`...) through a symlink planted there: the engine unpacks an
+/// archive following the symlinks of each entry's parent directories. `stat(path)` says
+/// whether `path` exists and, for a symlink, where it leads (fully resolved from the
+/// container's root, as Docker answers). Only the directories above a file (an archive's
+/// `dest` and above) matter: the last component is replaced, never followed, on extraction.
+/// A task could still swap a directory for a link between this check and the upload; that
+/// only changes which of its own container's directories the file lands in.
+pub async fn check_reachable<E, F, Fut>(
+    resources: &[Resource],
+    mut stat: F,
+) -> Result<(), ReachError<E>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, E>>,
+{
+    for r in resources {
+        let refused = |via: &str, lands: &str| {
+            ReachError::Refused(PackError {
+                field: format!("{}.dest", r.field),
+                message: format!(
+                    "{} goes through {via} into {lands}, which is reserved for Lessl or the kernel",
+                    r.path
+                ),
+            })
+        };
+        // The directories resolved so far; "" is the root.
+        let mut at = String::new();
+        for part in home_of(r).split('/').filter(|p| !p.is_empty()) {
+            let next = format!("{at}/{part}");
+            if crate::spec::is_reserved(&next) {
+                return Err(refused(&at, &next));
+            }
+            match stat(next.clone()).await.map_err(ReachError::Stat)? {
+                // Missing: the engine creates it and what is below it as directories.
+                None => break,
+                Some(link) if !link.is_empty() => {
+                    let target = link.trim_end_matches('/');
+                    if crate::spec::is_reserved(target) {
+                        return Err(refused(&next, target));
+                    }
+                    at = target.to_string();
+                }
+                Some(_) => at = next,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Archives to upload, each with the directory it unpacks at.
 pub type Uploads = Vec<(String, Vec<u8>)>;
 
@@ -213,6 +272,61 @@ mod tests {
         assert_eq!(pack(&[missing], 0).unwrap_err().field, "resources[0].data");
         let backward = archive("resources[0]", "/srv", &[("b", None), ("a", Some("b"))]);
         assert!(pack(&[backward], 0).is_ok());
+    }
+
+    /// A container's paths for `check_reachable`: path to Some(link target or "").
+    fn stat_in(
+        fs: &'static [(&'static str, &'static str)],
+    ) -> impl FnMut(String) -> std::future::Ready<Result<Option<String>, ()>> {
+        move |p: String| {
+            let found = fs.iter().find(|(path, _)| *path == p);
+            std::future::ready(Ok(found.map(|(_, link)| link.to_string())))
+        }
+    }
+
+    fn reach(rs: &[Resource], fs: &'static [(&'static str, &'static str)]) -> Result<(), String> {
+        let run = check_reachable(rs, stat_in(fs));
+        match tokio_test_block_on(run) {
+            Ok(()) => Ok(()),
+            Err(ReachError::Refused(e)) => Err(e.field),
+            Err(ReachError::Stat(())) => Err("stat".into()),
+        }
+    }
+
+    fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_planted_symlink_cannot_lead_a_resource_into_lessl() {
+        const FS: &[(&str, &str)] = &[
+            ("/tmp", ""),
+            ("/tmp/l", "/.lessl"),
+            ("/tmp/root", "/"),
+            ("/tmp/ok", "/srv"),
+            ("/srv", ""),
+            ("/.lessl", ""),
+        ];
+        assert_eq!(
+            reach(&[file("resources[0]", "/tmp/l/evil")], FS),
+            Err("resources[0].dest".into())
+        );
+        assert_eq!(
+            reach(
+                &[file("r", "/a"), file("resources[1]", "/tmp/root/.lessl/x")],
+                FS
+            ),
+            Err("resources[1].dest".into())
+        );
+        // The last component is replaced on extraction, never followed.
+        assert_eq!(reach(&[file("r", "/tmp/l")], FS), Ok(()));
+        assert_eq!(
+            reach(&[file("r", "/tmp/ok/x"), file("r", "/new/dir/x")], FS),
+            Ok(())
+        );
     }
 
     #[test]

@@ -827,6 +827,17 @@ impl Tasks {
                 message: e.message,
             })?;
         if let Some(tar) = archive {
+            let (docker, id) = (&self.inner.docker, id.as_str());
+            let stat = |p: String| async move { docker.stat_path(id, &p).await };
+            files::check_reachable(&spec.resources, stat)
+                .await
+                .map_err(|e| match e {
+                    files::ReachError::Refused(e) => TaskError::Pack {
+                        field: e.field,
+                        message: e.message,
+                    },
+                    files::ReachError::Stat(e) => TaskError::Docker(e),
+                })?;
             self.inner.docker.put_archive(&id, "/", tar).await?;
         }
         let permit = self.admit(1).await?;
@@ -1056,6 +1067,15 @@ impl Tasks {
                 return Err(TaskError::Request {
                     field: String::new(),
                     message: format!("Docker refused the container: {e}"),
+                })
+            }
+            // The engine makes the working directory at create and answers 500 ("Cannot
+            // mkdir: /etc/passwd is not a directory") when a file is in the way: the client's
+            // mistake, not the engine's failure.
+            Err(e) if spec.pwd.is_some() && e.to_string().contains("not a directory") => {
+                return Err(TaskError::Request {
+                    field: "pwd".into(),
+                    message: format!("pwd is not a directory in the image: {e}"),
                 })
             }
             Err(e) => {
