@@ -827,8 +827,8 @@ impl Tasks {
                 message: e.message,
             })?;
         if let Some(tar) = archive {
-            let (docker, id) = (&self.inner.docker, id.as_str());
-            let stat = |p: String| async move { docker.stat_path(id, &p).await };
+            let (docker, container) = (&self.inner.docker, id.as_str());
+            let stat = |p: String| async move { docker.stat_path(container, &p).await };
             files::check_reachable(&spec.resources, stat)
                 .await
                 .map_err(|e| match e {
