@@ -214,6 +214,8 @@ pub struct TarBuilder {
     /// Non-directory entries written so far: a hard link may only name one of them, since
     /// a link to a later or missing entry fails (or links into the image) on extraction.
     written: std::collections::HashSet<String>,
+    /// Every entry name written so far, directories included, in order.
+    names: Vec<String>,
 }
 
 impl TarBuilder {
@@ -225,6 +227,7 @@ impl TarBuilder {
             mtime: mtime.min(MAX_OCTAL_11),
             reserved: Vec::new(),
             written: Default::default(),
+            names: Vec::new(),
         }
     }
 
@@ -344,6 +347,7 @@ impl TarBuilder {
         };
         self.buf.extend_from_slice(&header.encode());
         self.append_data(data);
+        self.names.push(name.trim_end_matches('/').to_owned());
         Ok(())
     }
 
@@ -444,6 +448,14 @@ pub fn rebase(archive: &[u8], prefix: &str, out: &mut TarBuilder) -> Result<(), 
             }
         }
     }
+}
+
+/// The cleaned names of a user archive's entries (what [`rebase`] at the root would write),
+/// under the same checks as [`rebase`].
+pub fn entry_names(archive: &[u8]) -> Result<Vec<String>, TarError> {
+    let mut out = TarBuilder::new(0);
+    rebase(archive, "", &mut out)?;
+    Ok(out.names)
 }
 
 struct RawHeader {

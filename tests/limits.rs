@@ -182,6 +182,27 @@ fn connections_past_the_cap_leave_health_and_tasks_working() {
 }
 
 #[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_request_timeout() {
+    let lessl = Lessl::start(&["--request-timeout", "2"]);
+    let mut s = TcpStream::connect(&lessl.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", lessl.addr);
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    // The answer, then the end of the stream once the connection sat idle for 2 s.
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1500) && idle < Duration::from_secs(8),
+        "closed after {idle:?}"
+    );
+    lessl.finish();
+}
+
+#[test]
 fn a_mebibyte_env_value_is_a_400_naming_it_at_once() {
     let lessl = Lessl::start(&[]);
     let big = "x".repeat(1 << 20);
@@ -249,6 +270,12 @@ fn a_symlink_planted_by_a_daemon_task_cannot_lead_a_dest_into_lessl() {
         let resp = lessl.put(id, &body.to_string()).expect(400);
         assert_eq!(resp.json()["error"]["field"], "resources[0].dest", "{dest}");
     }
+    // Through an archive's entry as through a file's dest.
+    let archive = tar_of(&[tar_entry("l/evil", b'0', "", b"x")]);
+    let body = json!({"resources": [{"content_type": "application/x-tar", "data": archive,
+                                     "dest": "/tmp"}]});
+    let resp = lessl.put(id, &body.to_string()).expect(400);
+    assert_eq!(resp.json()["error"]["field"], "resources[0].data");
     let body = json!({"cmd": ["ls -a /.lessl"]});
     let view = lessl.put(id, &body.to_string()).expect(200).json();
     let listing = view["results"][0]["stdout"].as_str().unwrap();

@@ -83,38 +83,75 @@ where
     F: FnMut(String) -> Fut,
     Fut: std::future::Future<Output = Result<Option<String>, E>>,
 {
+    // Entries of one archive share most of their directories: each is looked up once.
+    let mut seen: std::collections::HashMap<String, Option<String>> = Default::default();
     for r in resources {
-        let refused = |via: &str, lands: &str| {
-            ReachError::Refused(PackError {
-                field: format!("{}.dest", r.field),
-                message: format!(
-                    "{} goes through {via} into {lands}, which is reserved for Lessl or the kernel",
-                    r.path
-                ),
-            })
-        };
-        // The directories resolved so far; "" is the root.
-        let mut at = String::new();
-        for part in home_of(r).split('/').filter(|p| !p.is_empty()) {
-            let next = format!("{at}/{part}");
-            if crate::spec::is_reserved(&next) {
-                return Err(refused(&at, &next));
-            }
-            match stat(next.clone()).await.map_err(ReachError::Stat)? {
-                // Missing: the engine creates it and what is below it as directories.
-                None => break,
-                Some(link) if !link.is_empty() => {
-                    let target = link.trim_end_matches('/');
-                    if crate::spec::is_reserved(target) {
-                        return Err(refused(&next, target));
-                    }
-                    at = target.to_string();
+        for (dir, what) in chains(r)? {
+            let refused = |via: &str, lands: &str| {
+                ReachError::Refused(PackError {
+                    field: format!("{}.{what}", r.field),
+                    message: format!(
+                        "{} goes through {} into {lands}, which is reserved for Lessl or the kernel",
+                        r.path,
+                        if via.is_empty() { "/" } else { via }
+                    ),
+                })
+            };
+            // The directories resolved so far; "" is the root.
+            let mut at = String::new();
+            for part in dir.split('/').filter(|p| !p.is_empty()) {
+                let next = format!("{at}/{part}");
+                if crate::spec::is_reserved(&next) {
+                    return Err(refused(&at, &next));
                 }
-                Some(_) => at = next,
+                let found = match seen.get(&next) {
+                    Some(found) => found.clone(),
+                    None => {
+                        let found = stat(next.clone()).await.map_err(ReachError::Stat)?;
+                        seen.insert(next.clone(), found.clone());
+                        found
+                    }
+                };
+                match found {
+                    // Missing: the engine creates it and what is below it as directories.
+                    None => break,
+                    Some(link) if !link.is_empty() => {
+                        let target = link.trim_end_matches('/');
+                        if crate::spec::is_reserved(target) {
+                            return Err(refused(&next, target));
+                        }
+                        at = target.to_string();
+                    }
+                    Some(_) => at = next,
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The directories the engine walks (following symlinks) to place `r`, each with the field
+/// that put it there: the resource's home (`dest`), and for an archive the parent directory of
+/// every entry (`data`).
+fn chains<E>(r: &Resource) -> Result<Vec<(String, &'static str)>, ReachError<E>> {
+    let home = home_of(r).to_string();
+    let mut out = vec![(home.clone(), "dest")];
+    if let Content::Archive(bytes) = &r.content {
+        let names = crate::tar::entry_names(bytes).map_err(|e| {
+            ReachError::Refused(PackError {
+                field: format!("{}.data", r.field),
+                message: e.to_string(),
+            })
+        })?;
+        let mut dirs: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.rsplit_once('/').map(|(dir, _)| format!("{home}/{dir}")))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        out.extend(dirs.into_iter().map(|d| (d, "data")));
+    }
+    Ok(out)
 }
 
 /// Archives to upload, each with the directory it unpacks at.
@@ -327,6 +364,17 @@ mod tests {
             reach(&[file("r", "/tmp/ok/x"), file("r", "/new/dir/x")], FS),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_planted_symlink_inside_an_archive_s_dest_is_found_too() {
+        const FS: &[(&str, &str)] = &[("/srv", ""), ("/srv/x", "/.lessl")];
+        let tar = archive("resources[0]", "/srv", &[("x/evil", None)]);
+        assert_eq!(reach(&[tar], FS), Err("resources[0].data".into()));
+        let at_root = archive("resources[2]", "/", &[("srv/x/evil", None)]);
+        assert_eq!(reach(&[at_root], FS), Err("resources[2].data".into()));
+        let fine = archive("r", "/srv", &[("y/ok", None), ("x", None)]);
+        assert_eq!(reach(&[fine], FS), Ok(()));
     }
 
     #[test]
