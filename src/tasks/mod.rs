@@ -1072,7 +1072,12 @@ impl Tasks {
             // The engine makes the working directory at create and answers 500 ("Cannot
             // mkdir: /etc/passwd is not a directory") when a file is in the way: the client's
             // mistake, not the engine's failure.
-            Err(e) if spec.pwd.is_some() && e.to_string().contains("not a directory") => {
+            Err(e)
+                if spec.pwd.as_deref().is_some_and(|pwd| {
+                    e.to_string()
+                        .contains(&format!("{} is not a directory", pwd.trim_end_matches('/')))
+                }) =>
+            {
                 return Err(TaskError::Request {
                     field: "pwd".into(),
                     message: format!("pwd is not a directory in the image: {e}"),
