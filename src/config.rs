@@ -183,6 +183,11 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LESSL_SHUTDOWN_GRACE", default_value_t = 10.0)]
     pub shutdown_grace: f64,
+    /// Client connections served at once; past it, a few more are answered only on `/health`
+    /// (503 for anything else), and beyond those a new connection is closed at once. Idle
+    /// keep-alive connections are closed after --request-timeout.
+    #[arg(long, env = "LESSL_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 /// Validated settings.
@@ -242,6 +247,8 @@ pub struct Config {
     pub log_level: crate::log::Level,
     /// Log line format.
     pub log_format: crate::log::Format,
+    /// Connections served in full at once.
+    pub max_connections: usize,
 }
 
 /// A setting that cannot be used, naming the flag.
@@ -457,8 +464,18 @@ impl ServeArgs {
                 return Err(bad(flag, "must be positive"));
             }
         }
-        if limits_default.memory_mb < 6 {
-            return Err(bad("default-memory-mb", "Docker needs at least 6 MiB"));
+        // The same minimums a task's own limits are held to, in the unit the engine
+        // receives: a default of `--default-cpus 1e-10` would be sent as no limit at all.
+        for (limits, kind) in [(&limits_default, "default"), (&limits_max, "max")] {
+            if let Some((field, message)) = limits.below_minimum() {
+                return Err(bad(limit_flag(kind, field), message));
+            }
+        }
+        if self.max_connections < MIN_CONNECTIONS {
+            return Err(bad(
+                "max-connections",
+                format!("must be at least {MIN_CONNECTIONS}"),
+            ));
         }
         Ok(Config {
             listen,
@@ -508,9 +525,29 @@ impl ServeArgs {
             exec_only,
             log_level,
             log_format,
+            max_connections: self.max_connections,
         })
     }
 }
+
+/// The flag that sets limit `field` (as [`Limits::below_minimum`] names it) of `kind`.
+fn limit_flag(kind: &str, field: &str) -> &'static str {
+    match (kind, field) {
+        ("default", "cpus") => "default-cpus",
+        ("default", "memory_mb") => "default-memory-mb",
+        ("default", "pids") => "default-pids",
+        ("default", "timeout_s") => "default-timeout",
+        ("default", "output_bytes") => "default-output-bytes",
+        (_, "cpus") => "max-cpus",
+        (_, "memory_mb") => "max-memory-mb",
+        (_, "pids") => "max-pids",
+        (_, "timeout_s") => "max-timeout",
+        _ => "max-output-bytes",
+    }
+}
+
+/// Fewer connections than this could not serve a client and a health check at once.
+const MIN_CONNECTIONS: usize = 4;
 
 fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     if let Some(path) = s.strip_prefix("unix:") {
@@ -552,6 +589,26 @@ mod tests {
     }
 
     #[test]
+    fn limits_below_the_engine_s_minimum_are_refused() {
+        let cases = [
+            (["--default-cpus", "1e-10"], "default-cpus", "0.01"),
+            (["--max-cpus", "0.001"], "max-cpus", "0.01"),
+            (["--default-memory-mb", "5"], "default-memory-mb", "6 MiB"),
+            (["--max-memory-mb", "4"], "max-memory-mb", "6 MiB"),
+            (["--default-pids", "2"], "default-pids", "4"),
+            (["--max-timeout", "0.0001"], "max-timeout", "0.001"),
+        ];
+        for (args, flag, minimum) in cases {
+            let e = config(&args).unwrap_err();
+            assert_eq!(e.flag, flag, "{args:?}");
+            assert!(e.to_string().contains(minimum), "{e}");
+        }
+        let c = config(&["--max-cpus", "0.01", "--default-cpus", "0.01"]).unwrap();
+        assert_eq!(c.bounds.limits_max.nano_cpus(), 10_000_000);
+        assert_eq!(c.max_connections, 512);
+    }
+
+    #[test]
     fn non_loopback_needs_a_token() {
         let e = config(&["--listen", "0.0.0.0:8734"]).unwrap_err();
         assert_eq!(e.flag, "listen");
@@ -569,6 +626,11 @@ mod tests {
             "max-memory-mb"
         );
         assert_eq!(config(&["--instance", "a.b"]).unwrap_err().flag, "instance");
+        assert_eq!(
+            config(&["--max-connections", "0"]).unwrap_err().flag,
+            "max-connections"
+        );
+
         assert_eq!(
             config(&["--listen", "unix:rel"]).unwrap_err().flag,
             "listen"

@@ -94,7 +94,7 @@ pub struct Metrics {
 }
 
 /// Docker steps measured, by their stable codes (see `docker::Step::code`).
-pub const DOCKER_STEPS: [&str; 23] = [
+pub const DOCKER_STEPS: [&str; 24] = [
     "docker.version",
     "docker.ping",
     "docker.container.create",
@@ -117,6 +117,7 @@ pub const DOCKER_STEPS: [&str; 23] = [
     "docker.volume.inspect",
     "docker.volume.list",
     "docker.volume.remove",
+    "docker.archive.stat",
     "other",
 ];
 
@@ -339,6 +340,7 @@ mod tests {
             Step::InspectVolume,
             Step::ListVolumes,
             Step::RemoveVolume,
+            Step::StatPath,
         ];
         for s in steps {
             assert_ne!(step_index(s.code()), DOCKER_STEPS.len() - 1, "{s:?}");

@@ -2,6 +2,7 @@
 //! with HTTP/1, and on shutdown stops accepting and gives in-flight requests a grace period.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,9 +160,18 @@ pub async fn run_supervised(
 
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Slow clients (slowloris) are cut off instead of holding a connection forever.
+    // Slow clients (slowloris) are cut off instead of holding a connection forever. hyper
+    // starts this timer whenever it waits for a request head, so it is also the idle
+    // timeout of a keep-alive connection between requests.
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.request_timeout);
+    // Past the cap: one request per connection, which must arrive quickly.
+    let mut overflow_http = hyper::server::conn::http1::Builder::new();
+    overflow_http
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(OVERFLOW_HEAD_TIMEOUT.min(config.request_timeout))
+        .keep_alive(false);
+    let slots = Slots::new(config.max_connections);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -178,11 +188,27 @@ pub async fn run_supervised(
             }
         };
         let api = api.clone();
-        let conn = http.serve_connection(io, service_fn(move |req| api.clone().handle(req)));
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let max = config.max_connections;
+        match slots.admit() {
+            Some(Slot::Full(guard)) => {
+                let service = service_fn(move |req| api.clone().handle(req));
+                let conn = graceful.watch(http.serve_connection(io, service));
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _ = conn.await;
+                });
+            }
+            Some(Slot::Overflow(guard)) => {
+                let service = service_fn(move |req| api.clone().handle_overflow(req, max));
+                let conn = graceful.watch(overflow_http.serve_connection(io, service));
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _ = conn.await;
+                });
+            }
+            // Closed at once: holding it would spend the fds the cap is there to keep.
+            None => drop(io),
+        }
     }
     supervision.stopping();
     log!(
@@ -204,6 +230,64 @@ pub async fn run_supervised(
         let _ = std::fs::remove_file(path);
     }
     log!(notice: "stopped");
+}
+
+/// How long a connection past `--max-connections` may take to send its request head: it
+/// holds one of the few overflow slots, which must not be held by idle clients.
+const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Open client connections, counted so that neither their number nor Lessl's fds grow
+/// without bound: `max` served in full, then a few on the overflow path (`/health` and 503
+/// only), and none beyond.
+struct Slots {
+    /// Connections served in full now.
+    full: Arc<AtomicUsize>,
+    /// Connections on the overflow path now.
+    overflow: Arc<AtomicUsize>,
+    /// `--max-connections`.
+    max_full: usize,
+    /// An eighth of it, between 8 and 64: enough for health checks, too few to matter.
+    max_overflow: usize,
+}
+
+/// An admitted connection; the slot is given back when the connection's task drops it.
+enum Slot {
+    Full(SlotGuard),
+    Overflow(SlotGuard),
+}
+
+/// Gives a slot back on drop, however the connection ended.
+struct SlotGuard(Arc<AtomicUsize>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Slots {
+    fn new(max_full: usize) -> Slots {
+        Slots {
+            full: Arc::default(),
+            overflow: Arc::default(),
+            max_full,
+            max_overflow: (max_full / 8).clamp(8, 64),
+        }
+    }
+
+    /// Takes a slot of the first kind that has one free. Only the accept loop takes slots,
+    /// so a check followed by an increment cannot overshoot.
+    fn admit(&self) -> Option<Slot> {
+        let take = |count: &Arc<AtomicUsize>, max: usize| {
+            (count.load(Ordering::SeqCst) < max).then(|| {
+                count.fetch_add(1, Ordering::SeqCst);
+                SlotGuard(count.clone())
+            })
+        };
+        take(&self.full, self.max_full)
+            .map(Slot::Full)
+            .or_else(|| take(&self.overflow, self.max_overflow).map(Slot::Overflow))
+    }
 }
 
 /// Either kind of connection, boxed behind hyper's IO traits.
@@ -287,5 +371,25 @@ pub async fn preflight(config: &Config) -> Result<(), String> {
             log!(warn: "--runtime {runtime}: cannot ask the engine yet ({e}); tasks will fail if it lacks it");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_fill_full_then_overflow_then_refuse() {
+        let slots = Slots::new(16);
+        let full: Vec<Slot> = (0..16).map(|_| slots.admit().unwrap()).collect();
+        assert!(full.iter().all(|s| matches!(s, Slot::Full(_))));
+        let overflow: Vec<Slot> = (0..8).map(|_| slots.admit().unwrap()).collect();
+        assert!(overflow.iter().all(|s| matches!(s, Slot::Overflow(_))));
+        assert!(slots.admit().is_none(), "past the hard ceiling");
+        drop(overflow);
+        assert!(matches!(slots.admit(), Some(Slot::Overflow(_))));
+        drop(full);
+        assert!(matches!(slots.admit(), Some(Slot::Full(_))));
+        assert_eq!(Slots::new(4096).max_overflow, 64);
     }
 }

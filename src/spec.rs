@@ -341,10 +341,7 @@ pub struct Request {
 /// Parses a request body: one task object or an array of them. Field paths of an array body
 /// start with the element index (`[1].image`).
 pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| SpecError::Decode {
-        field: String::new(),
-        message: format!("body is not valid JSON: {e}"),
-    })?;
+    let value = strict_json(body)?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -369,6 +366,118 @@ pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
             field: String::new(),
             message: "body must be a task object or an array of task objects".into(),
         }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strict JSON: serde_json's own `Value` keeps the last of two equal keys, so a body that says
+// `{"ttl": 10, "ttl": 86400}` would mean whatever the last writer wanted while a proxy or a log
+// reader in front of Lessl saw the first. The body is read into a `Value` by this visitor
+// instead, which refuses a repeated key and names its path.
+
+/// Reads one JSON text into a `Value`, refusing repeated keys in any object.
+fn strict_json(body: &[u8]) -> Result<Value, SpecError> {
+    let duplicate = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = Strict {
+        path: String::new(),
+        duplicate: &duplicate,
+    };
+    let parsed = de::DeserializeSeed::deserialize(seed, &mut de).and_then(|v| de.end().map(|_| v));
+    match (parsed, duplicate.into_inner()) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(field)) => Err(SpecError::Decode {
+            message: format!("`{field}` appears twice in the same object"),
+            field,
+        }),
+        (Err(e), None) => Err(SpecError::Decode {
+            field: String::new(),
+            message: format!("body is not valid JSON: {e}"),
+        }),
+    }
+}
+
+/// Field path of an object member: `key` at the top, `parent.key` below.
+fn member(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// A JSON value at `path`; `duplicate` receives the path of the first repeated key, since a
+/// serde error can carry only text.
+struct Strict<'a> {
+    path: String,
+    duplicate: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let seed = Strict {
+                path: format!("{}[{}]", self.path, out.len()),
+                duplicate: self.duplicate,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = member(&self.path, &key);
+            if out.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(path);
+                return Err(de::Error::custom("duplicate key"));
+            }
+            let seed = Strict {
+                path,
+                duplicate: self.duplicate,
+            };
+            let value = map.next_value_seed(seed)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -455,13 +564,12 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         .pwd
         .map(|p| {
             check_abs_path(&p).map_err(|m| SpecError::invalid("pwd", m))?;
-            if ["/proc", "/sys", "/dev"]
-                .iter()
-                .any(|k| p == *k || p.starts_with(&format!("{k}/")))
-            {
+            // `/.lessl` holds the agent: a task that works there could not shadow it (the
+            // bind is read-only), but the contract keeps it out of every spec field.
+            if is_reserved(p.trim_end_matches('/')) {
                 return Err(SpecError::invalid(
                     "pwd",
-                    "must not be under /proc, /sys or /dev",
+                    "must not be under /.lessl, /proc, /sys or /dev",
                 ));
             }
             Ok(p)
@@ -483,9 +591,27 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
             if v.contains('\0') {
                 return Err(SpecError::invalid(field, "value contains a NUL byte"));
             }
+            // `NAME=value` and its NUL are one string of the command's environment.
+            if k.len() + v.len() + 2 > MAX_ARG_STRLEN {
+                return Err(SpecError::invalid(
+                    field,
+                    format!(
+                        "`NAME=value` is {} bytes; at most {} (Linux's limit on one string)",
+                        k.len() + v.len() + 1,
+                        MAX_ARG_STRLEN - 1
+                    ),
+                ));
+            }
             Ok((k, v))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if env_bytes > MAX_ENV_BYTES {
+        return Err(SpecError::invalid(
+            "env",
+            format!("{env_bytes} bytes in all is over the limit of {MAX_ENV_BYTES} bytes"),
+        ));
+    }
 
     let cmds = match raw.cmd {
         None => Vec::new(),
@@ -533,6 +659,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
             }
             Command::Shell(_) => {}
         }
+        check_argv_size(&field, c)?;
     }
 
     let mut resources = Vec::new();
@@ -599,6 +726,49 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         mounts,
         read_only: raw.read_only.unwrap_or(false),
     })
+}
+
+/// Linux's `MAX_ARG_STRLEN`: the longest single argument or environment string `execve`
+/// takes, its NUL included. Longer ones fail only when the command starts (E2BIG), after the
+/// container exists, so they are refused here instead.
+const MAX_ARG_STRLEN: usize = 128 << 10;
+/// All of a task's environment, bytes (`NAME=value` and a NUL each). `execve` takes argv and
+/// environment together within a quarter of the stack limit (2 MiB by default); this leaves
+/// the larger part of it to the command.
+pub const MAX_ENV_BYTES: usize = 128 << 10;
+/// All of one command's argv, bytes (each string and its NUL), for the same reason.
+pub const MAX_ARGV_BYTES: usize = 512 << 10;
+
+/// Each string of the argv the command becomes fits `execve`, and so does the whole.
+fn check_argv_size(field: &str, c: &Command) -> Result<(), SpecError> {
+    let argv = match c {
+        Command::Shell(s) => std::slice::from_ref(s),
+        Command::Exec(argv) => argv.as_slice(),
+    };
+    for (j, a) in argv.iter().enumerate() {
+        if a.len() + 1 > MAX_ARG_STRLEN {
+            let at = match c {
+                Command::Shell(_) => field.to_string(),
+                Command::Exec(_) => format!("{field}[{j}]"),
+            };
+            return Err(SpecError::invalid(
+                at,
+                format!(
+                    "{} bytes is over the limit of {} bytes for one argument (Linux's MAX_ARG_STRLEN)",
+                    a.len(),
+                    MAX_ARG_STRLEN - 1
+                ),
+            ));
+        }
+    }
+    let total: usize = argv.iter().map(|a| a.len() + 1).sum();
+    if total > MAX_ARGV_BYTES {
+        return Err(SpecError::invalid(
+            field,
+            format!("{total} bytes of arguments is over the limit of {MAX_ARGV_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_image(image: &str) -> Result<(), SpecError> {
@@ -697,7 +867,8 @@ enum Placed {
 /// Paths Lessl itself owns or the kernel provides: no file or mount may land there.
 const RESERVED: [&str; 4] = ["/.lessl", "/proc", "/sys", "/dev"];
 
-fn is_reserved(path: &str) -> bool {
+/// Whether `path` (absolute, normalised) is or is under a reserved directory.
+pub fn is_reserved(path: &str) -> bool {
     RESERVED
         .iter()
         .any(|r| path == *r || path.starts_with(&format!("{r}/")))
@@ -959,7 +1130,7 @@ fn apply_limits(raw: Option<RawLimits>, bounds: &Bounds) -> Result<Limits, SpecE
             Some(v) => Ok(v),
         }
     }
-    Ok(Limits {
+    let limits = Limits {
         memory_mb: whole("memory_mb", raw.memory_mb, d.memory_mb, m.memory_mb)?,
         cpus: frac("cpus", raw.cpus, d.cpus, m.cpus)?,
         pids: whole("pids", raw.pids, d.pids, m.pids)?,
@@ -971,7 +1142,80 @@ fn apply_limits(raw: Option<RawLimits>, bounds: &Bounds) -> Result<Limits, SpecE
             m.output_bytes,
         )?,
         disk_mb: whole("disk_mb", raw.disk_mb, d.disk_mb, m.disk_mb)?,
-    })
+    };
+    limits
+        .below_minimum()
+        .map_or(Ok(limits), |(field, message)| {
+            Err(SpecError::invalid(field, message))
+        })
+}
+
+/// Docker's smallest CPU limit: `NanoCpus` below 10^7 is refused, and 0 means no limit.
+pub const MIN_NANO_CPUS: i64 = 10_000_000;
+/// Docker's smallest memory limit, MiB (the engine refuses less than 6 MiB).
+pub const MIN_MEMORY_MB: u64 = 6;
+/// The fewest processes a task can do anything with: the agent (the container's first
+/// process), `/bin/sh -c`, the command it runs and one pipe stage. Fewer and a shell command
+/// cannot even fork, which would look like a broken image rather than a limit.
+pub const MIN_PIDS: u64 = 4;
+/// The agent receives the command timeout in whole milliseconds.
+pub const MIN_TIMEOUT_MS: u64 = 1;
+
+impl Limits {
+    /// `NanoCpus` as the engine receives it (rounded, so 0.01 is exactly Docker's minimum).
+    pub fn nano_cpus(&self) -> i64 {
+        (self.cpus * 1e9).round() as i64
+    }
+
+    /// The command timeout in the agent's unit, milliseconds, rounded up.
+    pub fn timeout_ms(&self) -> u64 {
+        (self.timeout_s * 1000.0).ceil() as u64
+    }
+
+    /// The first limit (by field name) that the engine or the agent would receive as 0 or
+    /// below its minimum, with a message naming the minimum. Checked in the unit that is
+    /// sent, so a value that rounds to nothing (`cpus: 1e-10` is `NanoCpus: 0`, which
+    /// Docker reads as unlimited) is refused, never silently unlimited.
+    pub fn below_minimum(&self) -> Option<(&'static str, String)> {
+        if !(self.cpus.is_finite() && self.nano_cpus() >= MIN_NANO_CPUS) {
+            return Some((
+                "cpus",
+                format!(
+                    "{} is below the minimum of 0.01 CPU (Docker's smallest CPU limit)",
+                    self.cpus
+                ),
+            ));
+        }
+        if self.memory_mb < MIN_MEMORY_MB {
+            return Some((
+                "memory_mb",
+                format!(
+                    "{} MiB is below the minimum of {MIN_MEMORY_MB} MiB (Docker's smallest memory limit)",
+                    self.memory_mb
+                ),
+            ));
+        }
+        if self.pids < MIN_PIDS {
+            return Some((
+                "pids",
+                format!(
+                    "{} is below the minimum of {MIN_PIDS} processes (the agent, a shell, a command and a pipe)",
+                    self.pids
+                ),
+            ));
+        }
+        // Less than a millisecond would be sent as one: a different limit than asked for.
+        if !(self.timeout_s.is_finite() && self.timeout_s * 1000.0 >= MIN_TIMEOUT_MS as f64) {
+            return Some((
+                "timeout_s",
+                format!("{} s is below the minimum of 0.001 s", self.timeout_s),
+            ));
+        }
+        if self.output_bytes == 0 {
+            return Some(("output_bytes", "must be at least 1 byte".to_string()));
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -1193,6 +1437,92 @@ mod tests {
             assert_eq!(e.field(), *field, "body {body} gave {e:?}");
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_by_path() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"image":"i","ttl":10,"ttl":20}"#, "ttl"),
+            (r#"{"image":"i","env":{"A":"1","B":"2","A":"3"}}"#, "env.A"),
+            (
+                r#"{"image":"i","limits":{"cpus":1,"cpus":0.5}}"#,
+                "limits.cpus",
+            ),
+            (
+                r#"{"image":"i","resources":[{"data":"x","dest":"/a"},{"dest":"/b","data":"y","dest":"/c"}]}"#,
+                "resources[1].dest",
+            ),
+            (r#"[{"image":"i"},{"image":"i","image":"j"}]"#, "[1].image"),
+            // Unknown fields are no exception: the repeat is found first.
+            (r#"{"image":"i","x":1,"x":2}"#, "x"),
+        ];
+        for (body, field) in cases {
+            let e = err(body);
+            assert!(matches!(e, SpecError::Decode { .. }), "{body}: {e:?}");
+            assert_eq!(e.field(), *field, "{body}");
+            assert!(e.to_string().contains("twice"), "{e}");
+        }
+        // The same key in different objects is fine, and so is an equal value in an array.
+        let t = one(r#"{"image":"i","env":{"image":"i"},"cmd":["a","a"]}"#).unwrap();
+        assert_eq!(t.env, vec![("image".to_string(), "i".to_string())]);
+        // Trailing garbage is still an error of the whole body.
+        assert_eq!(err(r#"{"image":"i"} x"#).field(), "");
+    }
+
+    #[test]
+    fn limits_that_round_to_nothing_are_refused_with_the_minimum() {
+        let cases: &[(&str, &str, &str)] = &[
+            (r#"{"cpus":1e-10}"#, "limits.cpus", "0.01"),
+            (r#"{"cpus":0.0099}"#, "limits.cpus", "0.01"),
+            (r#"{"memory_mb":5}"#, "limits.memory_mb", "6 MiB"),
+            (r#"{"pids":3}"#, "limits.pids", "4"),
+            (r#"{"timeout_s":1e-300}"#, "limits.timeout_s", "0.001"),
+            (r#"{"timeout_s":0.0009}"#, "limits.timeout_s", "0.001"),
+            (r#"{"timeout_s":0}"#, "limits.timeout_s", "positive"),
+            (r#"{"output_bytes":0}"#, "limits.output_bytes", "positive"),
+        ];
+        for (limits, field, minimum) in cases {
+            let e = err(&format!(r#"{{"image":"i","limits":{limits}}}"#));
+            assert_eq!(e.field(), *field, "{limits}");
+            assert!(e.to_string().contains(minimum), "{limits}: {e}");
+        }
+        let t = one(r#"{"image":"i","limits":{"cpus":0.01,"memory_mb":6,"pids":4}}"#).unwrap();
+        assert_eq!(t.limits.nano_cpus(), MIN_NANO_CPUS);
+        assert_eq!(t.limits.memory_mb, 6);
+        let t = one(r#"{"image":"i","limits":{"timeout_s":0.001}}"#).unwrap();
+        assert_eq!(t.limits.timeout_ms(), 1);
+        assert_eq!(bounds().limits_default.below_minimum(), None);
+    }
+
+    #[test]
+    fn environment_and_commands_fit_execve() {
+        let big = "v".repeat(MAX_ARG_STRLEN);
+        let e = err(&format!(r#"{{"image":"i","env":{{"BIG":"{big}"}}}}"#));
+        assert_eq!(e.field(), "env.BIG");
+        // Just under the per-string limit is fine alone, but not three times.
+        let fits = "v".repeat(MAX_ARG_STRLEN - "A=".len() - 1);
+        assert!(one(&format!(r#"{{"image":"i","env":{{"A":"{fits}"}}}}"#)).is_ok());
+        let e = err(&format!(
+            r#"{{"image":"i","env":{{"A":"{fits}","B":"{fits}"}}}}"#
+        ));
+        assert_eq!(e.field(), "env");
+        let e = err(&format!(r#"{{"image":"i","cmd":["echo {big}"]}}"#));
+        assert_eq!(e.field(), "cmd[0]");
+        let e = err(&format!(r#"{{"image":"i","cmd":["ok",["echo","{big}"]]}}"#));
+        assert_eq!(e.field(), "cmd[1][1]");
+        let half = "a".repeat(100 << 10);
+        let many = vec![format!("\"{half}\""); 6].join(",");
+        let e = err(&format!(r#"{{"image":"i","cmd":[["echo",{many}]]}}"#));
+        assert_eq!(e.field(), "cmd[0]");
+    }
+
+    #[test]
+    fn pwd_cannot_reach_lessl_s_own_directory() {
+        for pwd in ["/.lessl", "/.lessl/", "/.lessl/x", "/dev", "/sys/x"] {
+            let e = err(&format!(r#"{{"image":"i","pwd":"{pwd}"}}"#));
+            assert_eq!(e.field(), "pwd", "{pwd}");
+        }
+        assert!(one(r#"{"image":"i","pwd":"/.lesslx"}"#).is_ok());
     }
 
     #[test]

@@ -205,8 +205,17 @@ fn put_octal(field: &mut [u8], mut value: u64) {
 /// Builds a tar archive in memory; every entry is owned by uid/gid 0.
 #[derive(Debug, Clone)]
 pub struct TarBuilder {
+    /// The archive so far.
     buf: Vec<u8>,
+    /// Stamped on every entry.
     mtime: u64,
+    /// Names no entry may have or be under (Lessl's own `.lessl`, the kernel's `proc`...).
+    reserved: Vec<String>,
+    /// Non-directory entries written so far: a hard link may only name one of them, since
+    /// a link to a later or missing entry fails (or links into the image) on extraction.
+    written: std::collections::HashSet<String>,
+    /// Every entry name written so far, directories included, in order.
+    names: Vec<String>,
 }
 
 impl TarBuilder {
@@ -216,35 +225,76 @@ impl TarBuilder {
         Self {
             buf: Vec::new(),
             mtime: mtime.min(MAX_OCTAL_11),
+            reserved: Vec::new(),
+            written: Default::default(),
+            names: Vec::new(),
         }
+    }
+
+    /// Refuses entries named `name` or under it (relative names, as entries have), and hard
+    /// links to them.
+    pub fn reserving(mut self, names: &[&str]) -> Self {
+        self.reserved.extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+
+    /// The path rules, and none of the reserved names.
+    fn check_name(&self, path: &str) -> Result<(), TarError> {
+        check_path(path)?;
+        let reserved = self.reserved.iter().any(|r| {
+            path == r
+                || path
+                    .strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        });
+        if reserved {
+            return Err(bad_path(
+                path,
+                "is under a directory reserved for Lessl or the kernel",
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a regular file. `path` is relative, '/'-separated, without empty, '.' or '..'
     /// components or NUL. `mode` is masked to its permission bits (0o7777).
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), TarError> {
-        check_path(path)?;
-        self.entry(path, TYPE_FILE, mode, "", data)
+        self.check_name(path)?;
+        self.entry(path, TYPE_FILE, mode, "", data)?;
+        self.written.insert(path.to_owned());
+        Ok(())
     }
 
     /// Adds a directory (same path rules as [`TarBuilder::file`]).
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<(), TarError> {
-        check_path(path)?;
+        self.check_name(path)?;
         // The trailing '/' is how old readers tell directories apart.
         self.entry(&format!("{path}/"), TYPE_DIR, mode, "", &[])
     }
 
     /// Adds a symlink; `target` is arbitrary non-empty text without NUL.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), TarError> {
-        check_path(path)?;
+        self.check_name(path)?;
         check_symlink_target(path, target)?;
-        self.entry(path, TYPE_SYMLINK, 0o777, target, &[])
+        self.entry(path, TYPE_SYMLINK, 0o777, target, &[])?;
+        self.written.insert(path.to_owned());
+        Ok(())
     }
 
-    /// Adds a hard link to an earlier entry; `target` follows the same rules as `path`.
+    /// Adds a hard link to an earlier non-directory entry of this archive; `target` follows
+    /// the same rules as `path`.
     pub fn hardlink(&mut self, path: &str, target: &str) -> Result<(), TarError> {
-        check_path(path)?;
-        check_path(target)?;
-        self.entry(path, TYPE_HARDLINK, 0o644, target, &[])
+        self.check_name(path)?;
+        self.check_name(target)?;
+        if !self.written.contains(target) {
+            return Err(bad_path(
+                path,
+                "hard link to an entry that is not earlier in the archive",
+            ));
+        }
+        self.entry(path, TYPE_HARDLINK, 0o644, target, &[])?;
+        self.written.insert(path.to_owned());
+        Ok(())
     }
 
     /// Bytes written so far, without the end-of-archive blocks.
@@ -297,6 +347,7 @@ impl TarBuilder {
         };
         self.buf.extend_from_slice(&header.encode());
         self.append_data(data);
+        self.names.push(name.trim_end_matches('/').to_owned());
         Ok(())
     }
 
@@ -397,6 +448,14 @@ pub fn rebase(archive: &[u8], prefix: &str, out: &mut TarBuilder) -> Result<(), 
             }
         }
     }
+}
+
+/// The cleaned names of a user archive's entries (what [`rebase`] at the root would write),
+/// under the same checks as [`rebase`].
+pub fn entry_names(archive: &[u8]) -> Result<Vec<String>, TarError> {
+    let mut out = TarBuilder::new(0);
+    rebase(archive, "", &mut out)?;
+    Ok(out.names)
 }
 
 struct RawHeader {
@@ -713,6 +772,24 @@ impl LinkTree {
         }
         false
     }
+}
+
+/// A hard-link header as any writer may produce it, forward links included (which the
+/// builder refuses), for tests of code that reads archives.
+#[cfg(test)]
+pub(crate) fn raw_hardlink_for_tests(name: &str, target: &str) -> Vec<u8> {
+    Header {
+        name: name.as_bytes(),
+        prefix: &[],
+        mode: 0o644,
+        size: 0,
+        mtime: 0,
+        typeflag: TYPE_HARDLINK,
+        link: target.as_bytes(),
+        magic: USTAR_MAGIC,
+    }
+    .encode()
+    .to_vec()
 }
 
 #[cfg(test)]
@@ -1221,6 +1298,51 @@ mod tests {
         let mut out = TarBuilder::new(MTIME);
         rebase(&end_blocks(replace), "p", &mut out).unwrap();
         assert_eq!(out.len(), 4 * BLOCK);
+    }
+
+    #[test]
+    fn rebase_refuses_hard_links_to_later_or_missing_entries() {
+        let mut forward = raw_entry(b"early", TYPE_HARDLINK, b"late", b"");
+        forward.extend(raw_entry(b"late", TYPE_FILE, b"", b"x"));
+        assert_eq!(
+            rebase_err(&end_blocks(forward)),
+            TarError::BadPath {
+                path: "opt/x/early".to_owned(),
+                reason: "hard link to an entry that is not earlier in the archive"
+            }
+        );
+        let missing = end_blocks(raw_entry(b"h", TYPE_HARDLINK, b"etc/passwd", b""));
+        assert!(matches!(rebase_err(&missing), TarError::BadPath { .. }));
+        // A directory is not something a hard link can name either.
+        let mut to_dir = raw_entry(b"d/", TYPE_DIR, b"", b"");
+        to_dir.extend(raw_entry(b"h", TYPE_HARDLINK, b"d", b""));
+        assert!(matches!(
+            rebase_err(&end_blocks(to_dir)),
+            TarError::BadPath { .. }
+        ));
+        let mut backward = raw_entry(b"f", TYPE_FILE, b"", b"x");
+        backward.extend(raw_entry(b"h", TYPE_HARDLINK, b"f", b""));
+        let mut out = TarBuilder::new(MTIME);
+        rebase(&end_blocks(backward), "p", &mut out).unwrap();
+    }
+
+    #[test]
+    fn reserved_names_are_refused_with_their_links() {
+        let mut tar = TarBuilder::new(MTIME).reserving(&[".lessl"]);
+        for path in [".lessl", ".lessl/lessl", ".lessl/a/b"] {
+            assert!(tar.file(path, 0o644, b"x").is_err(), "{path}");
+            assert!(tar.dir(path, 0o755).is_err(), "{path}");
+            assert!(tar.symlink(path, "/").is_err(), "{path}");
+        }
+        tar.file(".lesslx", 0o644, b"x").unwrap();
+        tar.file("a/.lessl", 0o644, b"x").unwrap();
+        assert!(tar.hardlink(".lessl/h", ".lesslx").is_err());
+        let archive = end_blocks(raw_entry(b"./.lessl/lessl", TYPE_FILE, b"", b"x"));
+        let mut out = TarBuilder::new(MTIME).reserving(&[".lessl"]);
+        assert!(matches!(
+            rebase(&archive, "", &mut out),
+            Err(TarError::BadPath { .. })
+        ));
     }
 
     #[test]

@@ -483,7 +483,7 @@ fn served_openapi_is_the_repository_file() {
     let resp = lessl
         .request("POST", "/openapi.json", Some("{}"))
         .expect(405);
-    assert_eq!(resp.header("allow"), Some("GET"));
+    assert_eq!(resp.header("allow"), Some("GET, HEAD"));
     let resp = lessl.get("/openapi.json?v=2").expect(400);
     assert_eq!(resp.json()["error"]["field"], "v");
     lessl.finish();

@@ -40,6 +40,8 @@ pub enum ApiError {
     Task(TaskError),
     /// The health check could not reach Docker.
     DockerDown(TaskError),
+    /// The request came on a connection past `--max-connections` (the number).
+    Overloaded(usize),
 }
 
 impl PartialEq for ApiError {
@@ -81,6 +83,10 @@ impl fmt::Display for ApiError {
             }
             ApiError::Spec(e) => e.fmt(f),
             ApiError::Task(e) | ApiError::DockerDown(e) => e.fmt(f),
+            ApiError::Overloaded(n) => write!(
+                f,
+                "this server is serving its maximum of {n} connections; retry shortly"
+            ),
         }
     }
 }
@@ -227,6 +233,7 @@ impl ApiError {
             ApiError::Task(TaskError::Docker(e)) | ApiError::DockerDown(TaskError::Docker(e)) => {
                 (docker_status(e), e.step.code(), None)
             }
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "http.overloaded", None),
             ApiError::DockerDown(
                 TaskError::NotFound(_)
                 | TaskError::NameClash(_)
@@ -266,7 +273,8 @@ impl ApiError {
                 );
             }
             ApiError::MethodNotAllowed(allow) => super::allow_header(&mut resp, allow),
-            ApiError::Task(TaskError::Busy | TaskError::TooManyDaemons(_)) => {
+            ApiError::Task(TaskError::Busy | TaskError::TooManyDaemons(_))
+            | ApiError::Overloaded(_) => {
                 resp.headers_mut()
                     .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -320,6 +328,7 @@ mod tests {
                 422,
             ),
             (docker(Cause::Unreachable("refused".into())), 503),
+            (ApiError::Overloaded(512), 503),
             (
                 docker(Cause::Timeout(std::time::Duration::from_secs(1))),
                 504,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
@@ -46,24 +46,33 @@ enum Route<'a> {
 }
 
 /// The routing table: (method, path) to a route, or the error that says why not.
+/// `HEAD` is answered wherever `GET` is, as the same route: hyper writes the head of the
+/// answer (status and headers, `Content-Length` included) and never its body.
 fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     match (segments.as_slice(), method) {
         (["health"], &Method::GET) => Ok(Route::Health),
-        (["health"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["health"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (["openapi.json"], &Method::GET) => Ok(Route::OpenApi),
-        (["openapi.json"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["openapi.json"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (["metrics"], &Method::GET) => Ok(Route::Metrics),
-        (["metrics"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["metrics"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (["tasks"], &Method::GET) => Ok(Route::ListTasks),
         (["tasks"], &Method::POST) => Ok(Route::CreateTask),
-        (["tasks"], _) => Err(ApiError::MethodNotAllowed("GET, POST")),
+        (["tasks"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
         (["tasks", r], &Method::GET) if !r.is_empty() => Ok(Route::GetTask(r)),
         (["tasks", r], &Method::PUT) if !r.is_empty() => Ok(Route::PutTask(r)),
         (["tasks", r], &Method::DELETE) if !r.is_empty() => Ok(Route::DeleteTask(r)),
-        (["tasks", r], _) if !r.is_empty() => Err(ApiError::MethodNotAllowed("GET, PUT, DELETE")),
+        (["tasks", r], _) if !r.is_empty() => {
+            Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE"))
+        }
         (["volumes"], &Method::GET) => Ok(Route::ListVolumes),
-        (["volumes"], _) => Err(ApiError::MethodNotAllowed("GET")),
+        (["volumes"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (["volumes", v], &Method::DELETE) if !v.is_empty() => Ok(Route::DeleteVolume(v)),
         (["volumes", v], _) if !v.is_empty() => Err(ApiError::MethodNotAllowed("DELETE")),
         _ => Err(ApiError::RouteNotFound(path.to_string())),
@@ -89,6 +98,33 @@ impl Api {
             response.status().as_u16(),
             started.elapsed().as_millis()
         );
+        Ok(response)
+    }
+
+    /// Serves one request on a connection past `--max-connections`: `/health` is answered
+    /// as usual, so monitoring still sees the truth, and anything else is a 503. Either way
+    /// the connection closes after the answer.
+    pub async fn handle_overflow(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        max_connections: usize,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        let health = route(req.method(), req.uri().path()) == Ok(Route::Health);
+        let mut response = if health {
+            self.handle(req).await?
+        } else {
+            let response = ApiError::Overloaded(max_connections).into_response();
+            crate::metrics::METRICS.http_answered(response.status().as_u16());
+            crate::log!(
+                "{} {} -> 503: over --max-connections",
+                req.method(),
+                req.uri().path()
+            );
+            response
+        };
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         Ok(response)
     }
 
@@ -349,16 +385,30 @@ mod tests {
         assert_eq!(route(&Method::GET, "/metrics"), Ok(Route::Metrics));
         assert_eq!(
             route(&Method::POST, "/openapi.json"),
-            Err(ApiError::MethodNotAllowed("GET"))
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
         );
         assert_eq!(
             route(&Method::DELETE, "/tasks"),
-            Err(ApiError::MethodNotAllowed("GET, POST"))
+            Err(ApiError::MethodNotAllowed("GET, HEAD, POST"))
         );
         assert_eq!(
             route(&Method::POST, "/tasks/x"),
-            Err(ApiError::MethodNotAllowed("GET, PUT, DELETE"))
+            Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE"))
         );
+        // HEAD goes wherever GET goes, and nowhere else.
+        for (path, get) in [
+            ("/health", Route::Health),
+            ("/openapi.json", Route::OpenApi),
+            ("/metrics", Route::Metrics),
+            ("/tasks", Route::ListTasks),
+            ("/tasks/abc", Route::GetTask("abc")),
+        ] {
+            assert_eq!(route(&Method::HEAD, path), Ok(get), "{path}");
+        }
+        assert!(matches!(
+            route(&Method::HEAD, "/nope"),
+            Err(ApiError::RouteNotFound(_))
+        ));
         assert!(matches!(
             route(&Method::GET, "/tasks/"),
             Err(ApiError::RouteNotFound(_))

@@ -5,6 +5,7 @@
 pub mod models;
 pub mod stream;
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,7 @@ pub enum Step {
     InspectVolume,
     ListVolumes,
     RemoveVolume,
+    StatPath,
 }
 
 impl Step {
@@ -84,6 +86,7 @@ impl Step {
             Step::InspectVolume => "docker.volume.inspect",
             Step::ListVolumes => "docker.volume.list",
             Step::RemoveVolume => "docker.volume.remove",
+            Step::StatPath => "docker.archive.stat",
         }
     }
 }
@@ -626,6 +629,38 @@ impl Docker {
     }
 
     /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
+    /// Where `path` in container `id` leads: None when it does not exist, else the target of
+    /// a symlink (resolved by Docker from the container's root), or "" for anything else.
+    pub async fn stat_path(&self, id: &str, path: &str) -> Result<Option<String>, DockerError> {
+        let query = format!("/containers/{id}/archive?path={}", query_escape(path));
+        let resp = match self
+            .send(Step::StatPath, Method::HEAD, &query, Body::Empty)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) if e.status() == Some(404) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        #[derive(serde::Deserialize)]
+        struct PathStat {
+            #[serde(rename = "linkTarget", default)]
+            link_target: String,
+        }
+        let decode = |m: String| DockerError {
+            step: Step::StatPath,
+            cause: Cause::Decode(m),
+        };
+        let header = resp
+            .headers()
+            .get("x-docker-container-path-stat")
+            .ok_or_else(|| decode("no X-Docker-Container-Path-Stat header".into()))?;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(header.as_bytes())
+            .map_err(|e| decode(e.to_string()))?;
+        let stat: PathStat = serde_json::from_slice(&json).map_err(|e| decode(e.to_string()))?;
+        Ok(Some(stat.link_target))
+    }
+
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
         let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
         self.send(Step::PutArchive, Method::PUT, &path, Body::Tar(tar.into()))

@@ -963,6 +963,17 @@ impl Tasks {
                 message: e.message,
             })?;
         if let Some(tar) = archive {
+            let (docker, container) = (&self.inner.docker, id.as_str());
+            let stat = |p: String| async move { docker.stat_path(container, &p).await };
+            files::check_reachable(&spec.resources, stat)
+                .await
+                .map_err(|e| match e {
+                    files::ReachError::Refused(e) => TaskError::Pack {
+                        field: e.field,
+                        message: e.message,
+                    },
+                    files::ReachError::Stat(e) => TaskError::Docker(e),
+                })?;
             self.inner.docker.put_archive(&id, "/", tar).await?;
         }
         let permit = self.admit(1).await?;
@@ -1217,6 +1228,20 @@ impl Tasks {
                     message: format!("Docker refused the container: {e}"),
                 })
             }
+            // The engine makes the working directory at create and answers 500 ("Cannot
+            // mkdir: /etc/passwd is not a directory") when a file is in the way: the client's
+            // mistake, not the engine's failure.
+            Err(e)
+                if spec.pwd.as_deref().is_some_and(|pwd| {
+                    e.to_string()
+                        .contains(&format!("{} is not a directory", pwd.trim_end_matches('/')))
+                }) =>
+            {
+                return Err(TaskError::Request {
+                    field: "pwd".into(),
+                    message: format!("pwd is not a directory in the image: {e}"),
+                })
+            }
             Err(e) => {
                 self.sweep_lost_create(&config);
                 return Err(e.into());
@@ -1310,7 +1335,7 @@ impl Tasks {
                 security_opt: vec!["no-new-privileges".into()],
                 memory,
                 memory_swap: memory,
-                nano_cpus: (spec.limits.cpus * 1e9) as i64,
+                nano_cpus: spec.limits.nano_cpus(),
                 pids_limit: spec.limits.pids as i64,
                 binds: std::iter::once(format!("{}:{AGENT_PATH}:ro", s.agent.display()))
                     .chain(binds)
@@ -1455,6 +1480,11 @@ impl Tasks {
             }
             if r.error.is_some() {
                 r.phase = Phase::Failed;
+            }
+            // A finished non-daemon task takes no more commands: its attach stream (one fd
+            // here and one in the engine) must not live on until the TTL with the record.
+            if !r.daemon && r.runs == 0 {
+                r.channel = None;
             }
             (r.id.clone(), !r.daemon && r.runs == 0, r.view())
         };
