@@ -175,7 +175,11 @@ fn a_daemon_task_survives_eight_oom_killed_commands() {
     );
     let agent_pid = docker(&["inspect", "-f", "{{.State.Pid}}", &id]);
     for n in 0..8 {
-        let v = put(&lessl, &id, json!({"cmd": ["head -c 200m /dev/zero | tail"]}));
+        let v = put(
+            &lessl,
+            &id,
+            json!({"cmd": ["head -c 200m /dev/zero | tail"]}),
+        );
         let r = &v["results"][0];
         assert_eq!(r["oom_killed"], true, "hog {n}: {v}");
         assert_eq!(r["exit_code"], 137, "hog {n}: {v}");
@@ -240,7 +244,11 @@ fn the_agent_says_when_its_input_closes_and_keeps_running() {
     drop(input);
     let got = read_frames(&mut out, &mut sync, &mut d, 1);
     assert_eq!(got, [Frame::Closed], "end of input is said at once");
-    assert!(t.elapsed() < Duration::from_millis(400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
     let mut got = read_frames(&mut out, &mut sync, &mut d, 2);
     assert_eq!(got.remove(0), Frame::Stdout(request.id, b"late\n".to_vec()));
     assert!(
