@@ -1190,7 +1190,7 @@ impl Tasks {
             };
             let outcome = self.check_killed_with_container(&id, outcome).await;
             let ended = record.lock().unwrap().ended;
-            let r = outcome.as_ref().map_or_else(RunError::partial, |r| r);
+            let r = outcome.as_ref().unwrap_or_else(RunError::partial);
             crate::metrics::METRICS.command_ran(Duration::from_millis(r.duration_ms));
             let done = match outcome {
                 Ok(mut result) => {
