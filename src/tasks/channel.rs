@@ -452,18 +452,90 @@ impl AgentLog {
     }
 }
 
+/// A fake agent for tests of the channel and its users: the other end of an in-memory pipe.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use super::*;
-    use crate::agent::protocol::Exit;
+
+    /// A channel over an in-memory pipe, and a fake agent on the other end that parses the
+    /// request lines it receives.
+    pub(crate) struct FakeAgent {
+        pub chan: Arc<Channel>,
+        read: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+        write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        seen: Vec<u8>,
+    }
+
+    impl FakeAgent {
+        pub fn new() -> FakeAgent {
+            let (agent_side, lessl_side) = tokio::io::duplex(1 << 16);
+            let (reader, writer) = tokio::io::split(lessl_side);
+            let chan = Channel::over(reader, Box::new(writer), "test");
+            let (read, write) = tokio::io::split(agent_side);
+            FakeAgent {
+                chan,
+                read,
+                write,
+                seen: Vec::new(),
+            }
+        }
+
+        /// The next complete request line Lessl wrote, skipping empty lines.
+        pub async fn request(&mut self) -> Request {
+            loop {
+                if let Some(end) = self.seen.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = self.seen.drain(..=end).collect();
+                    if line.len() > 1 {
+                        return serde_json::from_slice(&line).unwrap();
+                    }
+                    continue;
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.read.read(&mut buf).await.unwrap();
+                assert!(n > 0, "lessl closed the agent's stdin");
+                self.seen.extend_from_slice(&buf[..n]);
+            }
+        }
+
+        pub async fn say(&mut self, frames: &[Frame]) {
+            let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+            self.write
+                .write_all(&docker_frame(1, &bytes))
+                .await
+                .unwrap();
+        }
+
+        pub async fn raw(&mut self, kind: u8, bytes: &[u8]) {
+            self.write
+                .write_all(&docker_frame(kind, bytes))
+                .await
+                .unwrap();
+        }
+
+        /// Reads the hello Lessl sent and answers it, after `noise`.
+        pub async fn hello(&mut self, noise: &[u8]) {
+            let hello = self.request().await;
+            let nonce = hello.hello_nonce().expect("a hello first");
+            let mut bytes = noise.to_vec();
+            bytes.extend(Frame::Hello(nonce).encode());
+            self.raw(1, &bytes).await;
+        }
+    }
 
     /// Wraps agent bytes in one Docker frame of `kind` (1 stdout, 2 stderr).
-    fn docker_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    pub fn docker_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![kind, 0, 0, 0];
         f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         f.extend_from_slice(payload);
         f
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeAgent;
+    use super::*;
+    use crate::agent::protocol::Exit;
 
     fn req(argv: &[&str]) -> Request {
         Request {
@@ -482,71 +554,6 @@ mod tests {
         timed_out: false,
         oom_killed: false,
     };
-
-    /// A channel over an in-memory pipe, and a fake agent on the other end that parses the
-    /// request lines it receives.
-    struct FakeAgent {
-        chan: Arc<Channel>,
-        read: tokio::io::ReadHalf<tokio::io::DuplexStream>,
-        write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
-        seen: Vec<u8>,
-    }
-
-    impl FakeAgent {
-        fn new() -> FakeAgent {
-            let (agent_side, lessl_side) = tokio::io::duplex(1 << 16);
-            let (reader, writer) = tokio::io::split(lessl_side);
-            let chan = Channel::over(reader, Box::new(writer), "test");
-            let (read, write) = tokio::io::split(agent_side);
-            FakeAgent {
-                chan,
-                read,
-                write,
-                seen: Vec::new(),
-            }
-        }
-
-        /// The next complete request line Lessl wrote, skipping empty lines.
-        async fn request(&mut self) -> Request {
-            loop {
-                if let Some(end) = self.seen.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = self.seen.drain(..=end).collect();
-                    if line.len() > 1 {
-                        return serde_json::from_slice(&line).unwrap();
-                    }
-                    continue;
-                }
-                let mut buf = [0u8; 4096];
-                let n = self.read.read(&mut buf).await.unwrap();
-                assert!(n > 0, "lessl closed the agent's stdin");
-                self.seen.extend_from_slice(&buf[..n]);
-            }
-        }
-
-        async fn say(&mut self, frames: &[Frame]) {
-            let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
-            self.write
-                .write_all(&docker_frame(1, &bytes))
-                .await
-                .unwrap();
-        }
-
-        async fn raw(&mut self, kind: u8, bytes: &[u8]) {
-            self.write
-                .write_all(&docker_frame(kind, bytes))
-                .await
-                .unwrap();
-        }
-
-        /// Reads the hello Lessl sent and answers it, after `noise`.
-        async fn hello(&mut self, noise: &[u8]) {
-            let hello = self.request().await;
-            let nonce = hello.hello_nonce().expect("a hello first");
-            let mut bytes = noise.to_vec();
-            bytes.extend(Frame::Hello(nonce).encode());
-            self.raw(1, &bytes).await;
-        }
-    }
 
     #[tokio::test]
     async fn frames_reach_their_run_after_the_hello_and_a_closed_stream_ends_them() {

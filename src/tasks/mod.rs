@@ -1268,7 +1268,11 @@ impl Tasks {
     ) -> Result<CmdResult, RunError> {
         let result = match &outcome {
             Ok(r) if r.exit_code.is_some_and(|c| c >= 128) => r.clone(),
-            Err(e @ (RunError::Lost { .. } | RunError::Docker { .. })) => e.partial().clone(),
+            Err(RunError::Lost { partial, .. }) => partial.clone(),
+            // 409: Docker refused the exec because the container is not running.
+            Err(RunError::Docker { partial, error }) if error.status() == Some(409) => {
+                partial.clone()
+            }
             _ => return outcome,
         };
         let unfinished = CmdResult {

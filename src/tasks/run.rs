@@ -366,6 +366,109 @@ async fn exit_code_of(docker: &Docker, exec_id: &str) -> Result<Option<i64>, Doc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::protocol::Exit;
+    use crate::tasks::channel::fake::FakeAgent;
+
+    fn limits() -> Limits {
+        Limits {
+            memory_mb: 1,
+            cpus: 1.0,
+            pids: 1,
+            timeout_s: 60.0,
+            output_bytes: 10,
+        }
+    }
+
+    /// Runs one command over the fake agent's channel while `agent` plays its part; returns
+    /// the outcome and how long the run took.
+    async fn attached<F, Fut>(agent: F) -> (Option<Result<CmdResult, RunError>>, Duration)
+    where
+        F: FnOnce(FakeAgent) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = FakeAgent> + Send,
+    {
+        let fake = FakeAgent::new();
+        let chan = fake.chan.clone();
+        let playing = tokio::spawn(async move { agent(fake).await });
+        let cmd = Command::Shell("echo hi".into());
+        let t = Instant::now();
+        let outcome = run_attached(&chan, &cmd, &[], None, &limits()).await;
+        let took = t.elapsed();
+        drop(playing.await.unwrap());
+        (outcome, took)
+    }
+
+    #[tokio::test]
+    async fn the_agents_answer_is_the_result() {
+        let (outcome, _) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            let id = a.request().await.id;
+            let exit = Exit {
+                exit_code: 3,
+                timed_out: false,
+                oom_killed: false,
+            };
+            a.say(&[
+                Frame::Started(id),
+                Frame::Stdout(id, b"hi\n".to_vec()),
+                Frame::Exit(id, exit),
+            ])
+            .await;
+            a
+        })
+        .await;
+        let r = outcome.unwrap().unwrap();
+        assert_eq!((r.exit_code, r.stdout.as_str()), (Some(3), "hi\n"));
+    }
+
+    #[tokio::test]
+    async fn a_request_the_agent_never_read_goes_elsewhere_at_once() {
+        let (outcome, took) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            a.request().await;
+            a.say(&[Frame::Closed]).await;
+            a
+        })
+        .await;
+        assert!(outcome.is_none(), "{outcome:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_does_not_take_the_command_fails_it_in_five_seconds() {
+        let (outcome, took) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            a.request().await;
+            // Holds the stream open and says nothing until the run gave up.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            a
+        })
+        .await;
+        assert!(
+            matches!(outcome, Some(Err(RunError::Unresponsive { .. }))),
+            "{outcome:?}"
+        );
+        assert!(
+            took >= START_DEADLINE && took < START_DEADLINE * 2,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_frame_fails_the_run_clearly_and_at_once() {
+        let (outcome, took) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            let id = a.request().await.id;
+            a.say(&[Frame::Started(id)]).await;
+            a.raw(1, &[0xee; 40]).await;
+            a
+        })
+        .await;
+        assert!(
+            matches!(outcome, Some(Err(RunError::ChannelBroken { .. }))),
+            "{outcome:?}"
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
 
     #[test]
     fn capture_cuts_at_the_cap() {
