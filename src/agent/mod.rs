@@ -3,7 +3,9 @@
 //! runs the commands Lessl sends over the container's attach stream ([`protocol`]); and
 //! `lessl agent-run`, the same supervisor for one command started by a Docker exec (the
 //! fallback path). Either way a command runs in its own process group, killed whole at its
-//! wall-clock limit, with its output capped. Never talks to Docker or the API.
+//! wall-clock limit, with its output capped, and preferred to the agent by the OOM killer.
+//! The agent keeps its channel out of the commands' reach (non-dumpable, no descriptor
+//! passed on, deaf to signals from inside the container). Never talks to Docker or the API.
 
 pub mod protocol;
 mod reaper;
