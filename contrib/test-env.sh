@@ -32,6 +32,10 @@ install_packages() {
     # tests/ops.rs checks the units with `systemd-analyze verify`, which works without
     # systemd running as PID 1.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # tests/reliability.rs starts private dockerds (docker.io, busybox-static above) and,
+    # with the other tests, signals processes with kill(1), which Debian ships in procps;
+    # `type -P` looks past the shell's builtin.
+    type -P kill >/dev/null 2>&1 || missing+=(procps)
     # tests/api_docs.rs makes a venv under target/ for jsonschema and schemathesis.
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)

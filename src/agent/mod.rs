@@ -3,13 +3,16 @@
 //! runs the commands Lessl sends over the container's attach stream ([`protocol`]); and
 //! `lessl agent-run`, the same supervisor for one command started by a Docker exec (the
 //! fallback path). Either way a command runs in its own process group, killed whole at its
-//! wall-clock limit, with its output capped. Never talks to Docker or the API.
+//! wall-clock limit, with its output capped, and preferred to the agent by the OOM killer.
+//! The agent keeps its channel out of the commands' reach (non-dumpable, no descriptor
+//! passed on, deaf to signals from inside the container). Never talks to Docker or the API.
 
 pub mod protocol;
 mod reaper;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,37 +42,97 @@ const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Output is read and forwarded in pieces of at most this size.
 const CHUNK: usize = 64 << 10;
 
-const SIGKILL: i32 = 9;
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
 fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
 
+/// Makes this process non-dumpable, so that `/proc/<our pid>/fd/*` (the channel to Lessl)
+/// and `/proc/<our pid>/mem` can be opened only with `CAP_SYS_PTRACE`, which task containers
+/// never have. Commands run with the same uid; without this they could read other commands'
+/// requests (secrets in `env`) or forge answers.
+fn guard_channel() {
+    // SAFETY: plain syscall with integer arguments.
+    let done = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if done != 0 {
+        eprintln!(
+            "lessl agent: cannot make itself non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Write end of the pipe the termination handler signals through; -1 before it exists.
+static TERM_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// SIGTERM/SIGINT handler of PID 1. Only a signal sent from outside the container's pid
+/// namespace (the engine: `docker stop`, a removal) has `si_pid == 0`; one sent by a command
+/// inside the container names its pid and is ignored, so a command cannot stop the task.
+/// Async-signal-safe: reads the siginfo and writes one byte.
+extern "C" fn on_terminate(_sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let from_outside = !info.is_null() && unsafe { (*info).si_pid() } == 0;
+    let fd = TERM_PIPE.load(Ordering::Relaxed);
+    if from_outside && fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; the buffer is a valid byte.
+        unsafe { libc::write(fd, b"t".as_ptr().cast(), 1) };
+    }
+}
+
+/// Installs [`on_terminate`] for SIGTERM and SIGINT and returns the pipe it writes to.
+fn termination_pipe() -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    TERM_PIPE.store(fds[1], Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO signature and
+        // does only async-signal-safe work.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_terminate as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    tokio::net::unix::pipe::Receiver::from_owned_fd(read)
+}
+
 /// The keep-alive: PID 1 of every task container. Reaps every orphan, serves the commands
-/// Lessl writes to its stdin, and exits on SIGTERM or SIGINT (PID 1 gets no default
-/// handlers, so it must ask for them). Without a stdin (an exec-only container) it just waits.
+/// Lessl writes to its stdin, and exits on SIGTERM or SIGINT from outside the container
+/// (PID 1 gets no default handlers, so it must ask for them). Without a stdin (an
+/// exec-only container) it just waits. When its stdin ends it says so and keeps reaping.
 pub fn keep_alive() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    guard_channel();
     current_thread_runtime()?.block_on(async {
         // Registered before any child exists, so no exit goes unnoticed.
         let mut child = signal(SignalKind::child())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = termination_pipe()?;
         let reaper = Arc::new(Reaper::new(Scope::All));
         let (frames, outbox) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(outbox));
         tokio::spawn(read_requests(reaper.clone(), frames));
+        let mut byte = [0u8; 1];
+        // An end or error cannot happen while we hold the write end; if it did, the engine's
+        // SIGKILL still stops us.
+        let mut listening = true;
         loop {
             tokio::select! {
                 _ = child.recv() => reaper.reap_all(),
-                _ = term.recv() => return Ok(()),
-                _ = int.recv() => return Ok(()),
+                r = term.read(&mut byte), if listening => match r {
+                    Ok(1..) => return Ok(()),
+                    _ => listening = false,
+                },
             }
         }
     })
@@ -117,6 +180,11 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
     let Some(stdin) = stdin else { return };
     let mut lines = tokio::io::BufReader::new(stdin).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        // Lessl starts every attach with an empty line, ending whatever half line a previous
+        // Lessl process left behind.
+        if line.is_empty() {
+            continue;
+        }
         let request: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
@@ -124,8 +192,13 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
                 continue;
             }
         };
-        if request.argv.is_empty() {
-            let _ = frames.send(Frame::Pong(request.id));
+        if request.hello.is_some() {
+            match request.hello_nonce() {
+                Some(nonce) => {
+                    let _ = frames.send(Frame::Hello(nonce));
+                }
+                None => eprintln!("lessl agent: ignoring a malformed hello"),
+            }
             continue;
         }
         let (reaper, frames) = (reaper.clone(), frames.clone());
@@ -136,6 +209,9 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
             let _ = frames.send(Frame::Exit(id, exit));
         });
     }
+    // Said once, so Lessl stops sending at once (what it sent unanswered by `Started` was never
+    // read); the commands already running still answer, and PID 1 keeps reaping.
+    let _ = frames.send(Frame::Closed);
 }
 
 /// Where a supervised command's output goes.
@@ -146,7 +222,7 @@ enum Sink {
         tokio::sync::Mutex<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
     ),
     /// Frames of request `id` to the stdout writer (the attach path).
-    Frames(u32, mpsc::UnboundedSender<Frame>),
+    Frames(u64, mpsc::UnboundedSender<Frame>),
 }
 
 #[derive(Clone, Copy)]
@@ -156,6 +232,13 @@ enum Stream {
 }
 
 impl Sink {
+    /// The request was read and its command spawned, or not: Lessl stops waiting for that.
+    fn started(&self) {
+        if let Sink::Frames(id, tx) = self {
+            let _ = tx.send(Frame::Started(*id));
+        }
+    }
+
     async fn write(&self, stream: Stream, bytes: &[u8]) {
         match (self, stream) {
             (Sink::Std(out, _), Stream::Out) => {
@@ -194,8 +277,11 @@ pub struct RunOptions {
 /// with. The outcome is also told on stderr's last line, which is all an exec can carry.
 pub fn supervise(opts: RunOptions) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
+    // The exec's stdout and stderr are this process's: out of the command's reach too.
+    guard_channel();
     let request = Request {
         id: 0,
+        hello: None,
         argv: opts.argv,
         env: Vec::new(),
         cwd: opts.cwd,
@@ -236,6 +322,7 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
         oom_killed: false,
     };
     let Some((program, args)) = req.argv.split_first() else {
+        sink.started();
         sink.write(Stream::Err, b"lessl: no command given\n").await;
         return fail(CANNOT_RUN_EXIT);
     };
@@ -246,8 +333,11 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // SAFETY: the hook only makes async-signal-safe syscalls, as a forked child must.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, prefer_for_oom_kill) };
     if let Some(dir) = &req.cwd {
         if let Err(e) = std::fs::create_dir_all(dir) {
+            sink.started();
             sink.write(
                 Stream::Err,
                 format!("lessl: cannot create pwd {dir}: {e}\n").as_bytes(),
@@ -258,7 +348,9 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
         cmd.current_dir(dir);
     }
     let ooms_before = oom_kills();
-    let (mut child, exited) = match reaper.spawn(&mut cmd) {
+    let spawned = reaper.spawn(&mut cmd);
+    sink.started();
+    let (mut child, exited) = match spawned {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("lessl: cannot run `{program}`: {e}\n");
@@ -301,7 +393,7 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
     };
     if timed_out {
         // SAFETY: plain syscall; a negative pid addresses the whole process group.
-        unsafe { kill(-pgid, SIGKILL) };
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut exited).await;
     }
     if !drained {
@@ -326,6 +418,24 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
         timed_out,
         oom_killed,
     }
+}
+
+/// In the forked child before exec: raises its `oom_score_adj` to the maximum (allowed
+/// without any capability), so that at the memory limit the kernel kills a command, never
+/// the agent, and a daemon task survives its commands' OOM kills. Best effort: a kernel
+/// without the file still runs the command.
+fn prefer_for_oom_kill() -> std::io::Result<()> {
+    const PATH: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+    // SAFETY: open/write/close are async-signal-safe; the path is NUL-terminated and the
+    // buffer valid for its length.
+    unsafe {
+        let fd = libc::open(PATH.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, b"1000".as_ptr().cast(), 4);
+            libc::close(fd);
+        }
+    }
+    Ok(())
 }
 
 /// A wait status as a shell reports it: the exit code, or 128 + the signal.
@@ -395,6 +505,7 @@ mod tests {
     fn request(argv: &[&str], timeout_ms: u64, output_bytes: u64) -> Request {
         Request {
             id: 1,
+            hello: None,
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![("GREETING".into(), "hi".into())],
             cwd: None,
@@ -422,6 +533,7 @@ mod tests {
             match f {
                 Frame::Stdout(_, b) => out.extend(b),
                 Frame::Stderr(_, b) => err.extend(b),
+                Frame::Started(1) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -1,16 +1,26 @@
 //! The wire protocol between Lessl and the agent in a task container, over the container's
 //! attach stream: requests are JSON lines on the agent's stdin; answers are binary frames on
-//! its stdout. Pure encoding and decoding, shared by both ends; no I/O.
+//! its stdout. Pure encoding, decoding and stream synchronisation, shared by both ends; no I/O.
+//!
+//! An attach stream may start anywhere in the agent's output (the previous Lessl process was
+//! attached before, and its commands keep answering), so a reader first runs a [`Sync`]: it
+//! sends a hello carrying a fresh random nonce and discards every byte until the exact encoded
+//! [`Frame::Hello`] with that nonce; only then does the [`Decoder`] see the stream.
 
 use serde::{Deserialize, Serialize};
 
-/// One command for the agent to run.
+/// One line for the agent: a command to run, or a hello to answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    /// Chosen by Lessl, unique per attach stream; echoed on every frame of the answer.
-    pub id: u32,
-    /// Program and arguments (a shell command arrives as `/bin/sh -c ...`). Empty: a ping.
+    /// Chosen by Lessl, unique across Lessl processes (a random per-process prefix in the high
+    /// 32 bits); echoed on every frame of the answer.
+    pub id: u64,
+    /// A hello: the agent answers [`Frame::Hello`] with these 32 hex digits and runs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<String>,
+    /// Program and arguments (a shell command arrives as `/bin/sh -c ...`).
+    #[serde(default)]
     pub argv: Vec<String>,
     /// Added to the container's environment for this command.
     #[serde(default)]
@@ -19,18 +29,53 @@ pub struct Request {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Wall-clock limit; the command's process group is killed past it.
+    #[serde(default)]
     pub timeout_ms: u64,
     /// Bytes forwarded per stream; the rest is read and dropped.
+    #[serde(default)]
     pub output_bytes: u64,
 }
 
 impl Request {
+    /// A hello carrying `nonce`.
+    pub fn hello(nonce: Nonce) -> Request {
+        Request {
+            id: 0,
+            hello: Some(hex(&nonce)),
+            argv: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            timeout_ms: 0,
+            output_bytes: 0,
+        }
+    }
+
     /// The request as one line for the agent's stdin.
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).expect("a request always serializes");
         line.push(b'\n');
         line
     }
+
+    /// The nonce of a hello request, if this is one and it is well-formed.
+    pub fn hello_nonce(&self) -> Option<Nonce> {
+        let text = self.hello.as_deref()?;
+        if text.len() != 32 {
+            return None;
+        }
+        let mut nonce = [0u8; 16];
+        for (i, byte) in nonce.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(nonce)
+    }
+}
+
+/// 128 random bits chosen by Lessl for each attach.
+pub type Nonce = [u8; 16];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How a command ended, in the last frame of its answer.
@@ -43,33 +88,43 @@ pub struct Exit {
     pub oom_killed: bool,
 }
 
-/// One frame of an answer.
+/// One frame from the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Stdout(u32, Vec<u8>),
-    Stderr(u32, Vec<u8>),
-    Exit(u32, Exit),
-    /// Answer to a ping (a request with no argv): the agent is there and reads stdin.
-    Pong(u32),
+    Stdout(u64, Vec<u8>),
+    Stderr(u64, Vec<u8>),
+    Exit(u64, Exit),
+    /// Answer to a hello: everything after it is this attach's to read.
+    Hello(Nonce),
+    /// The agent read request `id` and spawned its command (or failed to, and says so).
+    Started(u64),
+    /// The agent's stdin reached end of file: it reads no request any more, but finishes
+    /// (and answers) the ones it started.
+    Closed,
 }
 
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const EXIT: u8 = 3;
-const PONG: u8 = 4;
-const HEADER: usize = 9;
+const HELLO: u8 = 5;
+const STARTED: u8 = 6;
+const CLOSED: u8 = 7;
+/// `[kind u8][id u64 BE][len u32 BE]`.
+const HEADER: usize = 13;
 /// Largest payload a frame may claim; the agent sends at most 64 KiB of output per frame,
 /// so anything bigger is a broken stream, not something to allocate for.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
 impl Frame {
-    /// `[kind u8][id u32 BE][len u32 BE][payload]`.
+    /// `[kind u8][id u64 BE][len u32 BE][payload]`.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, id, payload): (u8, u32, Vec<u8>) = match self {
+        let (kind, id, payload): (u8, u64, Vec<u8>) = match self {
             Frame::Stdout(id, b) => (STDOUT, *id, b.clone()),
             Frame::Stderr(id, b) => (STDERR, *id, b.clone()),
             Frame::Exit(id, e) => (EXIT, *id, serde_json::to_vec(e).expect("exit serializes")),
-            Frame::Pong(id) => (PONG, *id, Vec::new()),
+            Frame::Hello(nonce) => (HELLO, 0, nonce.to_vec()),
+            Frame::Started(id) => (STARTED, *id, Vec::new()),
+            Frame::Closed => (CLOSED, 0, Vec::new()),
         };
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.push(kind);
@@ -78,6 +133,15 @@ impl Frame {
         out.extend_from_slice(&payload);
         out
     }
+
+    /// The request this frame answers, if it answers one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Frame::Stdout(id, _) | Frame::Stderr(id, _) | Frame::Exit(id, _) => Some(*id),
+            Frame::Started(id) => Some(*id),
+            Frame::Hello(_) | Frame::Closed => None,
+        }
+    }
 }
 
 /// Why a byte stream is not a sequence of frames.
@@ -85,6 +149,11 @@ impl Frame {
 pub enum DecodeError {
     UnknownKind(u8),
     Oversized(usize),
+    /// A frame whose payload cannot have that length (a hello not of 16 bytes, say).
+    BadLength {
+        kind: u8,
+        len: usize,
+    },
     BadExit(String),
 }
 
@@ -93,6 +162,9 @@ impl std::fmt::Display for DecodeError {
         match self {
             DecodeError::UnknownKind(k) => write!(f, "agent frame of unknown kind {k}"),
             DecodeError::Oversized(n) => write!(f, "agent frame of {n} bytes is over the limit"),
+            DecodeError::BadLength { kind, len } => {
+                write!(f, "agent frame of kind {kind} cannot carry {len} bytes")
+            }
             DecodeError::BadExit(e) => write!(f, "agent exit frame unreadable: {e}"),
         }
     }
@@ -124,10 +196,18 @@ impl Decoder {
         while self.buf.len() - at >= HEADER {
             let h = &self.buf[at..at + HEADER];
             let kind = h[0];
-            let id = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-            let len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) as usize;
+            let id = u64::from_be_bytes(h[1..9].try_into().expect("8 bytes"));
+            let len = u32::from_be_bytes(h[9..13].try_into().expect("4 bytes")) as usize;
             if len > MAX_PAYLOAD {
                 return Err(self.fail(DecodeError::Oversized(len)));
+            }
+            let fixed = match kind {
+                HELLO => Some(16),
+                STARTED | CLOSED => Some(0),
+                _ => None,
+            };
+            if fixed.is_some_and(|want| want != len) {
+                return Err(self.fail(DecodeError::BadLength { kind, len }));
             }
             if self.buf.len() - at < HEADER + len {
                 break;
@@ -140,7 +220,9 @@ impl Decoder {
                     Ok(e) => Frame::Exit(id, e),
                     Err(e) => return Err(self.fail(DecodeError::BadExit(e.to_string()))),
                 },
-                PONG => Frame::Pong(id),
+                HELLO => Frame::Hello(payload.try_into().expect("length checked")),
+                STARTED => Frame::Started(id),
+                CLOSED => Frame::Closed,
                 other => return Err(self.fail(DecodeError::UnknownKind(other))),
             };
             frames.push(frame);
@@ -157,16 +239,82 @@ impl Decoder {
     }
 }
 
+/// Finds the start of this attach's part of the stream: discards bytes until the exact
+/// encoding of `Frame::Hello(nonce)` has gone by, across any split. Keeps at most one hello's
+/// worth of bytes.
+#[derive(Debug)]
+pub struct Sync {
+    /// The encoded hello frame awaited.
+    hello: Vec<u8>,
+    /// The last bytes seen before the hello (fewer than the hello's length).
+    window: Vec<u8>,
+    synced: bool,
+}
+
+impl Sync {
+    pub fn new(nonce: Nonce) -> Self {
+        Sync {
+            hello: Frame::Hello(nonce).encode(),
+            window: Vec::new(),
+            synced: false,
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Feeds one chunk; returns the bytes of it that follow the hello (all of it once synced,
+    /// none before).
+    pub fn feed<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        if self.synced {
+            return chunk;
+        }
+        // The hello may start in the window and end in this chunk: search their join, but
+        // only as far as the window's bytes plus enough of the chunk to complete a hello.
+        let head = &chunk[..chunk.len().min(self.hello.len())];
+        let mut joined = std::mem::take(&mut self.window);
+        joined.extend_from_slice(head);
+        if let Some(end) = find(&joined, &self.hello) {
+            self.synced = true;
+            let used = end - (joined.len() - head.len());
+            return &chunk[used..];
+        }
+        if let Some(end) = find(chunk, &self.hello) {
+            self.synced = true;
+            return &chunk[end..];
+        }
+        let tail = if chunk.len() >= self.hello.len() {
+            &chunk[chunk.len() - (self.hello.len() - 1)..]
+        } else {
+            let keep = joined.len().min(self.hello.len() - 1);
+            self.window = joined[joined.len() - keep..].to_vec();
+            return &[];
+        };
+        self.window = tail.to_vec();
+        &[]
+    }
+}
+
+/// The end of the first occurrence of `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .map(|at| at + needle.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NONCE: Nonce = *b"0123456789abcdef";
+
     fn sample() -> Vec<Frame> {
         vec![
-            Frame::Pong(0),
+            Frame::Started(1),
             Frame::Stdout(1, b"hello\n".to_vec()),
             Frame::Stderr(1, Vec::new()),
-            Frame::Stderr(2, vec![0, 255, 10]),
+            Frame::Stderr(u64::MAX, vec![0, 255, 10]),
             Frame::Exit(
                 1,
                 Exit {
@@ -175,6 +323,8 @@ mod tests {
                     oom_killed: true,
                 },
             ),
+            Frame::Hello(NONCE),
+            Frame::Closed,
         ]
     }
 
@@ -194,28 +344,117 @@ mod tests {
 
     #[test]
     fn broken_streams_are_errors() {
+        let header = |kind: u8, len: u32| {
+            let mut h = vec![kind];
+            h.extend_from_slice(&1u64.to_be_bytes());
+            h.extend_from_slice(&len.to_be_bytes());
+            h
+        };
+        let mut d = Decoder::new();
+        assert_eq!(d.feed(&header(9, 0)), Err(DecodeError::UnknownKind(9)));
+        assert!(d.feed(&Frame::Closed.encode()).is_err(), "stays failed");
         let mut d = Decoder::new();
         assert_eq!(
-            d.feed(&[9, 0, 0, 0, 1, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownKind(9))
-        );
-        assert!(d.feed(&Frame::Pong(1).encode()).is_err(), "stays failed");
-        let mut d = Decoder::new();
-        assert_eq!(
-            d.feed(&[1, 0, 0, 0, 1, 0xff, 0, 0, 0]),
+            d.feed(&header(1, 0xff00_0000)),
             Err(DecodeError::Oversized(0xff00_0000))
         );
         let mut d = Decoder::new();
-        assert!(matches!(
-            d.feed(&[3, 0, 0, 0, 1, 0, 0, 0, 2, b'{', b'x']),
-            Err(DecodeError::BadExit(_))
-        ));
+        let mut bad = header(3, 2);
+        bad.extend_from_slice(b"{x");
+        assert!(matches!(d.feed(&bad), Err(DecodeError::BadExit(_))));
+        // A wrong length is refused from the header alone, before any payload arrives.
+        let mut d = Decoder::new();
+        assert_eq!(
+            d.feed(&header(HELLO, 15)),
+            Err(DecodeError::BadLength {
+                kind: HELLO,
+                len: 15
+            })
+        );
+        let mut d = Decoder::new();
+        assert_eq!(
+            d.feed(&header(STARTED, 1)),
+            Err(DecodeError::BadLength {
+                kind: STARTED,
+                len: 1
+            })
+        );
+    }
+
+    /// What an attach may see before its hello: the tail of an old frame, old frames whole,
+    /// a hello of another attach, and bytes that almost make our hello.
+    fn noise() -> Vec<u8> {
+        let mut n = Frame::Stdout(7, b"old output".to_vec()).encode()[5..].to_vec();
+        n.extend(
+            Frame::Exit(
+                7,
+                Exit {
+                    exit_code: 7,
+                    timed_out: false,
+                    oom_killed: false,
+                },
+            )
+            .encode(),
+        );
+        n.extend(Frame::Hello(*b"another attach!!").encode());
+        let ours = Frame::Hello(NONCE).encode();
+        n.extend_from_slice(&ours[..ours.len() - 1]);
+        n.extend_from_slice(&[0xff; 3]);
+        n.extend_from_slice(&ours[..4]);
+        n
+    }
+
+    #[test]
+    fn sync_finds_the_hello_at_every_split() {
+        let mut bytes = noise();
+        bytes.extend(Frame::Hello(NONCE).encode());
+        let after: Vec<u8> = sample().iter().flat_map(Frame::encode).collect();
+        bytes.extend(&after);
+        for cut in 0..=bytes.len() {
+            let mut s = Sync::new(NONCE);
+            let mut got = s.feed(&bytes[..cut]).to_vec();
+            got.extend_from_slice(s.feed(&bytes[cut..]));
+            assert!(s.is_synced());
+            assert_eq!(got, after, "split at {cut}");
+        }
+        for cuts in [(3, 40), (20, 21), (50, 70), (1, 2)] {
+            let mut s = Sync::new(NONCE);
+            let mut got = s.feed(&bytes[..cuts.0]).to_vec();
+            got.extend_from_slice(s.feed(&bytes[cuts.0..cuts.1]));
+            got.extend_from_slice(s.feed(&bytes[cuts.1..]));
+            assert_eq!(got, after, "splits at {cuts:?}");
+        }
+        let mut s = Sync::new(NONCE);
+        let got: Vec<u8> = bytes.iter().flat_map(|b| s.feed(&[*b]).to_vec()).collect();
+        assert_eq!(got, after);
+    }
+
+    #[test]
+    fn sync_then_decode_yields_only_this_attach() {
+        let mut bytes = noise();
+        bytes.extend(Frame::Hello(NONCE).encode());
+        bytes.extend(sample().iter().flat_map(Frame::encode));
+        for cut in 0..=bytes.len() {
+            let (mut s, mut d) = (Sync::new(NONCE), Decoder::new());
+            let mut got = d.feed(s.feed(&bytes[..cut])).unwrap();
+            got.extend(d.feed(s.feed(&bytes[cut..])).unwrap());
+            assert_eq!(got, sample(), "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn sync_never_fires_without_the_exact_hello() {
+        let mut s = Sync::new(NONCE);
+        assert!(s.feed(&noise()).is_empty());
+        assert!(s.feed(&[0u8; 100]).is_empty());
+        assert!(!s.is_synced());
     }
 
     #[test]
     fn requests_are_one_json_line() {
         let r = Request {
-            id: 7,
+            id: u64::MAX - 1,
+            hello: None,
             argv: vec!["/bin/sh".into(), "-c".into(), "echo 'a\nb'".into()],
             env: vec![("K".into(), "V".into())],
             cwd: Some("/opt".into()),
@@ -227,5 +466,8 @@ mod tests {
         assert_eq!(*line.last().unwrap(), b'\n');
         let back: Request = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, r);
+        let hello: Request = serde_json::from_slice(&Request::hello(NONCE).to_line()).unwrap();
+        assert_eq!(hello.hello_nonce(), Some(NONCE));
+        assert_eq!(r.hello_nonce(), None);
     }
 }

@@ -9,11 +9,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-const WNOHANG: i32 = 1;
-
-extern "C" {
-    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
-}
+use libc::{waitpid, WNOHANG};
 
 pub struct Reaper {
     /// Whether to reap every child (PID 1) or only the ones spawned here.

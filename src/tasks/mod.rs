@@ -1061,12 +1061,18 @@ impl Tasks {
         };
         match current {
             Some(c) if !c.is_closed() => return Some(c),
+            // A dead channel (broken frames, closed input, a stuck agent) stays dead: this
+            // container's commands go by exec from now on.
+            Some(c) if c.is_dead() => {
+                record.lock().unwrap().attachable = false;
+                return None;
+            }
             _ if !attachable || self.inner.settings.exec_only => return None,
             _ => {}
         }
         let fresh = self.open_channel(&id).await?;
         // A container of an older Lessl may carry the label without an agent that answers.
-        if !fresh.ping().await {
+        if !fresh.synced(Duration::from_secs(2)).await {
             task_log!(Warn, &id, None; "agent did not answer on its attach stream; using exec");
             record.lock().unwrap().attachable = false;
             return None;
@@ -1367,18 +1373,18 @@ impl Tasks {
         let id = record.lock().unwrap().id.clone();
         let mut out = RunOutcome::default();
         for (i, cmd) in cmds.iter().enumerate() {
-            let outcome = match self.channel_for(record).await {
+            let attached = match self.channel_for(record).await {
                 Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits).await,
-                None => {
-                    let outcome =
-                        run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await;
-                    self.check_killed_with_container(&id, outcome).await
-                }
+                None => None,
             };
+            // No channel, or the agent never read the request: nothing ran, so exec it.
+            let outcome = match attached {
+                Some(outcome) => outcome,
+                None => run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await,
+            };
+            let outcome = self.check_killed_with_container(&id, outcome).await;
             let ended = record.lock().unwrap().ended;
-            let (Ok(r)
-            | Err(RunError::Docker { partial: r, .. } | RunError::Lost { partial: r, .. })) =
-                &outcome;
+            let r = outcome.as_ref().unwrap_or_else(RunError::partial);
             crate::metrics::METRICS.command_ran(Duration::from_millis(r.duration_ms));
             let done = match outcome {
                 Ok(mut result) => {
@@ -1412,6 +1418,24 @@ impl Tasks {
                     }));
                     true
                 }
+                Err(RunError::Unresponsive { partial, why }) => {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: "task.agent_unresponsive".to_string(),
+                        message: format!("the task's agent did not run the command: {why}"),
+                    }));
+                    true
+                }
+                Err(RunError::ChannelBroken { partial, why }) => {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: "task.agent_channel_broken".to_string(),
+                        message: format!("the channel to the task's agent broke: {why}"),
+                    }));
+                    true
+                }
             };
             // GET shows the newest run's results as they finish.
             let mut r = record.lock().unwrap();
@@ -1427,39 +1451,51 @@ impl Tasks {
         out
     }
 
-    /// On the exec path a command killed by a signal may have died with its container (a
-    /// Docker restart stops every container): that is the task failing, not the command.
+    /// A command killed by a signal, or whose stream or exec failed, may have died with its
+    /// container (a Docker restart stops every container; the OOM killer may take the whole
+    /// sandbox): that is the task failing, not the command. A container the OOM killer ended
+    /// is reported as the engine saw it: `oom_killed`, exit 137.
     async fn check_killed_with_container(
         &self,
         id: &str,
         outcome: Result<CmdResult, RunError>,
     ) -> Result<CmdResult, RunError> {
-        let Ok(result) = outcome else { return outcome };
-        if result.exit_code.is_none_or(|c| c < 128) {
-            return Ok(result);
-        }
+        let result = match &outcome {
+            Ok(r) if r.exit_code.is_some_and(|c| c >= 128) => r.clone(),
+            Err(RunError::Lost { partial, .. }) => partial.clone(),
+            // 409: Docker refused the exec because the container is not running.
+            Err(RunError::Docker { partial, error }) if error.status() == Some(409) => {
+                partial.clone()
+            }
+            _ => return outcome,
+        };
+        let unfinished = CmdResult {
+            exit_code: None,
+            ..result.clone()
+        };
         match self.inner.docker.inspect_container(id).await {
-            Ok(c) if c.state.running => Ok(result),
-            Ok(c) => Err(RunError::Lost {
+            Ok(c) if c.state.running => outcome,
+            Ok(c) if c.state.oom_killed => Err(RunError::Lost {
                 partial: CmdResult {
-                    exit_code: None,
+                    exit_code: Some(crate::agent::SIGKILL_EXIT.into()),
+                    oom_killed: true,
                     ..result
                 },
+                why: "the kernel's OOM killer ended the container (memory limit)".into(),
+            }),
+            Ok(_) if outcome.is_err() => outcome,
+            Ok(c) => Err(RunError::Lost {
+                partial: unfinished,
                 why: format!("the container is {}", c.state.status),
             }),
             Err(e) if e.status() == Some(404) => Err(RunError::Lost {
-                partial: CmdResult {
-                    exit_code: None,
-                    ..result
-                },
+                partial: unfinished,
                 why: "the container was removed".into(),
             }),
+            Err(_) if outcome.is_err() => outcome,
             // Docker itself is unreachable: the exit code cannot be trusted either.
             Err(error) => Err(RunError::Docker {
-                partial: CmdResult {
-                    exit_code: None,
-                    ..result
-                },
+                partial: unfinished,
                 error,
             }),
         }

@@ -16,7 +16,7 @@ use crate::docker::models::ExecConfig;
 use crate::docker::stream::{Demuxer, StreamKind};
 use crate::docker::{Cause, Docker, DockerError, Step};
 
-use super::channel::Channel;
+use super::channel::{Channel, Closed, START_DEADLINE};
 use crate::spec::{Command, Limits};
 
 /// Where the agent binary is mounted in every task container.
@@ -59,6 +59,23 @@ pub enum RunError {
     /// The attach stream or exec stream ended before the command did: the container
     /// stopped or went away under it. Output so far is kept.
     Lost { partial: CmdResult, why: String },
+    /// The agent did not acknowledge the request in time; its channel is now dead.
+    Unresponsive { partial: CmdResult, why: String },
+    /// The agent's channel broke under the command (a frame that is not one); it is dead
+    /// now, and later commands go by exec.
+    ChannelBroken { partial: CmdResult, why: String },
+}
+
+impl RunError {
+    /// What the command printed before it failed.
+    pub fn partial(&self) -> &CmdResult {
+        match self {
+            RunError::Docker { partial, .. }
+            | RunError::Lost { partial, .. }
+            | RunError::Unresponsive { partial, .. }
+            | RunError::ChannelBroken { partial, .. } => partial,
+        }
+    }
 }
 
 /// Bytes of a stream's end kept whatever the cap, to read the supervisor's last line.
@@ -262,17 +279,20 @@ pub async fn run_command(
     Ok(result(&o, exit_code, timed_out))
 }
 
-/// Runs `cmd` through the container's agent over its attach stream.
+/// Runs `cmd` through the container's agent over its attach stream. None: the agent never
+/// read the request (the channel was closed, or its input closed before this request), so
+/// nothing ran and the command may go by exec instead.
 pub async fn run_attached(
     channel: &Channel,
     cmd: &Command,
     env: &[(String, String)],
     pwd: Option<&str>,
     limits: &Limits,
-) -> Result<CmdResult, RunError> {
+) -> Option<Result<CmdResult, RunError>> {
     let mut o = Outputs::new(limits);
     let request = Request {
         id: 0,
+        hello: None,
         argv: cmd.argv(),
         env: env.to_vec(),
         cwd: pwd.map(str::to_string),
@@ -280,25 +300,53 @@ pub async fn run_attached(
         // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
         output_bytes: limits.output_bytes + 1,
     };
-    let lost = |o: &Outputs, why: &str| RunError::Lost {
-        partial: o.result(cmd, None, false, false),
-        why: why.to_string(),
-    };
-    let mut frames = channel
-        .send(request)
-        .await
-        .map_err(|_| lost(&o, "the agent's stream is closed"))?;
+    let mut frames = channel.send(request).await.ok()?;
+    let start_by = Instant::now() + START_DEADLINE;
     let deadline = o.started + Duration::from_secs_f64(limits.timeout_s) + AGENT_GRACE;
+    let mut started = false;
     loop {
-        match tokio::time::timeout_at(deadline, frames.recv()).await {
-            Err(_) => return Ok(o.result(cmd, None, true, false)),
-            Ok(None) => return Err(lost(&o, "the container's stream ended under the command")),
-            Ok(Some(Frame::Stdout(_, b))) => o.out.push(&b),
-            Ok(Some(Frame::Stderr(_, b))) => o.err.push(&b),
-            Ok(Some(Frame::Exit(_, e))) => {
-                return Ok(o.result(cmd, Some(e.exit_code.into()), e.timed_out, e.oom_killed))
+        let until = if started {
+            deadline
+        } else {
+            start_by.min(deadline)
+        };
+        let frame = match tokio::time::timeout_at(until, frames.recv()).await {
+            Err(_) if !started => {
+                let why = format!("the agent did not take the command within {START_DEADLINE:?}");
+                channel.mark_dead(&why);
+                return Some(Err(RunError::Unresponsive {
+                    partial: o.result(cmd, None, false, false),
+                    why,
+                }));
             }
-            Ok(Some(Frame::Pong(_))) => {}
+            Err(_) => return Some(Ok(o.result(cmd, None, true, false))),
+            Ok(None) => {
+                let partial = o.result(cmd, None, false, false);
+                return Some(Err(match channel.closed() {
+                    Some(Closed::Dead(why)) => RunError::ChannelBroken { partial, why },
+                    _ => RunError::Lost {
+                        partial,
+                        why: "the container's stream ended under the command".to_string(),
+                    },
+                }));
+            }
+            Ok(Some(f)) => f,
+        };
+        match frame {
+            Frame::Started(_) => started = true,
+            // Only sent for a request the agent never read.
+            Frame::Closed => return None,
+            Frame::Stdout(_, b) => o.out.push(&b),
+            Frame::Stderr(_, b) => o.err.push(&b),
+            Frame::Exit(_, e) => {
+                return Some(Ok(o.result(
+                    cmd,
+                    Some(e.exit_code.into()),
+                    e.timed_out,
+                    e.oom_killed,
+                )))
+            }
+            Frame::Hello(_) => {}
         }
     }
 }
@@ -318,6 +366,110 @@ async fn exit_code_of(docker: &Docker, exec_id: &str) -> Result<Option<i64>, Doc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::protocol::Exit;
+    use crate::tasks::channel::fake::FakeAgent;
+
+    fn limits() -> Limits {
+        Limits {
+            memory_mb: 1,
+            cpus: 1.0,
+            pids: 1,
+            timeout_s: 60.0,
+            output_bytes: 10,
+            disk_mb: 1,
+        }
+    }
+
+    /// Runs one command over the fake agent's channel while `agent` plays its part; returns
+    /// the outcome and how long the run took.
+    async fn attached<F, Fut>(agent: F) -> (Option<Result<CmdResult, RunError>>, Duration)
+    where
+        F: FnOnce(FakeAgent) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = FakeAgent> + Send,
+    {
+        let fake = FakeAgent::new();
+        let chan = fake.chan.clone();
+        let playing = tokio::spawn(async move { agent(fake).await });
+        let cmd = Command::Shell("echo hi".into());
+        let t = Instant::now();
+        let outcome = run_attached(&chan, &cmd, &[], None, &limits()).await;
+        let took = t.elapsed();
+        drop(playing.await.unwrap());
+        (outcome, took)
+    }
+
+    #[tokio::test]
+    async fn the_agents_answer_is_the_result() {
+        let (outcome, _) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            let id = a.request().await.id;
+            let exit = Exit {
+                exit_code: 3,
+                timed_out: false,
+                oom_killed: false,
+            };
+            a.say(&[
+                Frame::Started(id),
+                Frame::Stdout(id, b"hi\n".to_vec()),
+                Frame::Exit(id, exit),
+            ])
+            .await;
+            a
+        })
+        .await;
+        let r = outcome.unwrap().unwrap();
+        assert_eq!((r.exit_code, r.stdout.as_str()), (Some(3), "hi\n"));
+    }
+
+    #[tokio::test]
+    async fn a_request_the_agent_never_read_goes_elsewhere_at_once() {
+        let (outcome, took) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            a.request().await;
+            a.say(&[Frame::Closed]).await;
+            a
+        })
+        .await;
+        assert!(outcome.is_none(), "{outcome:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_does_not_take_the_command_fails_it_in_five_seconds() {
+        let (outcome, took) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            a.request().await;
+            // Holds the stream open and says nothing until the run gave up.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            a
+        })
+        .await;
+        assert!(
+            matches!(outcome, Some(Err(RunError::Unresponsive { .. }))),
+            "{outcome:?}"
+        );
+        assert!(
+            took >= START_DEADLINE && took < START_DEADLINE * 2,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_frame_fails_the_run_clearly_and_at_once() {
+        let (outcome, took) = attached(|mut a| async move {
+            a.hello(&[]).await;
+            let id = a.request().await.id;
+            a.say(&[Frame::Started(id)]).await;
+            a.raw(1, &[0xee; 40]).await;
+            a
+        })
+        .await;
+        assert!(
+            matches!(outcome, Some(Err(RunError::ChannelBroken { .. }))),
+            "{outcome:?}"
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
 
     #[test]
     fn capture_cuts_at_the_cap() {
