@@ -140,6 +140,8 @@ pub async fn run_supervised(
             fetch: config.fetch.clone(),
             warm: config.warm.clone(),
             exec_only: config.exec_only,
+            state_dir: Some(config.state_dir.clone()),
+            state_max_bytes: config.state_max_bytes,
         },
     );
     tasks.spawn_background();
