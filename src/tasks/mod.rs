@@ -695,7 +695,7 @@ impl Tasks {
         };
         let stored = record.and_then(|r| r.lock().unwrap().stored.clone());
         let Some((stored, written_state)) = stored else {
-            return Ok(Answer::View(view));
+            return Ok(Answer::View(Box::new(view)));
         };
         if view.state == written_state {
             return Ok(Answer::Kept(stored));
@@ -712,7 +712,7 @@ impl Tasks {
             // Lenient on what it reads back: the task without its results, never a 500.
             _ => {
                 task_log!(Warn, &view.id, view.name.as_deref(); "kept results unreadable; answering without them");
-                Ok(Answer::View(view))
+                Ok(Answer::View(Box::new(view)))
             }
         }
     }
@@ -1608,7 +1608,7 @@ pub fn short(id: &str) -> &str {
 /// What a GET answers: a view built in memory, a kept view patched, or the kept file itself.
 #[derive(Debug)]
 pub enum Answer {
-    View(TaskView),
+    View(Box<TaskView>),
     Json(serde_json::Value),
     /// Exactly the bytes to answer, in the state directory.
     Kept(Stored),
