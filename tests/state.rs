@@ -96,6 +96,14 @@ fn results_read_back_identically_after_kill9_and_a_restart() {
         lessl.get(&format!("/tasks/{detached_id}")).json()["state"] == "finished"
     }));
 
+    // Its container goes in the background after the run: then it is no longer live.
+    assert!(wait_until(Duration::from_secs(10), || !container_exists(
+        &detached_id
+    )));
+    assert!(wait_until(Duration::from_secs(5), || listed_ids(
+        &lessl, "/tasks"
+    )
+    .is_empty()));
     let before: Vec<Vec<u8>> = [&first_id, &second_id, &detached_id]
         .iter()
         .map(|id| lessl.get(&format!("/tasks/{id}")).expect(200).body)
@@ -104,7 +112,6 @@ fn results_read_back_identically_after_kill9_and_a_restart() {
         lessl.get(&format!("/tasks/{name}")).json()["id"],
         second_id.as_str()
     );
-    assert!(listed_ids(&lessl, "/tasks").is_empty());
     let all = listed_ids(&lessl, "/tasks?all=true");
     assert_eq!(
         all,
