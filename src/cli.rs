@@ -79,6 +79,9 @@ pub struct RunArgs {
     /// Do not wait for the commands: print the task id(s) once the containers started.
     #[arg(short, long)]
     pub detach: bool,
+    /// Print the API's JSON answer (ids and results) instead of the commands' output.
+    #[arg(long, conflicts_with = "detach")]
+    pub json: bool,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -118,6 +121,9 @@ pub struct PsArgs {
     /// Print only the full task ids, one a line.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also list finished tasks whose results are kept until their TTL.
+    #[arg(short, long)]
+    pub all: bool,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -251,7 +257,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
         match cmd {
-            Command::Run(a) => run(&client, body.unwrap_or_default(), a.detach).await,
+            Command::Run(a) => run(&client, body.unwrap_or_default(), a.detach, a.json).await,
             Command::Exec(a) => exec(&client, a).await,
             Command::Ps(a) => ps(&client, a).await,
             Command::Status(a) => status(&client, &a.task).await,
@@ -275,7 +281,7 @@ fn read_task_file(path: &Path) -> Result<Vec<u8>, CliError> {
     }
 }
 
-async fn run(client: &Client, body: Vec<u8>, detach: bool) -> Result<u8, CliError> {
+async fn run(client: &Client, body: Vec<u8>, detach: bool, json: bool) -> Result<u8, CliError> {
     if detach {
         let answer = client
             .send(Method::POST, "/tasks?wait=false", Some(body))
@@ -289,7 +295,18 @@ async fn run(client: &Client, body: Vec<u8>, detach: bool) -> Result<u8, CliErro
     }
     let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
     let tasks = decode_tasks("POST /tasks", &answer)?;
+    if json {
+        write_out(&mut std::io::stdout().lock(), raw_json(&answer).as_bytes())?;
+        return Ok(batch_exit_code(&tasks));
+    }
     print_results(&tasks)?;
+    // The id reads the results again (`lessl status ID`) until the TTL. Only for a person at
+    // a terminal: piped stderr carries the commands' own stderr and nothing else.
+    if std::io::stderr().is_terminal() {
+        for t in &tasks {
+            eprintln!("lessl: task {}", t.id);
+        }
+    }
     Ok(batch_exit_code(&tasks))
 }
 
@@ -321,8 +338,9 @@ async fn exec(client: &Client, a: ExecArgs) -> Result<u8, CliError> {
 }
 
 async fn ps(client: &Client, a: PsArgs) -> Result<u8, CliError> {
-    let answer = client.send(Method::GET, "/tasks", None).await?;
-    let tasks: Vec<Task> = decode("GET /tasks", &answer)?;
+    let path = if a.all { "/tasks?all=true" } else { "/tasks" };
+    let answer = client.send(Method::GET, path, None).await?;
+    let tasks: Vec<Task> = decode(&format!("GET {path}"), &answer)?;
     let text = if a.json {
         raw_json(&answer)
     } else if a.quiet {

@@ -177,6 +177,15 @@ pub struct ServeArgs {
         value_name = "IMAGE=N"
     )]
     pub warm: Vec<String>,
+    /// Directory where finished runs' results are kept, so they survive a restart (in a
+    /// subdirectory per `--instance`). Lessl still starts if it cannot be written, keeping
+    /// results in memory only.
+    #[arg(long, env = "LESSL_STATE_DIR", default_value = "/var/lib/lessl")]
+    pub state_dir: PathBuf,
+    /// Disk space the kept results of this instance may take, MiB; a run that would pass it
+    /// still answers, with `persist_error` code `state.full`.
+    #[arg(long, env = "LESSL_STATE_MAX_MB", default_value_t = 2048)]
+    pub state_max_mb: u64,
     /// Seconds a client has to send its request headers, and its body.
     #[arg(long, env = "LESSL_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
@@ -243,6 +252,10 @@ pub struct Config {
     pub allow_volumes: Vec<String>,
     /// Unused volumes of this instance are removed after this long.
     pub volume_idle: Duration,
+    /// Where finished runs' results are kept.
+    pub state_dir: PathBuf,
+    /// Disk use of the kept results at most, bytes.
+    pub state_max_bytes: u64,
     /// Log level.
     pub log_level: crate::log::Level,
     /// Log line format.
@@ -458,6 +471,7 @@ impl ServeArgs {
             ("max-running", self.max_running as f64),
             ("max-daemons", self.max_daemons as f64),
             ("max-download-bytes", self.max_download_bytes as f64),
+            ("state-max-mb", self.state_max_mb as f64),
         ];
         for (flag, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -523,6 +537,8 @@ impl ServeArgs {
             fetch,
             warm,
             exec_only,
+            state_dir: self.state_dir,
+            state_max_bytes: self.state_max_mb.saturating_mul(1 << 20),
             log_level,
             log_format,
             max_connections: self.max_connections,

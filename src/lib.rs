@@ -12,6 +12,7 @@
 //! - [`fetch`]: `src` downloads over http(s), refusing internal destinations (SSRF).
 //! - [`log`]: the event log on stderr, text or JSON, with levels.
 //! - [`metrics`]: counters and histograms for `GET /metrics` (Prometheus text format).
+//! - [`state`]: the state directory where finished runs' results survive restarts.
 //! - [`tar`]: the plain tar archives that carry resources into containers.
 //! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
 //! - [`cli`]: the command-line client (`run`, `exec`, `ps`, `status`, `rm`); it only speaks HTTP
@@ -28,6 +29,7 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod spec;
+pub mod state;
 pub mod systemd;
 pub mod tar;
 pub mod tasks;

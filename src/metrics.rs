@@ -91,6 +91,8 @@ pub struct Metrics {
     http: [AtomicU64; 4],
     warm_taken: AtomicU64,
     cold_started: AtomicU64,
+    /// Runs whose results could not be written to the state directory (full, or failing).
+    results_not_kept: AtomicU64,
 }
 
 /// Docker steps measured, by their stable codes (see `docker::Step::code`).
@@ -149,6 +151,7 @@ impl Metrics {
             http: [const { AtomicU64::new(0) }; 4],
             warm_taken: AtomicU64::new(0),
             cold_started: AtomicU64::new(0),
+            results_not_kept: AtomicU64::new(0),
         }
     }
 
@@ -188,6 +191,10 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn result_not_kept(&self) {
+        self.results_not_kept.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, g: Gauges) -> String {
         let mut out = String::new();
@@ -214,6 +221,14 @@ impl Metrics {
         let cold = self.cold_started.load(Ordering::Relaxed);
         let _ = writeln!(out, "lessl_tasks_started_total{{start=\"warm\"}} {warm}");
         let _ = writeln!(out, "lessl_tasks_started_total{{start=\"cold\"}} {cold}");
+        help(
+            &mut out,
+            "lessl_results_not_kept_total",
+            "counter",
+            "Runs whose results could not be written to the state directory.",
+        );
+        let n = self.results_not_kept.load(Ordering::Relaxed);
+        let _ = writeln!(out, "lessl_results_not_kept_total {n}");
         help(
             &mut out,
             "lessl_run_duration_seconds",

@@ -144,6 +144,8 @@ pub async fn run_supervised(
             allow_volumes: config.allow_volumes.clone(),
             runtime: config.runtime.clone(),
             volume_idle: config.volume_idle,
+            state_dir: Some(config.state_dir.clone()),
+            state_max_bytes: config.state_max_bytes,
         },
     );
     tasks.spawn_background();

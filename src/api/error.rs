@@ -3,8 +3,6 @@
 
 use std::fmt;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -255,7 +253,7 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<super::ApiBody> {
         let (status, code, field) = self.classify();
         let body = Body {
             error: Detail {

@@ -5,18 +5,22 @@ mod error;
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::spec;
-use crate::tasks::Tasks;
+use crate::state::FileBody;
+use crate::tasks::{Answer, Tasks};
 pub use error::ApiError;
 
 /// The OpenAPI 3.1 document of this API, served as is at `GET /openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
+
+/// An answer's body: built in memory, or streamed from a result kept in the state directory.
+pub type ApiBody = Either<Full<Bytes>, FileBody>;
 
 /// What every request handler shares.
 pub struct Api {
@@ -84,7 +88,7 @@ impl Api {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    ) -> Result<Response<ApiBody>, std::convert::Infallible> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
@@ -108,7 +112,7 @@ impl Api {
         self: Arc<Self>,
         req: Request<Incoming>,
         max_connections: usize,
-    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    ) -> Result<Response<ApiBody>, std::convert::Infallible> {
         let health = route(req.method(), req.uri().path()) == Ok(Route::Health);
         let mut response = if health {
             self.handle(req).await?
@@ -128,7 +132,7 @@ impl Api {
         Ok(response)
     }
 
-    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ApiBody>, ApiError> {
         self.authenticate(&req)?;
         let route = route(req.method(), req.uri().path())?;
         let query = Query::parse(req.uri().query())?;
@@ -144,7 +148,9 @@ impl Api {
             }
             Route::OpenApi => {
                 query.none()?;
-                let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+                let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(
+                    OPENAPI.as_bytes(),
+                ))));
                 resp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Ok(resp)
@@ -152,7 +158,7 @@ impl Api {
             Route::Metrics => {
                 query.none()?;
                 let text = crate::metrics::METRICS.render(self.tasks.gauges());
-                let mut resp = Response::new(Full::new(Bytes::from(text)));
+                let mut resp = Response::new(Either::Left(Full::new(Bytes::from(text))));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -160,13 +166,25 @@ impl Api {
                 Ok(resp)
             }
             Route::ListTasks => {
-                query.none()?;
-                let tasks = self.tasks.list().await?;
+                let tasks = self.tasks.list(query.all()?).await?;
                 Ok(json(StatusCode::OK, &tasks))
             }
             Route::GetTask(r) => {
                 query.none()?;
-                Ok(json(StatusCode::OK, &self.tasks.get(r).await?))
+                match self.tasks.get(r).await? {
+                    Answer::View(v) => Ok(json(StatusCode::OK, &v)),
+                    Answer::Json(v) => Ok(json(StatusCode::OK, &v)),
+                    Answer::Kept(stored) => match FileBody::open(&stored) {
+                        Ok(body) => {
+                            let mut resp = Response::new(Either::Right(body));
+                            resp.headers_mut()
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            Ok(resp)
+                        }
+                        // Removed at its TTL between the lookup and the open: gone, not a 500.
+                        Err(_) => Err(crate::tasks::TaskError::NotFound(r.to_string()).into()),
+                    },
+                }
             }
             Route::ListVolumes => {
                 query.none()?;
@@ -308,6 +326,30 @@ impl Query {
         }
     }
 
+    /// `all` on `GET /tasks`: also finished tasks still within their TTL.
+    fn all(&self) -> Result<bool, ApiError> {
+        let mut all = false;
+        for (k, v) in &self.pairs {
+            match (k.as_str(), v.as_str()) {
+                ("all", "true" | "1" | "") => all = true,
+                ("all", "false" | "0") => all = false,
+                ("all", _) => {
+                    return Err(ApiError::BadQuery {
+                        param: k.clone(),
+                        message: format!("all must be true or false, not `{v}`"),
+                    })
+                }
+                _ => {
+                    return Err(ApiError::BadQuery {
+                        param: k.clone(),
+                        message: format!("unknown query parameter `{k}`"),
+                    })
+                }
+            }
+        }
+        Ok(all)
+    }
+
     fn wait(&self) -> Result<bool, ApiError> {
         let mut wait = true;
         for (k, v) in &self.pairs {
@@ -340,28 +382,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ApiBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-fn empty(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+fn empty(status: StatusCode) -> Response<ApiBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
     *resp.status_mut() = status;
     resp
 }
 
-fn set_location(resp: &mut Response<Full<Bytes>>, id: &str) {
+fn set_location(resp: &mut Response<ApiBody>, id: &str) {
     if let Ok(v) = HeaderValue::from_str(&format!("/tasks/{id}")) {
         resp.headers_mut().insert(LOCATION, v);
     }
 }
 
-fn allow_header(resp: &mut Response<Full<Bytes>>, allow: &'static str) {
+fn allow_header(resp: &mut Response<ApiBody>, allow: &'static str) {
     resp.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
 }
@@ -431,6 +473,10 @@ mod tests {
         assert!(Query::parse(Some("wiat=false")).unwrap().wait().is_err());
         assert!(Query::parse(Some("x=1")).unwrap().none().is_err());
         assert!(Query::parse(Some("")).unwrap().none().is_ok());
+        assert!(Query::parse(Some("all=true")).unwrap().all().unwrap());
+        assert!(!Query::parse(None).unwrap().all().unwrap());
+        assert!(Query::parse(Some("all=yes")).unwrap().all().is_err());
+        assert!(Query::parse(Some("wait=false")).unwrap().all().is_err());
     }
 
     #[test]

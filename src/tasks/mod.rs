@@ -30,6 +30,7 @@ use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
 use crate::docker::{Docker, DockerError, Removed};
 use crate::fetch::{self, FetchError};
 use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
+use crate::state::{self, Store, Stored, Summary};
 use crate::{log, task_log};
 use expiry::Expiry;
 use run::{CmdResult, RunError, AGENT_PATH};
@@ -106,6 +107,10 @@ pub struct Settings {
     pub allow_volumes: Vec<String>,
     /// Unused volumes of this instance are removed after this long.
     pub volume_idle: Duration,
+    /// Where finished runs' results are kept (`--state-dir`); None keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// Disk use of the state directory at most, bytes (`--state-max-mb`).
+    pub state_max_bytes: u64,
 }
 
 /// Why a task operation failed. The API chooses the status from this.
@@ -270,6 +275,11 @@ struct Record {
     read_only: bool,
     /// Number of the newest run, whose results GET shows.
     seq: u64,
+    /// The newest run's view is in the state directory (with the state it was written with),
+    /// and `results` is empty: GET streams it from there, so memory does not grow with output.
+    stored: Option<(Stored, String)>,
+    /// Why the newest run's results could not be kept on disk.
+    persist_error: Option<RunFailure>,
 }
 
 /// What one run did, for its own answer.
@@ -309,6 +319,48 @@ impl Record {
             exited: false,
             read_only: false,
             seq: 0,
+            stored: None,
+            persist_error: None,
+        }
+    }
+
+    /// The record of a finished task read back from the state directory after a restart.
+    fn restored(summary: &Summary, stored: Stored) -> Record {
+        let mut r = Record::new(
+            &summary.id,
+            summary.name.clone(),
+            summary.image.clone(),
+            summary.daemon,
+            summary.created,
+            summary.expires,
+        );
+        r.phase = if summary.state == Phase::Failed.as_str() {
+            Phase::Failed
+        } else {
+            Phase::Finished
+        };
+        r.alive = false;
+        r.exited = true;
+        r.failed_command = summary.failed_command;
+        r.error = summary.error.clone();
+        r.stored = Some((stored, summary.state.clone()));
+        r
+    }
+
+    /// What the state directory's header says of this record's newest run.
+    fn summary(&self, view: &TaskView) -> Summary {
+        Summary {
+            lessl_state: 1,
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            state: view.state.clone(),
+            daemon: self.daemon,
+            created: self.created,
+            expires: self.expires,
+            failed_command: view.failed_command,
+            error: view.error.clone(),
+            body_len: 0,
         }
     }
 
@@ -331,6 +383,7 @@ impl Record {
             results: self.results.clone(),
             failed_command: self.failed_command,
             error: self.error.clone(),
+            persist_error: self.persist_error.clone(),
         }
     }
 }
@@ -406,6 +459,11 @@ struct Inner {
     pool: pool::Pool,
     /// The records mirror Docker (events stream live, reconciled since it connected).
     mirrored: std::sync::atomic::AtomicBool,
+    /// The state directory where finished runs' results are kept.
+    store: Store,
+    /// Kept results of daemon tasks read back at start, claimed when their container is
+    /// adopted (a daemon's record mirrors its container, so it is not made from the file).
+    restored: Mutex<HashMap<String, (Summary, Stored)>>,
     /// This instance's named volumes.
     volumes: mounts::Volumes,
     /// Whether the engine can cap a container's writable layer (learnt from the engine).
@@ -471,7 +529,12 @@ impl Tasks {
             settings.allow_volumes.clone(),
             settings.volume_idle,
         );
-        Tasks {
+        let store = match &settings.state_dir {
+            Some(dir) => Store::open(dir, &settings.instance, settings.state_max_bytes),
+            None => Store::memory_only(),
+        };
+        let kept = store.sweep(now_ms());
+        let tasks = Tasks {
             inner: Arc::new(Inner {
                 docker,
                 settings,
@@ -486,7 +549,27 @@ impl Tasks {
                 mirrored: Default::default(),
                 volumes,
                 disk: Mutex::new(DiskLimit::Unknown),
+                store,
+                restored: Mutex::default(),
             }),
+        };
+        tasks.restore(kept);
+        tasks
+    }
+
+    /// Makes finished tasks read back from the state directory answer GET again, until their
+    /// TTL (armed here like any other).
+    fn restore(&self, kept: Vec<(Summary, Stored)>) {
+        for (summary, stored) in kept {
+            if summary.daemon {
+                self.inner
+                    .restored
+                    .lock()
+                    .unwrap()
+                    .insert(summary.id.clone(), (summary, stored));
+            } else {
+                self.register(Record::restored(&summary, stored));
+            }
         }
     }
 
@@ -580,6 +663,10 @@ impl Tasks {
     fn forget(&self, id: &str, why: &'static str) -> Option<Shared> {
         self.inner.expiry.disarm(id);
         let record = self.inner.records.lock().unwrap().remove(id);
+        // At its TTL or DELETE a task's results go too; a shutdown keeps them for the restart.
+        if why != "shutdown" {
+            self.inner.store.remove(id);
+        }
         if let Some(r) = &record {
             let mut r = r.lock().unwrap();
             r.ended = Some(why);
@@ -680,18 +767,21 @@ impl Tasks {
         Ok(None)
     }
 
-    /// A finished task this process still remembers, by id, short id or name.
+    /// A finished task this process still remembers, by id, short id or name; of several
+    /// sharing a name, the newest.
     fn remembered(&self, reference: &str) -> Option<Shared> {
         let records = self.inner.records.lock().unwrap();
         records
             .values()
-            .find(|r| {
-                let r = r.lock().unwrap();
-                r.id == reference
-                    || (reference.len() == 12 && r.id.starts_with(reference))
-                    || r.name.as_deref() == Some(reference)
+            .filter_map(|r| {
+                let g = r.lock().unwrap();
+                let named = g.id == reference
+                    || (reference.len() == 12 && g.id.starts_with(reference))
+                    || g.name.as_deref() == Some(reference);
+                named.then(|| ((g.created, g.id.clone()), r.clone()))
             })
-            .cloned()
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, r)| r)
     }
 
     fn view_of(&self, found: &Found) -> TaskView {
@@ -718,33 +808,67 @@ impl Tasks {
             results: Vec::new(),
             failed_command: None,
             error: None,
+            persist_error: None,
         }
     }
 
-    pub async fn get(&self, reference: &str) -> Result<TaskView, TaskError> {
-        if let Some(found) = self.resolve(reference).await? {
-            return Ok(self.view_of(&found));
+    /// The answer of a GET: from memory, or streamed from the state directory when the
+    /// newest run's results are kept there and the task has not changed since.
+    pub async fn get(&self, reference: &str) -> Result<Answer, TaskError> {
+        let (record, view) = match self.resolve(reference).await? {
+            Some(found) => (self.record(&found.id), self.view_of(&found)),
+            None => match self.remembered(reference) {
+                Some(r) => {
+                    let view = r.lock().unwrap().view();
+                    (Some(r), view)
+                }
+                None => return Err(TaskError::NotFound(reference.to_string())),
+            },
+        };
+        let stored = record.and_then(|r| r.lock().unwrap().stored.clone());
+        let Some((stored, written_state)) = stored else {
+            return Ok(Answer::View(Box::new(view)));
+        };
+        if view.state == written_state {
+            return Ok(Answer::Kept(stored));
         }
-        match self.remembered(reference) {
-            Some(r) => Ok(r.lock().unwrap().view()),
-            None => Err(TaskError::NotFound(reference.to_string())),
+        // A daemon's container stopped since its run: the kept view, with today's state.
+        let read = state::read_body(&stored).and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| state::StateError::Damaged(e.to_string()))
+        });
+        match read {
+            Ok(serde_json::Value::Object(mut v)) => {
+                v.insert("state".into(), view.state.into());
+                Ok(Answer::Json(serde_json::Value::Object(v)))
+            }
+            // Lenient on what it reads back: the task without its results, never a 500.
+            _ => {
+                task_log!(Warn, &view.id, view.name.as_deref(); "kept results unreadable; answering without them");
+                Ok(Answer::View(Box::new(view)))
+            }
         }
     }
 
-    /// Every live task of this instance, oldest first.
-    pub async fn list(&self) -> Result<Vec<TaskView>, TaskError> {
-        if self.inner.mirrored.load(Ordering::SeqCst) {
+    /// Every live task of this instance, oldest first; with `all`, also finished tasks
+    /// still within their TTL. Results kept on disk are left out (GET the task for them),
+    /// so a listing never reads the state directory.
+    pub async fn list(&self, all: bool) -> Result<Vec<serde_json::Value>, TaskError> {
+        if all || self.inner.mirrored.load(Ordering::SeqCst) {
             let records = self.inner.records.lock().unwrap();
-            let mut live: Vec<(u64, String, TaskView)> = records
+            let mut live: Vec<(u64, String, TaskView, bool)> = records
                 .values()
                 .filter_map(|r| {
                     let r = r.lock().unwrap();
-                    r.alive.then(|| (r.created, r.id.clone(), r.view()))
+                    (r.alive || all)
+                        .then(|| (r.created, r.id.clone(), r.view(), r.stored.is_some()))
                 })
                 .collect();
             drop(records);
             live.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-            return Ok(live.into_iter().map(|(_, _, v)| v).collect());
+            return Ok(live
+                .into_iter()
+                .map(|(_, _, v, on_disk)| listed(&v, on_disk))
+                .collect());
         }
         let mut found = self.list_own().await?;
         found.retain(|c| !self.idle_in_pool(c));
@@ -754,7 +878,15 @@ impl Tasks {
                 c.id.clone(),
             )
         });
-        Ok(found.iter().map(|c| self.view_of(c)).collect())
+        Ok(found
+            .iter()
+            .map(|c| {
+                let on_disk = self
+                    .record(&c.id)
+                    .is_some_and(|r| r.lock().unwrap().stored.is_some());
+                listed(&self.view_of(c), on_disk)
+            })
+            .collect())
     }
 
     pub async fn delete(&self, reference: &str) -> Result<(), TaskError> {
@@ -885,6 +1017,8 @@ impl Tasks {
             r.results.clear();
             r.failed_command = None;
             r.error = None;
+            r.stored = None;
+            r.persist_error = None;
             r.seq
         };
         let now = record.lock().unwrap().view();
@@ -910,7 +1044,8 @@ impl Tasks {
                 (None, None) => crate::metrics::Outcome::Succeeded,
             };
             crate::metrics::METRICS.run_ended(kind, started.elapsed());
-            this.finish(&record, outcome)
+            let view = this.finish(&record, outcome);
+            this.persist(&record, seq, view).await
         });
         (now, handle)
     }
@@ -1145,6 +1280,11 @@ impl Tasks {
                 record.attachable = found.labels.contains_key(LABEL_CHANNEL);
                 record.exited = !found.running;
                 record.read_only = found.labels.contains_key(LABEL_READ_ONLY);
+                if let Some((s, stored)) = self.inner.restored.lock().unwrap().remove(&found.id) {
+                    record.failed_command = s.failed_command;
+                    record.error = s.error;
+                    record.stored = Some((stored, s.state));
+                }
                 // Whoever adopts first (a request may beat the reconciliation after a
                 // restart) arms the TTL from the label; reconciliation skips known records.
                 self.inner.expiry.arm(&found.id, instant_of(record.expires));
@@ -1544,6 +1684,51 @@ impl Tasks {
         view
     }
 
+    /// Writes a run's final view to the state directory and drops its results from memory;
+    /// GET then streams them from disk. When they cannot be written (directory full or
+    /// failing), they stay in memory and the view says so: nothing is silently dropped.
+    async fn persist(&self, record: &Shared, seq: u64, mut view: TaskView) -> TaskView {
+        if !self.inner.store.enabled() {
+            return view;
+        }
+        let summary = record.lock().unwrap().summary(&view);
+        let this = self.clone();
+        let (written, returned) = tokio::task::spawn_blocking(move || {
+            let written = this.inner.store.write(summary, &view);
+            (written, view)
+        })
+        .await
+        .expect("state writer panicked");
+        view = returned;
+        let mut r = record.lock().unwrap();
+        match written {
+            // A newer run started meanwhile: its own end will write; this file is stale.
+            Ok(_) if r.seq != seq => {}
+            // Removed (TTL, DELETE) while it was written: the file must not outlive it.
+            Ok(_) if matches!(r.ended, Some("expired" | "deleted" | "removed")) => {
+                drop(r);
+                self.inner.store.remove(&view.id);
+            }
+            Ok(stored) => {
+                r.results = Vec::new();
+                r.stored = Some((stored, view.state.clone()));
+            }
+            Err(e) => {
+                crate::metrics::METRICS.result_not_kept();
+                task_log!(Warn, &view.id, view.name.as_deref(); "results not kept on disk: {e}");
+                let failure = RunFailure {
+                    code: e.code().to_string(),
+                    message: format!("the results were not written to the state directory and will not survive a restart: {e}"),
+                };
+                if r.seq == seq {
+                    r.persist_error = Some(failure.clone());
+                }
+                view.persist_error = Some(failure);
+            }
+        }
+        view
+    }
+
     /// A create that failed without Docker's answer (timeout, broken connection) may still
     /// have made the container: look for it by its token for a while and remove it.
     fn sweep_lost_create(&self, config: &ContainerConfig) {
@@ -1659,4 +1844,24 @@ fn label_u64(labels: &BTreeMap<String, String>, key: &str) -> Option<u64> {
 /// Docker's 12-character short id, for log lines.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+/// What a GET answers: a view built in memory, a kept view patched, or the kept file itself.
+#[derive(Debug)]
+pub enum Answer {
+    View(Box<TaskView>),
+    Json(serde_json::Value),
+    /// Exactly the bytes to answer, in the state directory.
+    Kept(Stored),
+}
+
+/// A task as a listing shows it: results kept on disk are left out, so listing stays cheap.
+fn listed(view: &TaskView, on_disk: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(view).unwrap_or_default();
+    if on_disk {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("results");
+        }
+    }
+    v
 }

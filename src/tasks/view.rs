@@ -1,6 +1,6 @@
 //! What the API shows of a task: the answer body of every verb, and RFC 3339 timestamps.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::run::CmdResult;
 
@@ -25,10 +25,14 @@ pub struct TaskView {
     /// Why the run could not complete, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RunFailure>,
+    /// Set when these results could not be written to the state directory (`state.full`,
+    /// `state.write`): they are answered now but will not survive a restart of Lessl.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persist_error: Option<RunFailure>,
 }
 
 /// A run that Lessl could not complete (not a command exiting non-zero).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunFailure {
     pub code: String,
     pub message: String,

@@ -58,6 +58,12 @@ impl Lessl {
             instance.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        // Kept results go to a scratch directory, never the machine's /var/lib/lessl; each
+        // instance has its own subdirectory in it. Tests of the state directory pass their own.
+        if !extra.contains(&"--state-dir") {
+            args.push("--state-dir".into());
+            args.push(scratch_state_dir().display().to_string());
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_lessl"))
             .args(&args)
             .stdin(Stdio::null())
@@ -215,6 +221,19 @@ impl Drop for Lessl {
             self.terminate();
         }
     }
+}
+
+/// The state directory Lessls of tests share unless they pass their own.
+pub fn scratch_state_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lessl-state")
+}
+
+/// A fresh, empty directory for one test's `--state-dir`.
+pub fn temp_state_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(test));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 pub struct Resp {
