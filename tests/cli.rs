@@ -430,6 +430,7 @@ impl UnixLessl {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lessl"))
             .args(["serve", "--listen"])
             .arg(format!("unix:{}", socket.display()))
+            .env("LESSL_STATE_DIR", support::scratch_state_dir())
             .args(["--instance", &instance])
             .env_remove("LESSL_TOKEN_FILE")
             .stdin(Stdio::null())

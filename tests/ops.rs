@@ -169,6 +169,7 @@ fn readiness_round_trip(notify_env: OsString, receiver: &UnixDatagram) {
     let mut lessl = Proc::spawn(
         Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--instance", &instance])
+            .env("LESSL_STATE_DIR", support::scratch_state_dir())
             .env("NOTIFY_SOCKET", &notify_env),
     );
     let ready = recv_message(receiver);
@@ -222,7 +223,8 @@ fn spawn_activated(fd: RawFd, args: &[&str]) -> Proc {
         .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
         .arg(BIN)
         .arg("serve")
-        .args(args);
+        .args(args)
+        .env("LESSL_STATE_DIR", support::scratch_state_dir());
     // SAFETY: between fork and exec only dup2/fcntl run, both async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -366,6 +368,8 @@ fn lessl_env_lists_every_config_key_with_a_working_default() {
     for (k, v) in entries.iter().filter(|(_, v)| !v.is_empty()) {
         cmd.env(k, v);
     }
+    // Every default but the state directory, which a test must not fill on the host.
+    cmd.env("LESSL_STATE_DIR", support::scratch_state_dir());
     let mut lessl = Proc::spawn(&mut cmd);
     lessl.wait_listening();
     assert_eq!(lessl.terminate(), Some(0), "log:\n{}", lessl.log());

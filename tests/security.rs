@@ -105,6 +105,8 @@ fn unix_socket_is_created_0660() {
             "serve",
             "--listen",
             &format!("unix:{}", path.display()),
+            "--state-dir",
+            support::scratch_state_dir().to_str().unwrap(),
             "--instance",
             &unique("u"),
         ])
