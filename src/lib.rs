@@ -13,6 +13,8 @@
 //! - [`log`]: the event log on stderr, text or JSON, with levels.
 //! - [`metrics`]: counters and histograms for `GET /metrics` (Prometheus text format).
 //! - [`state`]: the state directory where finished runs' results survive restarts.
+//! - [`spill`]: a running command's output past a small memory budget, in spill files there.
+//! - [`json_stream`]: the JSON string encoder that writes output into result files in chunks.
 //! - [`tar`]: the plain tar archives that carry resources into containers.
 //! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
 //! - [`cli`]: the command-line client (`run`, `exec`, `ps`, `status`, `rm`); it only speaks HTTP
@@ -25,10 +27,12 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod fetch;
+pub mod json_stream;
 pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod spec;
+pub mod spill;
 pub mod state;
 pub mod systemd;
 pub mod tar;

@@ -6,7 +6,11 @@
 //! A file is one header line (a small JSON [`Summary`]: who, when it expires, how long the
 //! body is) then the body, exactly the JSON a `GET` answers. The header lets a restart list and
 //! sweep files without parsing megabytes of output, and lets a half-written file (body shorter
-//! than announced) be told apart from a whole one.
+//! than announced) be told apart from a whole one. The body is written chunk by chunk
+//! ([`write_view`]): commands' output, in memory or in spill files, is never built whole.
+//!
+//! The spill files of running commands ([`crate::spill`]) live in the same directory; a start
+//! sweeps those a crash left.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -19,7 +23,10 @@ use std::task::{Context, Poll};
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 
+use crate::json_stream::JsonString;
 use crate::log;
+use crate::spill::{self, Output, Spiller};
+use crate::tasks::run::CmdResult;
 use crate::tasks::view::{RunFailure, TaskView};
 
 /// Written in every header; a file with another value is not ours (or from a future Lessl).
@@ -158,6 +165,14 @@ impl Store {
         self.dir.is_some()
     }
 
+    /// Where running commands spill their output: this directory, or memory only.
+    pub fn spiller(&self) -> Spiller {
+        match &self.dir {
+            Some(dir) => Spiller::new(Some(dir.clone()), spill::BUDGET),
+            None => Spiller::memory_only(),
+        }
+    }
+
     fn path_of(&self, id: &str) -> Option<PathBuf> {
         Some(self.dir.as_ref()?.join(format!("{id}{SUFFIX}")))
     }
@@ -183,6 +198,13 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(TEMP_SUFFIX) {
                 log!(warn: "state: removing {name}, a file a crash left half-written");
+                let _ = fs::remove_file(&path);
+                skipped += 1;
+                continue;
+            }
+            // Output of a command that ran when Lessl stopped: its run never ended here.
+            if name.ends_with(spill::SUFFIX) {
+                log!(warn: "state: removing {name}, output a crash left spilled");
                 let _ = fs::remove_file(&path);
                 skipped += 1;
                 continue;
@@ -227,7 +249,7 @@ impl Store {
         let estimate = view
             .results
             .iter()
-            .map(|r| (r.stdout.len() + r.stderr.len()) as u64)
+            .map(|r| r.stdout.len() + r.stderr.len())
             .sum::<u64>();
         self.check_room(&summary.id, estimate)?;
         let temp = dir.join(format!("{}{TEMP_SUFFIX}", summary.id));
@@ -243,8 +265,7 @@ impl Store {
                 inner: &mut file,
                 n: 0,
             };
-            serde_json::to_writer(&mut counting, view)
-                .map_err(|e| StateError::WriteTemp(io::Error::other(e)))?;
+            write_view(&mut counting, view).map_err(StateError::WriteTemp)?;
             let body_len = counting.n;
             let mut file = file
                 .into_inner()
@@ -313,6 +334,80 @@ impl Store {
             Err(e) => log!(warn: "state: removing {}: {e}", path.display()),
         }
     }
+}
+
+/// Writes `view` exactly as `serde_json::to_writer` would (compact), but each command's output
+/// chunk by chunk from memory and its spill file, so no output is ever a whole `String`. The
+/// derived serialization stays the one source of the layout: the view and each result are
+/// serialized with empty outputs, and the outputs are written into the gaps. Their keys can be
+/// found unambiguously because a `"` inside any JSON string is escaped.
+pub fn write_view(w: &mut impl Write, view: &TaskView) -> io::Result<()> {
+    // Struct literals without `..`: a field added to either type is a compile error here.
+    let shell = TaskView {
+        id: view.id.clone(),
+        name: view.name.clone(),
+        image: view.image.clone(),
+        state: view.state.clone(),
+        daemon: view.daemon,
+        created_at: view.created_at.clone(),
+        expires_at: view.expires_at.clone(),
+        results: Vec::new(),
+        failed_command: view.failed_command,
+        error: view.error.clone(),
+        persist_error: view.persist_error.clone(),
+        kept: None,
+    };
+    let shell = serde_json::to_vec(&shell).map_err(io::Error::other)?;
+    let (head, tail) = split_after(&shell, b"\"results\":[", b"]")?;
+    w.write_all(head)?;
+    for (i, r) in view.results.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        let empty = CmdResult {
+            cmd: r.cmd.clone(),
+            exit_code: r.exit_code,
+            stdout: Output::default(),
+            stderr: Output::default(),
+            duration_ms: r.duration_ms,
+            timed_out: r.timed_out,
+            truncated: r.truncated,
+            oom_killed: r.oom_killed,
+        };
+        let empty = serde_json::to_vec(&empty).map_err(io::Error::other)?;
+        let (before, rest) = split_after(&empty, b"\"stdout\":", b"\"\"")?;
+        w.write_all(before)?;
+        write_output(w, &r.stdout)?;
+        let (between, after) = split_after(&rest[2..], b"\"stderr\":", b"\"\"")?;
+        w.write_all(between)?;
+        write_output(w, &r.stderr)?;
+        w.write_all(&after[2..])?;
+    }
+    w.write_all(tail)
+}
+
+/// Splits `json` right after the first `key` that `value` follows: (up to and with `key`,
+/// from `value` on).
+fn split_after<'a>(json: &'a [u8], key: &[u8], value: &[u8]) -> io::Result<(&'a [u8], &'a [u8])> {
+    let at = json
+        .windows(key.len() + value.len())
+        .position(|w| w.starts_with(key) && w.ends_with(value))
+        .ok_or_else(|| io::Error::other("the view's layout has no place for its results"))?;
+    Ok(json.split_at(at + key.len()))
+}
+
+/// Writes `output` as a JSON string, chunk by chunk.
+fn write_output(w: &mut impl Write, output: &Output) -> io::Result<()> {
+    let mut enc = JsonString::new();
+    let mut buf = Vec::with_capacity(CHUNK + CHUNK / 2);
+    output.for_each_chunk(|chunk| {
+        enc.feed(chunk, &mut buf);
+        w.write_all(&buf)?;
+        buf.clear();
+        Ok(())
+    })?;
+    enc.finish(&mut buf);
+    w.write_all(&buf)
 }
 
 /// Counts bytes on their way to the file: the body's length for the header.
@@ -411,9 +506,25 @@ pub fn read_body(stored: &Stored) -> Result<Vec<u8>, StateError> {
     Ok(body)
 }
 
-/// A response body read from a kept file in chunks by a blocking thread, so answering a large
-/// result never holds it whole. Opened before the answer starts: a file removed since is an
-/// error the caller can still turn into a 404.
+/// A piece of an answer streamed by [`FileBody`].
+#[derive(Debug)]
+pub enum Part {
+    /// Bytes built in memory (a bracket, a comma, a view that could not be kept).
+    Bytes(Bytes),
+    /// A kept result, read from its file.
+    Kept(Stored),
+}
+
+/// A piece whose file is already open.
+enum Opened {
+    Bytes(Bytes),
+    File(File, u64),
+}
+
+/// A response body read from kept files (and small pieces in memory) in chunks by a blocking
+/// thread, so answering a large result never holds it whole. Every file is opened before the
+/// answer starts: a file removed since is an error the caller can still turn into a 404 or
+/// answer from memory.
 pub struct FileBody {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     remaining: u64,
@@ -421,35 +532,67 @@ pub struct FileBody {
 
 impl FileBody {
     pub fn open(stored: &Stored) -> Result<FileBody, StateError> {
-        let mut file = File::open(&stored.path).map_err(StateError::Read)?;
-        file.seek(SeekFrom::Start(stored.offset))
-            .map_err(StateError::Read)?;
+        FileBody::parts(vec![Part::Kept(stored.clone())])
+    }
+
+    /// The concatenation of `parts`, e.g. `[`, a kept result, `,`, another, `]`.
+    pub fn parts(parts: Vec<Part>) -> Result<FileBody, StateError> {
+        let mut opened = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for part in parts {
+            match part {
+                Part::Bytes(b) => {
+                    total += b.len() as u64;
+                    opened.push(Opened::Bytes(b));
+                }
+                Part::Kept(stored) => {
+                    let mut file = File::open(&stored.path).map_err(StateError::Read)?;
+                    file.seek(SeekFrom::Start(stored.offset))
+                        .map_err(StateError::Read)?;
+                    total += stored.len;
+                    opened.push(Opened::File(file, stored.len));
+                }
+            }
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let len = stored.len;
         tokio::task::spawn_blocking(move || {
-            let mut left = len;
-            while left > 0 {
-                let mut buf = vec![0; CHUNK.min(left as usize)];
-                let chunk = match file.read(&mut buf) {
-                    Ok(0) => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "kept result is shorter than announced",
-                    )),
-                    Ok(n) => {
-                        buf.truncate(n);
-                        left -= n as u64;
-                        Ok(Bytes::from(buf))
+            for part in opened {
+                let (mut file, len) = match part {
+                    Opened::Bytes(b) => {
+                        if tx.blocking_send(Ok(b)).is_err() {
+                            return;
+                        }
+                        continue;
                     }
-                    Err(e) => Err(e),
+                    Opened::File(file, len) => (file, len),
                 };
-                let failed = chunk.is_err();
-                // The client went away: stop reading.
-                if tx.blocking_send(chunk).is_err() || failed {
-                    return;
+                let mut left = len;
+                while left > 0 {
+                    let mut buf = vec![0; CHUNK.min(left as usize)];
+                    let chunk = match file.read(&mut buf) {
+                        Ok(0) => Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "kept result is shorter than announced",
+                        )),
+                        Ok(n) => {
+                            buf.truncate(n);
+                            left -= n as u64;
+                            Ok(Bytes::from(buf))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let failed = chunk.is_err();
+                    // The client went away: stop reading.
+                    if tx.blocking_send(chunk).is_err() || failed {
+                        return;
+                    }
                 }
             }
         });
-        Ok(FileBody { rx, remaining: len })
+        Ok(FileBody {
+            rx,
+            remaining: total,
+        })
     }
 }
 
@@ -490,7 +633,6 @@ fn append(path: &Path) -> File {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::run::CmdResult;
 
     fn temp_root(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("lessl-state-{name}-{}", std::process::id()));
@@ -515,7 +657,7 @@ mod tests {
                 cmd: serde_json::json!("echo"),
                 exit_code: Some(0),
                 stdout: stdout.into(),
-                stderr: String::new(),
+                stderr: Output::default(),
                 duration_ms: 1,
                 timed_out: false,
                 truncated: false,
@@ -524,6 +666,7 @@ mod tests {
             failed_command: None,
             error: None,
             persist_error: None,
+            kept: None,
         }
     }
 
@@ -657,6 +800,83 @@ mod tests {
         ));
         assert!(store.sweep(0).is_empty());
         let _ = fs::remove_file(&root);
+    }
+
+    /// An output that lies partly in a spill file, built through the same sink a run uses.
+    fn spilled(dir: &Path, bytes: &[u8]) -> Output {
+        let mut sink = crate::spill::Sink::new(Spiller::new(Some(dir.to_path_buf()), 5));
+        for c in bytes.chunks(3) {
+            sink.push(c);
+        }
+        sink.output()
+    }
+
+    #[test]
+    fn the_streamed_body_is_serde_jsons_compact_form_byte_for_byte() {
+        let root = temp_root("stream");
+        fs::create_dir_all(&root).unwrap();
+        let mut v = view(&id(1), "plain");
+        v.name = Some("\"results\":[] in a name".into());
+        v.error = Some(RunFailure {
+            code: "c".into(),
+            message: "\"stdout\":\"\"".into(),
+        });
+        let tricky = b"\xe2\x82\xac split \xf0\x9d\x84\x9e, bad \xff\xc3 \"q\" \\ \x01\n\xe2\x82";
+        let mut second = v.results[0].clone();
+        second.cmd = serde_json::json!(["sh", "\"stdout\":\"\"", "\"stderr\":\"\""]);
+        second.stdout = spilled(&root, tricky);
+        second.stderr = spilled(&root, &[b'e'; 1000]);
+        second.exit_code = None;
+        second.truncated = true;
+        assert!(second.stdout.is_spilled());
+        v.results.push(second);
+        v.persist_error = Some(RunFailure {
+            code: "state.full".into(),
+            message: "m".into(),
+        });
+        let mut streamed = Vec::new();
+        write_view(&mut streamed, &v).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            serde_json::to_string(&v).unwrap()
+        );
+        // No results at all.
+        v.results.clear();
+        let mut streamed = Vec::new();
+        write_view(&mut streamed, &v).unwrap();
+        assert_eq!(streamed, serde_json::to_vec(&v).unwrap());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn file_body_joins_kept_files_and_memory() {
+        use http_body_util::BodyExt;
+        let root = temp_root("parts");
+        let store = Store::open(&root, "i", 1 << 30);
+        let a = view(&id(1), &"a".repeat(CHUNK + 1));
+        let b = view(&id(2), "b");
+        let sa = store.write(summary(&id(1), 9_000), &a).unwrap();
+        let parts = vec![
+            Part::Bytes(Bytes::from_static(b"[")),
+            Part::Kept(sa.clone()),
+            Part::Bytes(Bytes::from_static(b",")),
+            Part::Bytes(serde_json::to_vec(&b).unwrap().into()),
+            Part::Bytes(Bytes::from_static(b"]")),
+        ];
+        let body = FileBody::parts(parts).unwrap();
+        assert_eq!(
+            body.size_hint().exact(),
+            Some(sa.len + 3 + serde_json::to_vec(&b).unwrap().len() as u64)
+        );
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            got.as_ref(),
+            serde_json::to_vec(&[&a, &b]).unwrap().as_slice()
+        );
+        // A kept file gone before the answer starts is an error, not a short answer.
+        store.remove(&id(1));
+        assert!(FileBody::parts(vec![Part::Kept(sa)]).is_err());
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[tokio::test]

@@ -384,6 +384,7 @@ impl Record {
             failed_command: self.failed_command,
             error: self.error.clone(),
             persist_error: self.persist_error.clone(),
+            kept: None,
         }
     }
 }
@@ -809,6 +810,7 @@ impl Tasks {
             failed_command: None,
             error: None,
             persist_error: None,
+            kept: None,
         }
     }
 
@@ -1512,15 +1514,19 @@ impl Tasks {
     ) -> RunOutcome {
         let id = record.lock().unwrap().id.clone();
         let mut out = RunOutcome::default();
+        let spill = self.inner.store.spiller();
         for (i, cmd) in cmds.iter().enumerate() {
             let attached = match self.channel_for(record).await {
-                Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits).await,
+                Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits, &spill).await,
                 None => None,
             };
             // No channel, or the agent never read the request: nothing ran, so exec it.
             let outcome = match attached {
                 Some(outcome) => outcome,
-                None => run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await,
+                None => {
+                    let docker = &self.inner.docker;
+                    run::run_command(docker, &id, cmd, env, pwd, limits, &spill).await
+                }
             };
             let outcome = self.check_killed_with_container(&id, outcome).await;
             let ended = record.lock().unwrap().ended;
@@ -1710,7 +1716,9 @@ impl Tasks {
                 self.inner.store.remove(&view.id);
             }
             Ok(stored) => {
+                // The last reference to the run's spill files then goes with the answer.
                 r.results = Vec::new();
+                view.kept = Some(stored.clone());
                 r.stored = Some((stored, view.state.clone()));
             }
             Err(e) => {
@@ -1720,8 +1728,11 @@ impl Tasks {
                     code: e.code().to_string(),
                     message: format!("the results were not written to the state directory and will not survive a restart: {e}"),
                 };
+                // Kept in memory until the TTL, as without a state directory: spill files go.
+                run::into_memory(&mut view.results);
                 if r.seq == seq {
                     r.persist_error = Some(failure.clone());
+                    r.results = view.results.clone();
                 }
                 view.persist_error = Some(failure);
             }

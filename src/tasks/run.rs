@@ -2,7 +2,8 @@
 //! agent, which enforces the wall-clock limit and the output cap: a request over the
 //! container's attach stream ([`super::channel`], the fast path), or a Docker exec of
 //! `agent-run` (the fallback). Output is kept up to the cap here too, so a misbehaving agent
-//! still cannot flood Lessl.
+//! still cannot flood Lessl; past a small budget it goes to a spill file ([`crate::spill`]),
+//! so a command printing its whole cap does not grow Lessl's memory by as much.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::agent::{OOM_MARK, SIGKILL_EXIT, TIMEOUT_EXIT, TIMEOUT_MARK};
 use crate::docker::models::ExecConfig;
 use crate::docker::stream::{Demuxer, StreamKind};
 use crate::docker::{Cause, Docker, DockerError, Step};
+use crate::spill::{Output, Sink, Spiller};
 
 use super::channel::{Channel, Closed, START_DEADLINE};
 use crate::spec::{Command, Limits};
@@ -31,8 +33,9 @@ pub struct CmdResult {
     pub cmd: serde_json::Value,
     /// None when the command never finished (its container was removed, or Docker failed).
     pub exit_code: Option<i64>,
-    pub stdout: String,
-    pub stderr: String,
+    /// Serialized as text (lossy UTF-8); may lie partly in a spill file.
+    pub stdout: Output,
+    pub stderr: Output,
     pub duration_ms: u64,
     /// Killed at its wall-clock limit.
     pub timed_out: bool,
@@ -45,6 +48,19 @@ pub struct CmdResult {
 impl CmdResult {
     pub fn succeeded(&self) -> bool {
         self.exit_code == Some(0)
+    }
+}
+
+/// Reads spilled outputs back into memory (their files go): for results that could not be
+/// written to the state directory and so are kept in memory until their TTL.
+pub fn into_memory(results: &mut [CmdResult]) {
+    for r in results {
+        for output in [&mut r.stdout, &mut r.stderr] {
+            if let Err(e) = output.into_memory() {
+                crate::log!(warn: "reading spilled output back failed ({e}); it is lost");
+                *output = Output::from("");
+            }
+        }
     }
 }
 
@@ -81,10 +97,12 @@ impl RunError {
 /// Bytes of a stream's end kept whatever the cap, to read the supervisor's last line.
 const TAIL: usize = 256;
 
-/// Output of one stream, kept up to a cap.
+/// Output of one stream, kept up to a cap: in memory up to a budget, the rest spilled.
 #[derive(Debug)]
 struct Capture {
-    buf: Vec<u8>,
+    sink: Sink,
+    /// Bytes kept so far (in memory and spilled).
+    kept: usize,
     cap: usize,
     truncated: bool,
     /// The last bytes seen, cap or not.
@@ -92,9 +110,10 @@ struct Capture {
 }
 
 impl Capture {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, spiller: Spiller) -> Self {
         Capture {
-            buf: Vec::new(),
+            sink: Sink::new(spiller),
+            kept: 0,
             cap,
             truncated: false,
             tail: Vec::new(),
@@ -106,15 +125,19 @@ impl Capture {
         self.tail.extend_from_slice(keep);
         let excess = self.tail.len().saturating_sub(TAIL);
         self.tail.drain(..excess);
-        let room = self.cap.saturating_sub(self.buf.len());
+        let room = self.cap.saturating_sub(self.kept);
         if bytes.len() > room {
             self.truncated = true;
         }
-        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let keep = &bytes[..bytes.len().min(room)];
+        if !keep.is_empty() {
+            self.sink.push(keep);
+            self.kept += keep.len();
+        }
     }
 
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
+    fn output(&self) -> Output {
+        self.sink.output()
     }
 
     /// Whether the stream's last line starts with `mark`.
@@ -155,12 +178,12 @@ struct Outputs {
 }
 
 impl Outputs {
-    fn new(limits: &Limits) -> Self {
+    fn new(limits: &Limits, spiller: &Spiller) -> Self {
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         Outputs {
             started: Instant::now(),
-            out: Capture::new(cap),
-            err: Capture::new(cap),
+            out: Capture::new(cap, spiller.clone()),
+            err: Capture::new(cap, spiller.clone()),
         }
     }
 
@@ -174,8 +197,8 @@ impl Outputs {
         CmdResult {
             cmd: display(cmd),
             exit_code,
-            stdout: self.out.text(),
-            stderr: self.err.text(),
+            stdout: self.out.output(),
+            stderr: self.err.output(),
             duration_ms: self.started.elapsed().as_millis() as u64,
             timed_out,
             truncated: self.out.truncated || self.err.truncated,
@@ -199,8 +222,9 @@ pub async fn run_command(
     env: &[(String, String)],
     pwd: Option<&str>,
     limits: &Limits,
+    spiller: &Spiller,
 ) -> Result<CmdResult, RunError> {
-    let mut o = Outputs::new(limits);
+    let mut o = Outputs::new(limits, spiller);
     // The exec path learns timeouts and OOM kills from the agent's last stderr line.
     let result = |o: &Outputs, exit_code: Option<i64>, timed_out| {
         let oom = exit_code == Some(SIGKILL_EXIT.into()) && o.err.ends_with_line(OOM_MARK);
@@ -288,8 +312,9 @@ pub async fn run_attached(
     env: &[(String, String)],
     pwd: Option<&str>,
     limits: &Limits,
+    spiller: &Spiller,
 ) -> Option<Result<CmdResult, RunError>> {
-    let mut o = Outputs::new(limits);
+    let mut o = Outputs::new(limits, spiller);
     let request = Request {
         id: 0,
         hello: None,
@@ -392,7 +417,8 @@ mod tests {
         let playing = tokio::spawn(async move { agent(fake).await });
         let cmd = Command::Shell("echo hi".into());
         let t = Instant::now();
-        let outcome = run_attached(&chan, &cmd, &[], None, &limits()).await;
+        let outcome =
+            run_attached(&chan, &cmd, &[], None, &limits(), &Spiller::memory_only()).await;
         let took = t.elapsed();
         drop(playing.await.unwrap());
         (outcome, took)
@@ -418,7 +444,8 @@ mod tests {
         })
         .await;
         let r = outcome.unwrap().unwrap();
-        assert_eq!((r.exit_code, r.stdout.as_str()), (Some(3), "hi\n"));
+        let stdout = r.stdout.to_string_lossy().unwrap();
+        assert_eq!((r.exit_code, stdout.as_str()), (Some(3), "hi\n"));
     }
 
     #[tokio::test]
@@ -471,27 +498,74 @@ mod tests {
         assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
+    fn text(c: &Capture) -> String {
+        c.output().to_string_lossy().unwrap()
+    }
+
     #[test]
     fn capture_cuts_at_the_cap() {
-        let mut c = Capture::new(5);
+        let mut c = Capture::new(5, Spiller::memory_only());
         c.push(b"abc");
         assert!(!c.truncated);
         c.push(b"de");
         assert!(!c.truncated);
-        assert_eq!(c.text(), "abcde");
+        assert_eq!(text(&c), "abcde");
         c.push(b"f");
         assert!(c.truncated);
-        assert_eq!(c.text(), "abcde");
+        assert_eq!(text(&c), "abcde");
+    }
+
+    /// Spilling changes where bytes are kept, never which: the cap, `truncated` and the
+    /// last line read the same with a budget of a few bytes as all in memory.
+    #[test]
+    fn a_spilling_capture_keeps_exactly_what_a_memory_one_does() {
+        let dir = std::env::temp_dir().join(format!("lessl-capture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let chunks: [&[u8]; 6] = [
+            b"abc",
+            b"\xc3",
+            b"\xa9defgh",
+            b"ij\nlessl: com",
+            b"mand timed out after 1s\n",
+            b"xyz",
+        ];
+        for cap in [0, 1, 4, 9, 12, 20, 1000] {
+            let mut mem = Capture::new(cap, Spiller::memory_only());
+            let mut disk = Capture::new(cap, Spiller::new(Some(dir.clone()), 3));
+            for c in chunks {
+                mem.push(c);
+                disk.push(c);
+                assert_eq!(mem.truncated, disk.truncated, "cap {cap}");
+                assert_eq!(
+                    mem.output().to_bytes().unwrap(),
+                    disk.output().to_bytes().unwrap(),
+                    "cap {cap}"
+                );
+                assert_eq!(
+                    mem.ends_with_line(TIMEOUT_MARK),
+                    disk.ends_with_line(TIMEOUT_MARK)
+                );
+            }
+            assert_eq!(disk.output().len(), cap.min(50) as u64, "cap {cap}");
+            assert_eq!(disk.output().is_spilled(), cap > 3);
+        }
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "spill files go with their captures"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn last_line_is_read_past_the_cap() {
-        let mut c = Capture::new(4);
+        let mut c = Capture::new(4, Spiller::memory_only());
         c.push(&[b'x'; 1000]);
         c.push(b"\nlessl: command timed out after 1s and was killed\n");
         assert!(c.ends_with_line(TIMEOUT_MARK));
         assert!(!c.ends_with_line(OOM_MARK));
-        assert_eq!(c.text(), "xxxx");
+        assert_eq!(text(&c), "xxxx");
         c.push(b"user output after\n");
         assert!(!c.ends_with_line(TIMEOUT_MARK));
     }

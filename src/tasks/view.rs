@@ -29,6 +29,10 @@ pub struct TaskView {
     /// `state.write`): they are answered now but will not survive a restart of Lessl.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persist_error: Option<RunFailure>,
+    /// Where this very view was written in the state directory, when it was: a waited
+    /// answer streams that file rather than encoding the results again in memory.
+    #[serde(skip)]
+    pub kept: Option<crate::state::Stored>,
 }
 
 /// A run that Lessl could not complete (not a command exiting non-zero).
