@@ -414,7 +414,7 @@ async fn volume(client: &Client, action: VolumeAction) -> Result<u8, CliError> {
     Ok(code)
 }
 
-/// The server pretty-prints its JSON, so its own text (in its own key order) is shown as is.
+/// The server's own JSON text (in its own key order, compact for tasks) is shown as is.
 fn raw_json(answer: &Bytes) -> String {
     let mut text = String::from_utf8_lossy(answer).trim_end().to_string();
     text.push('\n');

@@ -1,6 +1,7 @@
 //! The state directory against real containers: results read back after `kill -9`, garbage
 //! files skipped, TTL and start sweeps on disk, memory that does not grow with kept output,
-//! a full or unwritable directory. Each test has its own `--state-dir`.
+//! a full or unwritable directory, output spilled to disk while a command runs, answers of a
+//! waited POST identical to a later GET. Each test has its own `--state-dir`.
 
 mod support;
 
@@ -59,6 +60,221 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
+}
+
+/// The spill files in the instance's subdirectory.
+fn spill_files(dir: &Path, instance: &str) -> Vec<PathBuf> {
+    files(dir, instance)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "spill"))
+        .collect()
+}
+
+/// Samples a process's VmRSS every 10 ms on a thread until told to stop; returns the peak.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak.max(rss_kib(pid))
+        });
+        RssSampler { stop, thread }
+    }
+
+    fn peak_kib(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// What `yes "$LINE" | head -c n` prints, for the line the big-output tests use.
+fn repeated(line: &[u8], n: usize) -> Vec<u8> {
+    let mut line = line.to_vec();
+    line.push(b'\n');
+    line.iter().copied().cycle().take(n).collect()
+}
+
+/// A line with multi-byte characters, JSON's escapes and a byte that is not UTF-8 (`\377`):
+/// cut anywhere by the chunks output travels in, each must still decode as if whole.
+const LINE_SHELL: &str = r#"$(printf 'é€𝄞 "q" \\ a\377b\tc')"#;
+const LINE: &[u8] = b"\xc3\xa9\xe2\x82\xac\xf0\x9d\x84\x9e \"q\" \\ a\xffb\tc";
+
+#[test]
+fn a_command_printing_64_mib_spills_to_disk_and_answers_every_byte() {
+    let dir = temp_state_dir("spill");
+    let instance = unique("st");
+    let lessl = start(&instance, &dir, &[]);
+    let cap = 16 << 20;
+    // Exactly the cap (not cut), one byte past it (cut), and the same on stderr: 4 x 16 MiB.
+    let cmd = format!(
+        "yes \"{LINE_SHELL}\" | head -c {cap}; yes \"{LINE_SHELL}\" | head -c {} >&2",
+        cap + 1
+    );
+    let body = json!({"image": BUSYBOX, "limits": {"output_bytes": cap},
+        "cmd": [cmd.clone(), format!("yes \"{LINE_SHELL}\" | head -c {} ; yes \"{LINE_SHELL}\" | head -c {cap} >&2", cap + 1)]})
+    .to_string();
+    // A small run first, so buffers every run needs exist before the baseline.
+    lessl
+        .post(&json!({"image": BUSYBOX, "cmd": ["echo warm"]}).to_string())
+        .expect(201);
+    let before = rss_kib(lessl.pid());
+    let sampler = RssSampler::start(lessl.pid());
+    let answer = lessl.post(&body).expect(201);
+    let peak = sampler.peak_kib();
+    let after = rss_kib(lessl.pid());
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "RSS before {before} KiB, peak while printing 4 x 16 MiB {peak} KiB (+{growth_mib} MiB), after {after} KiB"
+    );
+    assert!(
+        growth_mib < 48,
+        "RSS grew by {growth_mib} MiB while the command ran"
+    );
+
+    let v = answer.json();
+    let id = id_of(&v);
+    let whole = String::from_utf8_lossy(&repeated(LINE, cap)).into_owned();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{}", v["failed_command"]);
+    for (i, r) in results.iter().enumerate() {
+        let (out, err) = (r["stdout"].as_str().unwrap(), r["stderr"].as_str().unwrap());
+        // Compared whole (a hash would say less): lossy UTF-8 exactly as if never chunked.
+        assert!(out == whole, "stdout of command {i}: {} bytes", out.len());
+        assert!(err == whole, "stderr of command {i}: {} bytes", err.len());
+        assert_eq!(r["exit_code"], 0);
+        assert_eq!(
+            r["truncated"], true,
+            "one stream of each went one byte past the cap"
+        );
+    }
+    // Exactly the cap is not a cut.
+    let exact = lessl
+        .post(
+            &json!({"image": BUSYBOX, "limits": {"output_bytes": cap},
+                "cmd": [format!("yes \"{LINE_SHELL}\" | head -c {cap}")]})
+            .to_string(),
+        )
+        .expect(201)
+        .json();
+    assert_eq!(exact["results"][0]["truncated"], false);
+    assert!(exact["results"][0]["stdout"].as_str().unwrap() == whole);
+
+    // Answered from the result file: a later GET gives the very same bytes.
+    let got = lessl.get(&format!("/tasks/{id}")).expect(200);
+    assert!(got.body == answer.body, "POST and GET answers differ");
+    // No spill file outlives its run; only the result files stay.
+    assert!(
+        wait_until(Duration::from_secs(5), || spill_files(&dir, &instance)
+            .is_empty()),
+        "{:?}",
+        files(&dir, &instance)
+    );
+    assert_eq!(
+        files(&dir, &instance).len(),
+        3,
+        "{:?}",
+        files(&dir, &instance)
+    );
+    lessl.finish();
+}
+
+#[test]
+fn spill_files_a_crash_leaves_are_swept_at_the_next_start() {
+    let dir = temp_state_dir("spillcrash");
+    let instance = unique("st");
+    let mut lessl = start(&instance, &dir, &[]);
+    let v = lessl
+        .request(
+            "POST",
+            "/tasks?wait=false",
+            Some(
+                &json!({"image": BUSYBOX, "ttl": 60,
+                    "cmd": ["yes | head -c 2000000; sleep 30"]})
+                .to_string(),
+            ),
+        )
+        .expect(202)
+        .json();
+    let id = id_of(&v);
+    assert!(
+        wait_until(Duration::from_secs(20), || !spill_files(&dir, &instance)
+            .is_empty()),
+        "no spill file while the command runs: {:?}",
+        files(&dir, &instance)
+    );
+    lessl.kill9();
+    let left = spill_files(&dir, &instance);
+    assert!(!left.is_empty(), "the crash left its spill file");
+    let lessl = start(&instance, &dir, &[]);
+    for f in &left {
+        assert!(!f.exists(), "{} swept at start", f.display());
+    }
+    assert!(
+        lessl.log().contains("output a crash left spilled"),
+        "{}",
+        lessl.log()
+    );
+    lessl.get("/health").expect(200);
+    let _ = lessl.delete(&id);
+    lessl.finish();
+}
+
+#[test]
+fn waited_answers_are_the_kept_files_byte_for_byte() {
+    let dir = temp_state_dir("answers");
+    let instance = unique("st");
+    let lessl = start(&instance, &dir, &[]);
+    let batch = json!([
+        {"image": BUSYBOX, "cmd": ["printf 'one \\377\\n'"]},
+        {"image": BUSYBOX, "cmd": ["echo two >&2; exit 4"]}
+    ]);
+    let answer = lessl.post(&batch.to_string()).expect(201);
+    let views = answer.json();
+    let ids: Vec<String> = views.as_array().unwrap().iter().map(id_of).collect();
+    assert_eq!(views[0]["results"][0]["stdout"], "one \u{fffd}\n");
+    let mut joined = b"[".to_vec();
+    joined.extend(lessl.get(&format!("/tasks/{}", ids[0])).expect(200).body);
+    joined.push(b',');
+    joined.extend(lessl.get(&format!("/tasks/{}", ids[1])).expect(200).body);
+    joined.push(b']');
+    assert_eq!(
+        String::from_utf8_lossy(&answer.body),
+        String::from_utf8_lossy(&joined)
+    );
+    // One formatting for every task answer: compact, as serde_json writes it (no newline
+    // outside strings, where it is escaped).
+    assert!(!answer.body.contains(&b'\n'));
+    assert!(answer.body.starts_with(b"[{\"id\":"));
+    // A PUT into a daemon answers its kept file too.
+    let name = unique("d");
+    let created = lessl
+        .put(
+            &name,
+            &json!({"image": BUSYBOX, "daemon": true, "cmd": ["echo first"]}).to_string(),
+        )
+        .expect(201);
+    let put = lessl
+        .put(&name, &json!({"cmd": ["echo again"]}).to_string())
+        .expect(200);
+    let got = lessl.get(&format!("/tasks/{name}")).expect(200);
+    assert_eq!(
+        String::from_utf8_lossy(&put.body),
+        String::from_utf8_lossy(&got.body)
+    );
+    assert_ne!(created.body, put.body);
+    assert_eq!(put.json()["results"][0]["stdout"], "again\n");
+    let _ = lessl.delete(&name);
+    lessl.finish();
 }
 
 #[test]
@@ -322,20 +538,23 @@ fn an_unwritable_state_dir_is_reported_once_and_results_still_answer() {
     std::fs::write(&blocked, b"not a directory").unwrap();
     let lessl = start(&unique("st"), &blocked, &[]);
     lessl.get("/health").expect(200);
-    let v = lessl
+    let posted = lessl
         .post(&json!({"image": BUSYBOX, "cmd": ["echo kept in memory"]}).to_string())
-        .expect(201)
-        .json();
+        .expect(201);
+    let v = posted.json();
     assert_eq!(v["results"][0]["stdout"], "kept in memory\n");
     assert!(
         v.get("persist_error").is_none(),
         "memory-only is the operator's choice: {v}"
     );
-    let got = lessl
-        .get(&format!("/tasks/{}", id_of(&v)))
-        .expect(200)
-        .json();
-    assert_eq!(got["results"][0]["stdout"], "kept in memory\n");
+    let got = lessl.get(&format!("/tasks/{}", id_of(&v))).expect(200);
+    assert_eq!(got.json()["results"][0]["stdout"], "kept in memory\n");
+    // Built in memory both times, in the same compact form a kept file has.
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        String::from_utf8_lossy(&posted.body)
+    );
+    assert!(!got.body.contains(&b'\n'));
     let log = lessl.log();
     assert_eq!(log.matches("is not usable").count(), 1, "{log}");
     lessl.finish();

@@ -12,7 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::spec;
-use crate::state::FileBody;
+use crate::state::{FileBody, Part};
+use crate::tasks::view::TaskView;
 use crate::tasks::{Answer, Tasks};
 pub use error::ApiError;
 
@@ -172,8 +173,8 @@ impl Api {
             Route::GetTask(r) => {
                 query.none()?;
                 match self.tasks.get(r).await? {
-                    Answer::View(v) => Ok(json(StatusCode::OK, &v)),
-                    Answer::Json(v) => Ok(json(StatusCode::OK, &v)),
+                    Answer::View(v) => Ok(compact(StatusCode::OK, &v)),
+                    Answer::Json(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Kept(stored) => match FileBody::open(&stored) {
                         Ok(body) => {
                             let mut resp = Response::new(Either::Right(body));
@@ -211,12 +212,7 @@ impl Api {
                 } else {
                     StatusCode::ACCEPTED
                 };
-                // The answer has the request's shape: an array for an array.
-                let mut resp = if is_array {
-                    json(status, &views)
-                } else {
-                    json(status, &views[0])
-                };
+                let mut resp = views_answer(status, &views, is_array);
                 set_location(&mut resp, &views[0].id);
                 Ok(resp)
             }
@@ -237,7 +233,7 @@ impl Api {
                     (true, true) => StatusCode::CREATED,
                     (false, true) => StatusCode::OK,
                 };
-                let mut resp = json(status, &view);
+                let mut resp = views_answer(status, std::slice::from_ref(&view), false);
                 if created {
                     set_location(&mut resp, &view.id);
                 }
@@ -389,6 +385,61 @@ pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// A task's answer: compact JSON, the form its kept file has, so a waited POST or PUT and a
+/// later GET of the same task answer the same bytes whichever way each is built.
+fn compact<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ApiBody> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The answer of a POST or PUT, in the request's shape (an array for an array): each task's
+/// kept file streamed as is, or its view built in memory when it was not kept (no state
+/// directory, directory full, or not waited for).
+fn views_answer(status: StatusCode, views: &[TaskView], is_array: bool) -> Response<ApiBody> {
+    let in_memory = || {
+        if is_array {
+            compact(status, views)
+        } else {
+            compact(status, &views[0])
+        }
+    };
+    if views.iter().all(|v| v.kept.is_none()) {
+        return in_memory();
+    }
+    let mut parts = Vec::with_capacity(views.len() * 2 + 1);
+    if is_array {
+        parts.push(Part::Bytes(Bytes::from_static(b"[")));
+    }
+    for (i, view) in views.iter().enumerate() {
+        if i > 0 {
+            parts.push(Part::Bytes(Bytes::from_static(b",")));
+        }
+        parts.push(match &view.kept {
+            Some(stored) => Part::Kept(stored.clone()),
+            None => Part::Bytes(serde_json::to_vec(view).unwrap_or_default().into()),
+        });
+    }
+    if is_array {
+        parts.push(Part::Bytes(Bytes::from_static(b"]")));
+    }
+    match FileBody::parts(parts) {
+        Ok(body) => {
+            let mut resp = Response::new(Either::Right(body));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        // A file removed since it was written (the task's TTL, a DELETE): the views still
+        // hold the results, so the same bytes are built in memory.
+        Err(_) => in_memory(),
+    }
 }
 
 fn empty(status: StatusCode) -> Response<ApiBody> {
