@@ -1,5 +1,7 @@
 //! The benchmark: one interleaved run measuring the raw Docker floor and Lessl on the same
-//! engine, printing medians, p90 and the ratios the performance targets are stated in.
+//! engine, printing medians, p90 and the ratios the performance targets are stated in, then
+//! what keeping large results costs in memory (RSS while a command prints 64 MB, and after
+//! keeping 6 tasks x 64 MB until their TTL).
 //!
 //!     cargo bench --bench lessl                # 30 rounds
 //!     cargo bench --bench lessl -- --rounds 60 --daemons 500
@@ -332,6 +334,8 @@ fn main() {
         binary as f64 / 1048576.0
     );
 
+    kept_output(&lessl);
+
     let ids = ids.into_inner().unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
     throughput(ids.len(), a.flight, || {
@@ -342,6 +346,79 @@ fn main() {
     rt.block_on(docker.remove_container(&running)).unwrap();
     lessl.finish();
     warm.finish();
+}
+
+/// RSS while one run prints 4 x 16 MiB (sampled every 10 ms: the peak), then after keeping
+/// six such results: output spills to the state directory past a small budget, and kept
+/// results live there, so neither should grow with the output.
+fn kept_output(lessl: &Lessl) {
+    let sixteen = 16 << 20;
+    let body = json!({"image": BUSYBOX, "limits": {"output_bytes": sixteen},
+        "cmd": vec![format!("yes | head -c {sixteen}"); 4]})
+    .to_string();
+    let post_big = || {
+        let v = lessl.post(&body).expect(201).json();
+        assert_eq!(
+            v["results"][3]["stdout"].as_str().map(str::len),
+            Some(sixteen)
+        );
+        v["id"].as_str().unwrap().to_string()
+    };
+    let before = rss_kib(lessl.pid());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut ids = Vec::new();
+    let mut run = Series::default();
+    let peak = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(rss_kib(lessl.pid()));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        ids.push(run.time(post_big));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        sampler.join().unwrap()
+    });
+    let after_one = rss_kib(lessl.pid());
+    for _ in 0..5 {
+        ids.push(run.time(post_big));
+    }
+    let after_six = rss_kib(lessl.pid());
+    let mut get = Series::default();
+    for id in ids.iter().take(3) {
+        get.time(|| lessl.get(&format!("/tasks/{id}")).expect(200));
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("\nkept output (4 commands x 16 MiB per task, results in the state directory):");
+    println!(
+        "  RSS before                       {:>8.1} MiB",
+        mib(before)
+    );
+    println!(
+        "  RSS peak while a run printed 64 MiB {:>6.1} MiB (+{:.1})",
+        mib(peak),
+        mib(peak.saturating_sub(before))
+    );
+    println!(
+        "  RSS after that run               {:>8.1} MiB (+{:.1})",
+        mib(after_one),
+        mib(after_one.saturating_sub(before))
+    );
+    println!(
+        "  RSS after keeping 6 x 64 MiB     {:>8.1} MiB (+{:.1}, target < +96)",
+        mib(after_six),
+        mib(after_six.saturating_sub(before))
+    );
+    println!(
+        "  POST with 64 MiB of output       median {:>7.0} ms; GET of it median {:>5.0} ms",
+        run.median(),
+        get.median()
+    );
+    for id in ids {
+        lessl.delete(&id).expect(204);
+    }
 }
 
 /// Idle pooled containers of a Lessl.
