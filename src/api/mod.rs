@@ -176,12 +176,7 @@ impl Api {
                     Answer::View(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Json(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Kept(stored) => match FileBody::open(&stored) {
-                        Ok(body) => {
-                            let mut resp = Response::new(Either::Right(body));
-                            resp.headers_mut()
-                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            Ok(resp)
-                        }
+                        Ok(body) => Ok(json_body(StatusCode::OK, Either::Right(body))),
                         // Removed at its TTL between the lookup and the open: gone, not a 500.
                         Err(_) => Err(crate::tasks::TaskError::NotFound(r.to_string()).into()),
                     },
@@ -380,7 +375,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ApiBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    json_body(status, Either::Left(Full::new(Bytes::from(body))))
+}
+
+fn json_body(status: StatusCode, body: ApiBody) -> Response<ApiBody> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -391,11 +390,7 @@ pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp
 /// later GET of the same task answer the same bytes whichever way each is built.
 fn compact<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ApiBody> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    json_body(status, Either::Left(Full::new(Bytes::from(body))))
 }
 
 /// The answer of a POST or PUT, in the request's shape (an array for an array): each task's
@@ -429,13 +424,7 @@ fn views_answer(status: StatusCode, views: &[TaskView], is_array: bool) -> Respo
         parts.push(Part::Bytes(Bytes::from_static(b"]")));
     }
     match FileBody::parts(parts) {
-        Ok(body) => {
-            let mut resp = Response::new(Either::Right(body));
-            *resp.status_mut() = status;
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp
-        }
+        Ok(body) => json_body(status, Either::Right(body)),
         // A file removed since it was written (the task's TTL, a DELETE): the views still
         // hold the results, so the same bytes are built in memory.
         Err(_) => in_memory(),
