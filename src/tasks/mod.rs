@@ -1701,6 +1701,10 @@ impl Tasks {
         let this = self.clone();
         let (written, returned) = tokio::task::spawn_blocking(move || {
             let written = this.inner.store.write(summary, &view);
+            if written.is_err() {
+                // Kept in memory until the TTL, as without a state directory: spill files go.
+                run::into_memory(&mut view.results);
+            }
             (written, view)
         })
         .await
@@ -1716,7 +1720,7 @@ impl Tasks {
                 self.inner.store.remove(&view.id);
             }
             Ok(stored) => {
-                // The last reference to the run's spill files then goes with the answer.
+                // The run's spill files go with the answer, which holds their last references.
                 r.results = Vec::new();
                 view.kept = Some(stored.clone());
                 r.stored = Some((stored, view.state.clone()));
@@ -1728,8 +1732,6 @@ impl Tasks {
                     code: e.code().to_string(),
                     message: format!("the results were not written to the state directory and will not survive a restart: {e}"),
                 };
-                // Kept in memory until the TTL, as without a state directory: spill files go.
-                run::into_memory(&mut view.results);
                 if r.seq == seq {
                     r.persist_error = Some(failure.clone());
                     r.results = view.results.clone();
