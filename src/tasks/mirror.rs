@@ -67,19 +67,23 @@ impl Tasks {
             return;
         };
         match action {
-            "die" => record.lock().unwrap().exited = true,
+            "die" => {
+                let mut r = record.lock().unwrap();
+                if r.container == Container::Up {
+                    r.container = Container::Stopped;
+                }
+            }
             // Docker says `destroy`; Podman's compatible API says `remove`.
             "destroy" | "remove" => {
                 let daemon = {
                     let mut r = record.lock().unwrap();
-                    r.exited = true;
-                    r.alive = false;
+                    r.container = Container::Gone;
                     r.daemon
                 };
                 // A daemon's record only mirrors its container; a finished non-daemon's
                 // results stay visible until its TTL.
                 if daemon {
-                    self.forget(id, "removed");
+                    self.forget(id, EndReason::Removed);
                 }
             }
             _ => {}
@@ -104,7 +108,10 @@ impl Tasks {
         for c in listed {
             if let Some(record) = self.record(&c.id) {
                 // "created" is a task of ours still starting, not a stopped one.
-                record.lock().unwrap().exited = matches!(c.status.as_str(), "exited" | "dead");
+                record.lock().unwrap().container = match c.status.as_str() {
+                    "exited" | "dead" => Container::Stopped,
+                    _ => Container::Up,
+                };
                 continue;
             }
             let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
@@ -138,21 +145,14 @@ impl Tasks {
     }
 
     pub(super) async fn expire(&self, id: &str) {
-        let record = self.forget(id, "expired");
+        let record = self.forget(id, EndReason::Expired);
         let name = record.as_ref().and_then(|r| r.lock().unwrap().name.clone());
         match self.inner.docker.remove_container(id).await {
             Ok(_) => task_log!(Info, id, name.as_deref(); "TTL reached, removed"),
             Err(e) => {
                 task_log!(Warn, id, name.as_deref(); "TTL removal failed ({e}); retrying");
                 if let Some(r) = record {
-                    let daemon = {
-                        let mut g = r.lock().unwrap();
-                        g.ended = None;
-                        g.daemon
-                    };
-                    if daemon {
-                        self.inner.daemons.fetch_add(1, Ordering::SeqCst);
-                    }
+                    r.lock().unwrap().ended = None;
                     self.inner.records.lock().unwrap().insert(id.to_string(), r);
                 }
                 self.inner

@@ -136,12 +136,12 @@ impl Tasks {
         let record = self.register(record);
         for (dir, tar) in archive {
             if let Err(e) = self.inner.docker.put_archive(&id, &dir, tar).await {
-                self.forget(&id, "failed");
+                self.forget(&id, EndReason::Failed);
                 self.remove_in_background(id);
                 return Err(e.into());
             }
         }
-        record.lock().unwrap().phase = Phase::Running;
+        record.lock().unwrap().life = TaskState::Running;
         Ok(record)
     }
 }
