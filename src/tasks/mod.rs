@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod channel;
+pub mod engine;
 pub mod expiry;
 pub mod files;
 mod mirror;
@@ -15,6 +16,8 @@ pub mod mounts;
 pub mod pool;
 mod record;
 pub mod run;
+#[cfg(test)]
+mod tests;
 pub mod view;
 mod warm;
 
@@ -28,11 +31,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
-use crate::docker::{Docker, DockerError, Removed};
+use crate::docker::{DockerError, Removed};
 use crate::fetch::{self, FetchError};
 use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
 use crate::state::{self, Store, Stored, Summary};
 use crate::{log, task_log};
+use engine::Engine;
 use expiry::Expiry;
 use record::{Container, EndReason, Record, RunOutcome};
 use run::{CmdResult, RunError, AGENT_PATH};
@@ -280,7 +284,8 @@ pub struct Tasks {
 }
 
 struct Inner {
-    docker: Docker,
+    /// The container engine, behind the seam tests replace.
+    engine: Arc<dyn Engine>,
     settings: Settings,
     /// Unix milliseconds at start: containers created before it belong to a previous process.
     boot: u64,
@@ -362,7 +367,7 @@ fn instant_of(at: u64) -> tokio::time::Instant {
 }
 
 impl Tasks {
-    pub fn new(docker: Docker, settings: Settings) -> Self {
+    pub fn new(engine: Arc<dyn Engine>, settings: Settings) -> Self {
         let settings_max_running = settings.max_running.max(1);
         let settings_warm = settings.warm.clone();
         let volumes = mounts::Volumes::new(
@@ -377,7 +382,7 @@ impl Tasks {
         let kept = store.sweep(now_ms());
         let tasks = Tasks {
             inner: Arc::new(Inner {
-                docker,
+                engine,
                 settings,
                 boot: now_ms(),
                 records: Mutex::default(),
@@ -436,7 +441,7 @@ impl Tasks {
             this.disk_limit().await;
             loop {
                 tokio::time::sleep(this.inner.volumes.sweep_every()).await;
-                if let Err(e) = this.inner.volumes.sweep(&this.inner.docker).await {
+                if let Err(e) = this.inner.volumes.sweep(&*this.inner.engine).await {
                     log!(warn: "volume sweep failed: {e}");
                 }
             }
@@ -449,7 +454,7 @@ impl Tasks {
         if known != DiskLimit::Unknown {
             return known;
         }
-        let Ok(info) = self.inner.docker.info().await else {
+        let Ok(info) = self.inner.engine.info().await else {
             return DiskLimit::Unknown;
         };
         let limit = DiskLimit::of_engine(&info);
@@ -470,12 +475,12 @@ impl Tasks {
 
     /// Volumes of this instance, for `GET /volumes`.
     pub async fn volumes(&self) -> Result<Vec<mounts::VolumeView>, TaskError> {
-        self.inner.volumes.list(&self.inner.docker).await
+        self.inner.volumes.list(&*self.inner.engine).await
     }
 
     /// `DELETE /volumes/{name}`.
     pub async fn remove_volume(&self, name: &str) -> Result<(), TaskError> {
-        self.inner.volumes.remove(&self.inner.docker, name).await
+        self.inner.volumes.remove(&*self.inner.engine, name).await
     }
 
     /// Point-in-time numbers for `GET /metrics`.
@@ -496,8 +501,8 @@ impl Tasks {
 
     /// Docker's API version, proving it answers.
     pub async fn health(&self) -> Result<String, TaskError> {
-        self.inner.docker.ping().await?;
-        Ok(self.inner.docker.api_version().await?)
+        self.inner.engine.ping().await?;
+        Ok(self.inner.engine.api_version().await?)
     }
 
     /// Drops the record of `id`, marking why for a run still using it.
@@ -527,7 +532,7 @@ impl Tasks {
 
     async fn list_own(&self) -> Result<Vec<Found>, TaskError> {
         let labels = [LABEL_MANAGED.to_string(), self.instance_label()];
-        let list = self.inner.docker.list_containers(&labels).await?;
+        let list = self.inner.engine.list_containers(&labels).await?;
         Ok(list
             .into_iter()
             .filter(|c| !is_going(&c.state))
@@ -544,7 +549,7 @@ impl Tasks {
     /// Whether a container already holds the engine name `name`.
     async fn name_taken(&self, name: Option<&str>) -> bool {
         match name {
-            Some(n) => self.inner.docker.inspect_container(n).await.is_ok(),
+            Some(n) => self.inner.engine.inspect_container(n).await.is_ok(),
             None => false,
         }
     }
@@ -560,7 +565,7 @@ impl Tasks {
     }
 
     async fn inspect_own(&self, docker_ref: &str) -> Result<Option<Found>, TaskError> {
-        match self.inner.docker.inspect_container(docker_ref).await {
+        match self.inner.engine.inspect_container(docker_ref).await {
             Ok(c) => {
                 let labels = c.config.labels.unwrap_or_default();
                 // A container being removed (or dead) is gone as far as tasks go: a DELETE
@@ -732,10 +737,10 @@ impl Tasks {
         let record = self.forget(&id, EndReason::Deleted);
         let had_record = record.is_some();
         let name = record.and_then(|r| r.lock().unwrap().name.clone());
-        match self.inner.docker.remove_container(&id).await? {
+        match self.inner.engine.remove_container(&id).await? {
             Removed::Yes => task_log!(Info, &id, name.as_deref(); "deleted"),
             // The end of its run already started removing it: 204 must mean gone.
-            Removed::InProgress => self.inner.docker.wait_removed(&id).await?,
+            Removed::InProgress => self.inner.engine.wait_removed(&id).await?,
             Removed::Gone if had_record => {}
             Removed::Gone => return Err(TaskError::NotFound(reference.to_string())),
         }
@@ -924,7 +929,7 @@ impl Tasks {
                 message: e.message,
             })?;
         if let Some(tar) = archive {
-            let (docker, container) = (&self.inner.docker, id.as_str());
+            let (docker, container) = (&*self.inner.engine, id.as_str());
             let stat = |p: String| async move { docker.stat_path(container, &p).await };
             files::check_reachable(&spec.resources, stat)
                 .await
@@ -935,7 +940,7 @@ impl Tasks {
                     },
                     files::ReachError::Stat(e) => TaskError::Docker(e),
                 })?;
-            self.inner.docker.put_archive(&id, "/", tar).await?;
+            self.inner.engine.put_archive(&id, "/", tar).await?;
         }
         let permit = self.admit(1).await?;
         let (view, handle) = self.spawn_run(record, spec, Some(permit));
@@ -1033,7 +1038,7 @@ impl Tasks {
         if self.inner.settings.exec_only {
             return None;
         }
-        match channel::Channel::open(&self.inner.docker, id).await {
+        match channel::Channel::open(&*self.inner.engine, id).await {
             Ok(c) => Some(c),
             Err(e) => {
                 task_log!(Warn, id, None; "no attach stream ({e:?}); commands go by exec");
@@ -1165,14 +1170,14 @@ impl Tasks {
         let binds = self
             .inner
             .volumes
-            .binds(&self.inner.docker, &spec.mounts)
+            .binds(&*self.inner.engine, &spec.mounts)
             .await?;
         let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
         let mut config = self.container_config(spec, &image, now, expires, binds, quota);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let mut attempt = self
             .inner
-            .docker
+            .engine
             .create_container(name.as_deref(), &config)
             .await;
         if let Err(e) = &attempt {
@@ -1184,7 +1189,7 @@ impl Tasks {
                 config.host_config.storage_opt.clear();
                 attempt = self
                     .inner
-                    .docker
+                    .engine
                     .create_container(name.as_deref(), &config)
                     .await;
             }
@@ -1193,13 +1198,13 @@ impl Tasks {
             log!("pulling {image}, which Docker does not have");
             attempt = match self
                 .inner
-                .docker
+                .engine
                 .pull_image(&image, self.inner.settings.pull_timeout)
                 .await
             {
                 Ok(()) => {
                     self.inner
-                        .docker
+                        .engine
                         .create_container(name.as_deref(), &config)
                         .await
                 }
@@ -1263,12 +1268,12 @@ impl Tasks {
                 return Err(TaskError::LimitDiscarded { warnings });
             }
             for (dir, tar) in archive {
-                self.inner.docker.put_archive(&id, &dir, tar).await?;
+                self.inner.engine.put_archive(&id, &dir, tar).await?;
             }
             // Attached before start, so not a byte of the agent's answers is missed.
             let channel = self.open_channel(&id).await;
             record.lock().unwrap().channel = channel;
-            self.inner.docker.start_container(&id).await?;
+            self.inner.engine.start_container(&id).await?;
             Ok(())
         }
         .await;
@@ -1379,7 +1384,7 @@ impl Tasks {
             // No channel, or the agent never read the request: nothing ran, so exec it.
             let outcome = match attached {
                 Some(outcome) => outcome,
-                None => run::run_command(&self.inner.docker, &id, cmd, env, pwd, limits).await,
+                None => run::run_command(&*self.inner.engine, &id, cmd, env, pwd, limits).await,
             };
             let outcome = self.check_killed_with_container(&id, outcome).await;
             let ended = record.lock().unwrap().ended;
@@ -1473,7 +1478,7 @@ impl Tasks {
             exit_code: None,
             ..result.clone()
         };
-        match self.inner.docker.inspect_container(id).await {
+        match self.inner.engine.inspect_container(id).await {
             Ok(c) if c.state.running => outcome,
             Ok(c) if c.state.oom_killed => Err(RunError::Lost {
                 partial: CmdResult {
@@ -1589,7 +1594,7 @@ impl Tasks {
             self.instance_label(),
             format!("{LABEL_TOKEN}={token}"),
         ];
-        let docker = self.inner.docker.clone();
+        let docker = self.inner.engine.clone();
         let guard = self.inner.background.enter();
         tokio::spawn(async move {
             let _guard = guard;
@@ -1611,7 +1616,7 @@ impl Tasks {
     }
 
     fn remove_in_background(&self, id: String) {
-        let docker = self.inner.docker.clone();
+        let docker = self.inner.engine.clone();
         let guard = self.inner.background.enter();
         tokio::spawn(async move {
             let _guard = guard;
