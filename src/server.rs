@@ -124,7 +124,7 @@ pub async fn run_supervised(
 ) {
     let docker = Docker::new(&config.docker_socket, config.docker_timeout);
     let tasks = Tasks::new(
-        docker,
+        Arc::new(docker),
         Settings {
             instance: config.instance.clone(),
             agent: config.agent.clone(),

@@ -649,7 +649,7 @@ mod tests {
             id: id.to_string(),
             name: Some("n".into()),
             image: "img".into(),
-            state: "finished".into(),
+            state: crate::tasks::view::TaskState::Finished,
             daemon: false,
             created_at: "1970-01-01T00:00:00Z".into(),
             expires_at: "1970-01-01T00:00:10Z".into(),

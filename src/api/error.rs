@@ -154,7 +154,7 @@ impl ApiError {
             ApiError::Task(TaskError::NameClash(_)) => {
                 (StatusCode::CONFLICT, "task.name_clash", Some("task_name"))
             }
-            ApiError::Task(TaskError::NotRunning(_)) => {
+            ApiError::Task(TaskError::NotRunning { .. }) => {
                 (StatusCode::CONFLICT, "task.not_running", None)
             }
             ApiError::Task(TaskError::ImageUnknown { .. }) => (
@@ -235,7 +235,7 @@ impl ApiError {
             ApiError::DockerDown(
                 TaskError::NotFound(_)
                 | TaskError::NameClash(_)
-                | TaskError::NotRunning(_)
+                | TaskError::NotRunning { .. }
                 | TaskError::ImageUnknown { .. }
                 | TaskError::Request { .. }
                 | TaskError::Pack { .. }
@@ -301,7 +301,13 @@ mod tests {
             (ApiError::UnsupportedMediaType("text/plain".into()), 415),
             (ApiError::Task(TaskError::NotFound("x".into())), 404),
             (ApiError::Task(TaskError::NameClash("x".into())), 409),
-            (ApiError::Task(TaskError::NotRunning("x".into())), 409),
+            (
+                ApiError::Task(TaskError::NotRunning {
+                    reference: "x".into(),
+                    state: crate::tasks::view::TaskState::Finished,
+                }),
+                409,
+            ),
             (
                 ApiError::Task(TaskError::Mount {
                     field: "resources[0].mnt".into(),

@@ -36,21 +36,25 @@ impl Tasks {
         }
     }
 
-    /// Reserves `n` daemon slots, released on drop unless committed to records.
+    /// Reserves `n` daemon slots for creates in flight, released on drop. The daemons that
+    /// hold a slot are counted from the records themselves, never kept as a number by hand;
+    /// only the creates not yet registered are.
     pub(super) fn reserve_daemons(&self, n: usize) -> Result<Reservation<'_>, TaskError> {
         let max = self.inner.settings.max_daemons;
-        let counter = &self.inner.daemons;
-        let mut current = counter.load(Ordering::SeqCst);
-        loop {
-            if n > 0 && current + n > max {
-                return Err(TaskError::TooManyDaemons(max));
-            }
-            match counter.compare_exchange(current, current + n, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return Ok(Reservation { counter, n }),
-                Err(now) => current = now,
-            }
+        // Counted and reserved under the records' lock, so two creates cannot both take the
+        // last slot.
+        let records = self.inner.records.lock().unwrap();
+        let live = records
+            .values()
+            .filter(|r| r.lock().unwrap().holds_daemon_slot())
+            .count();
+        let counter = &self.inner.daemons_starting;
+        if n > 0 && live + counter.load(Ordering::SeqCst) + n > max {
+            return Err(TaskError::TooManyDaemons(max));
         }
+        counter.fetch_add(n, Ordering::SeqCst);
+        drop(records);
+        Ok(Reservation { counter, n })
     }
 
     pub(super) fn check_image(&self, image: &str) -> Result<(), TaskError> {
@@ -87,17 +91,11 @@ impl Tasks {
     }
 }
 
-/// Daemon slots taken ahead of creating containers.
+/// Daemon slots taken for creates in flight; given back on drop, by which time the
+/// records of the tasks created hold them.
 pub(super) struct Reservation<'a> {
     counter: &'a AtomicUsize,
     n: usize,
-}
-
-impl Reservation<'_> {
-    /// The containers exist and their records now own the slots.
-    pub(super) fn commit(mut self) {
-        self.n = 0;
-    }
 }
 
 impl Drop for Reservation<'_> {

@@ -28,7 +28,9 @@ use tokio::time::Instant;
 
 use crate::agent::protocol::{Decoder, Frame, Nonce, Request, Sync};
 use crate::docker::stream::{Demuxer, StreamKind};
-use crate::docker::{Docker, DockerError};
+use crate::docker::DockerError;
+
+use super::engine::Engine;
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -109,7 +111,7 @@ impl std::fmt::Debug for Channel {
 
 impl Channel {
     /// Attaches to container `id` and starts routing its agent's frames.
-    pub async fn open(docker: &Docker, id: &str) -> Result<Arc<Channel>, ChannelError> {
+    pub async fn open(docker: &dyn Engine, id: &str) -> Result<Arc<Channel>, ChannelError> {
         let io = docker.attach(id).await.map_err(ChannelError::Attach)?;
         let (reader, writer) = tokio::io::split(io);
         Ok(Channel::over(reader, Box::new(writer), super::short(id)))

@@ -13,7 +13,7 @@ impl Tasks {
         let labels = [LABEL_MANAGED.to_string(), self.instance_label()];
         let mut pool_started = false;
         loop {
-            let events = match self.inner.docker.events(&labels).await {
+            let events = match self.inner.engine.events(&labels).await {
                 Ok(e) => e,
                 Err(e) => {
                     log!(warn: "docker events: {e}; retrying in {RECONCILE_RETRY:?}");
@@ -39,19 +39,17 @@ impl Tasks {
     }
 
     /// Applies events until the stream ends; returns why it ended.
-    pub(super) async fn follow_events(&self, mut events: hyper::body::Incoming) -> String {
-        use http_body_util::BodyExt;
+    pub(super) async fn follow_events(&self, mut events: engine::Reader) -> String {
+        use tokio::io::AsyncReadExt;
         let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 << 10];
         loop {
-            let chunk = match events.frame().await {
-                None => return "end of stream".into(),
-                Some(Err(e)) => return e.to_string(),
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
+            let n = match events.read(&mut chunk).await {
+                Ok(0) => return "end of stream".into(),
+                Err(e) => return e.to_string(),
+                Ok(n) => n,
             };
-            buf.extend_from_slice(&chunk);
+            buf.extend_from_slice(&chunk[..n]);
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 if let Ok(event) = serde_json::from_slice::<crate::docker::models::Event>(&line) {
@@ -67,19 +65,23 @@ impl Tasks {
             return;
         };
         match action {
-            "die" => record.lock().unwrap().exited = true,
+            "die" => {
+                let mut r = record.lock().unwrap();
+                if r.container == Container::Up {
+                    r.container = Container::Stopped;
+                }
+            }
             // Docker says `destroy`; Podman's compatible API says `remove`.
             "destroy" | "remove" => {
                 let daemon = {
                     let mut r = record.lock().unwrap();
-                    r.exited = true;
-                    r.alive = false;
+                    r.container = Container::Gone;
                     r.daemon
                 };
                 // A daemon's record only mirrors its container; a finished non-daemon's
                 // results stay visible until its TTL.
                 if daemon {
-                    self.forget(id, "removed");
+                    self.forget(id, EndReason::Removed);
                 }
             }
             _ => {}
@@ -104,7 +106,10 @@ impl Tasks {
         for c in listed {
             if let Some(record) = self.record(&c.id) {
                 // "created" is a task of ours still starting, not a stopped one.
-                record.lock().unwrap().exited = matches!(c.status.as_str(), "exited" | "dead");
+                record.lock().unwrap().container = match c.status.as_str() {
+                    "exited" | "dead" => Container::Stopped,
+                    _ => Container::Up,
+                };
                 continue;
             }
             let expires = label_u64(&c.labels, LABEL_EXPIRES).unwrap_or(0);
@@ -113,7 +118,7 @@ impl Tasks {
             // process's are stale (its pool is gone) and go.
             if c.labels.contains_key(LABEL_POOL) {
                 if created < self.inner.boot
-                    && self.inner.docker.remove_container(&c.id).await.is_ok()
+                    && self.inner.engine.remove_container(&c.id).await.is_ok()
                 {
                     removed += 1;
                 }
@@ -122,7 +127,7 @@ impl Tasks {
             let daemon = c.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true");
             let orphan = created < self.inner.boot && (!daemon || !c.running);
             if expires <= now || orphan {
-                match self.inner.docker.remove_container(&c.id).await {
+                match self.inner.engine.remove_container(&c.id).await {
                     Ok(_) => removed += 1,
                     Err(e) => {
                         task_log!(Warn, &c.id, c.labels.get(LABEL_NAME).map(String::as_str); "removing at start failed: {e}")
@@ -138,21 +143,14 @@ impl Tasks {
     }
 
     pub(super) async fn expire(&self, id: &str) {
-        let record = self.forget(id, "expired");
+        let record = self.forget(id, EndReason::Expired);
         let name = record.as_ref().and_then(|r| r.lock().unwrap().name.clone());
-        match self.inner.docker.remove_container(id).await {
+        match self.inner.engine.remove_container(id).await {
             Ok(_) => task_log!(Info, id, name.as_deref(); "TTL reached, removed"),
             Err(e) => {
                 task_log!(Warn, id, name.as_deref(); "TTL removal failed ({e}); retrying");
                 if let Some(r) = record {
-                    let daemon = {
-                        let mut g = r.lock().unwrap();
-                        g.ended = None;
-                        g.daemon
-                    };
-                    if daemon {
-                        self.inner.daemons.fetch_add(1, Ordering::SeqCst);
-                    }
+                    r.lock().unwrap().ended = None;
                     self.inner.records.lock().unwrap().insert(id.to_string(), r);
                 }
                 self.inner

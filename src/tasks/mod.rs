@@ -8,12 +8,16 @@
 
 mod admission;
 pub mod channel;
+pub mod engine;
 pub mod expiry;
 pub mod files;
 mod mirror;
 pub mod mounts;
 pub mod pool;
+mod record;
 pub mod run;
+#[cfg(test)]
+mod tests;
 pub mod view;
 mod warm;
 
@@ -27,14 +31,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
-use crate::docker::{Docker, DockerError, Removed};
+use crate::docker::{DockerError, Removed};
 use crate::fetch::{self, FetchError};
 use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
 use crate::state::{self, Store, Stored, Summary};
 use crate::{log, task_log};
+use engine::Engine;
 use expiry::Expiry;
+use record::{Container, EndReason, Record, RunOutcome};
 use run::{CmdResult, RunError, AGENT_PATH};
-use view::{rfc3339, RunFailure, TaskView};
+use view::{rfc3339, RunFailure, TaskState, TaskView};
 
 /// Present on every container Lessl creates.
 pub const LABEL_MANAGED: &str = "lessl.managed";
@@ -121,7 +127,7 @@ pub enum TaskError {
     /// Another live task has that name.
     NameClash(String),
     /// The task's container is not running, so nothing can be executed in it.
-    NotRunning(String),
+    NotRunning { reference: String, state: TaskState },
     /// Docker does not have the image.
     ImageUnknown { image: String, message: String },
     /// The request is well-formed but does not fit this operation.
@@ -179,7 +185,11 @@ impl fmt::Display for TaskError {
         match self {
             TaskError::NotFound(r) => write!(f, "no task `{r}`"),
             TaskError::NameClash(n) => write!(f, "a live task is already named `{n}`"),
-            TaskError::NotRunning(r) => write!(f, "task `{r}` is not running"),
+            TaskError::NotRunning { reference, state } => write!(
+                f,
+                "task `{reference}` is {}: commands run only in a live daemon task",
+                state.as_str()
+            ),
             TaskError::ImageUnknown { image, message } => {
                 write!(f, "image `{image}` is not known to Docker: {message}")
             }
@@ -219,173 +229,6 @@ impl std::error::Error for TaskError {}
 impl From<DockerError> for TaskError {
     fn from(e: DockerError) -> Self {
         TaskError::Docker(e)
-    }
-}
-
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Starting,
-    Running,
-    Idle,
-    Finished,
-    Failed,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::Idle => "idle",
-            Phase::Finished => "finished",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-/// What this process knows of a task beyond its labels: the latest run's results.
-#[derive(Debug)]
-struct Record {
-    id: String,
-    name: Option<String>,
-    image: String,
-    daemon: bool,
-    /// Unix milliseconds.
-    created: u64,
-    /// Unix milliseconds.
-    expires: u64,
-    phase: Phase,
-    results: Vec<CmdResult>,
-    failed_command: Option<usize>,
-    error: Option<RunFailure>,
-    /// Set when the container was removed under a run (TTL or DELETE), to say why.
-    ended: Option<&'static str>,
-    /// The attach stream to the container's agent; None means commands go by exec.
-    channel: Option<Arc<channel::Channel>>,
-    /// Whether the container was created to take commands over an attach stream.
-    attachable: bool,
-    /// Runs in progress (PUTs may overlap).
-    runs: usize,
-    /// The container exists, as far as Docker's events said.
-    alive: bool,
-    /// The container stopped (its keep-alive died, or Docker stopped it).
-    exited: bool,
-    /// Its root filesystem is read-only: files can be placed only at creation.
-    read_only: bool,
-    /// Number of the newest run, whose results GET shows.
-    seq: u64,
-    /// The newest run's view is in the state directory (with the state it was written with),
-    /// and `results` is empty: GET streams it from there, so memory does not grow with output.
-    stored: Option<(Stored, String)>,
-    /// Why the newest run's results could not be kept on disk.
-    persist_error: Option<RunFailure>,
-}
-
-/// What one run did, for its own answer.
-#[derive(Debug, Default)]
-struct RunOutcome {
-    results: Vec<CmdResult>,
-    failed_command: Option<usize>,
-    error: Option<RunFailure>,
-}
-
-impl Record {
-    /// A record for a container that exists now; the run fields start empty.
-    fn new(
-        id: &str,
-        name: Option<String>,
-        image: String,
-        daemon: bool,
-        created: u64,
-        expires: u64,
-    ) -> Record {
-        Record {
-            id: id.to_string(),
-            name,
-            image,
-            daemon,
-            created,
-            expires,
-            phase: Phase::Starting,
-            results: Vec::new(),
-            failed_command: None,
-            error: None,
-            ended: None,
-            channel: None,
-            attachable: true,
-            runs: 0,
-            alive: true,
-            exited: false,
-            read_only: false,
-            seq: 0,
-            stored: None,
-            persist_error: None,
-        }
-    }
-
-    /// The record of a finished task read back from the state directory after a restart.
-    fn restored(summary: &Summary, stored: Stored) -> Record {
-        let mut r = Record::new(
-            &summary.id,
-            summary.name.clone(),
-            summary.image.clone(),
-            summary.daemon,
-            summary.created,
-            summary.expires,
-        );
-        r.phase = if summary.state == Phase::Failed.as_str() {
-            Phase::Failed
-        } else {
-            Phase::Finished
-        };
-        r.alive = false;
-        r.exited = true;
-        r.failed_command = summary.failed_command;
-        r.error = summary.error.clone();
-        r.stored = Some((stored, summary.state.clone()));
-        r
-    }
-
-    /// What the state directory's header says of this record's newest run.
-    fn summary(&self, view: &TaskView) -> Summary {
-        Summary {
-            lessl_state: 1,
-            id: self.id.clone(),
-            name: self.name.clone(),
-            image: self.image.clone(),
-            state: view.state.clone(),
-            daemon: self.daemon,
-            created: self.created,
-            expires: self.expires,
-            failed_command: view.failed_command,
-            error: view.error.clone(),
-            body_len: 0,
-        }
-    }
-
-    fn view(&self) -> TaskView {
-        let stopped =
-            self.exited && matches!(self.phase, Phase::Idle | Phase::Running | Phase::Starting);
-        TaskView {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            image: self.image.clone(),
-            state: if stopped {
-                "exited"
-            } else {
-                self.phase.as_str()
-            }
-            .to_string(),
-            daemon: self.daemon,
-            created_at: rfc3339(self.created / 1000),
-            expires_at: rfc3339(self.expires / 1000),
-            results: self.results.clone(),
-            failed_command: self.failed_command,
-            error: self.error.clone(),
-            persist_error: self.persist_error.clone(),
-            kept: None,
-        }
     }
 }
 
@@ -441,7 +284,8 @@ pub struct Tasks {
 }
 
 struct Inner {
-    docker: Docker,
+    /// The container engine, behind the seam tests replace.
+    engine: Arc<dyn Engine>,
     settings: Settings,
     /// Unix milliseconds at start: containers created before it belong to a previous process.
     boot: u64,
@@ -454,8 +298,9 @@ struct Inner {
     admission: Arc<tokio::sync::Semaphore>,
     /// Requests waiting for a permit.
     queued: AtomicUsize,
-    /// Live daemon containers, reserved before their creation.
-    daemons: AtomicUsize,
+    /// Daemon slots reserved by creates whose records do not exist yet; the rest are
+    /// counted from the records.
+    daemons_starting: AtomicUsize,
     /// Started, never-used containers waiting for a task.
     pool: pool::Pool,
     /// The records mirror Docker (events stream live, reconciled since it connected).
@@ -522,7 +367,7 @@ fn instant_of(at: u64) -> tokio::time::Instant {
 }
 
 impl Tasks {
-    pub fn new(docker: Docker, settings: Settings) -> Self {
+    pub fn new(engine: Arc<dyn Engine>, settings: Settings) -> Self {
         let settings_max_running = settings.max_running.max(1);
         let settings_warm = settings.warm.clone();
         let volumes = mounts::Volumes::new(
@@ -537,7 +382,7 @@ impl Tasks {
         let kept = store.sweep(now_ms());
         let tasks = Tasks {
             inner: Arc::new(Inner {
-                docker,
+                engine,
                 settings,
                 boot: now_ms(),
                 records: Mutex::default(),
@@ -545,7 +390,7 @@ impl Tasks {
                 background: Arc::default(),
                 admission: Arc::new(tokio::sync::Semaphore::new(settings_max_running)),
                 queued: AtomicUsize::new(0),
-                daemons: AtomicUsize::new(0),
+                daemons_starting: AtomicUsize::new(0),
                 pool: pool::Pool::new(settings_warm),
                 mirrored: Default::default(),
                 volumes,
@@ -596,7 +441,7 @@ impl Tasks {
             this.disk_limit().await;
             loop {
                 tokio::time::sleep(this.inner.volumes.sweep_every()).await;
-                if let Err(e) = this.inner.volumes.sweep(&this.inner.docker).await {
+                if let Err(e) = this.inner.volumes.sweep(&*this.inner.engine).await {
                     log!(warn: "volume sweep failed: {e}");
                 }
             }
@@ -609,7 +454,7 @@ impl Tasks {
         if known != DiskLimit::Unknown {
             return known;
         }
-        let Ok(info) = self.inner.docker.info().await else {
+        let Ok(info) = self.inner.engine.info().await else {
             return DiskLimit::Unknown;
         };
         let limit = DiskLimit::of_engine(&info);
@@ -630,12 +475,12 @@ impl Tasks {
 
     /// Volumes of this instance, for `GET /volumes`.
     pub async fn volumes(&self) -> Result<Vec<mounts::VolumeView>, TaskError> {
-        self.inner.volumes.list(&self.inner.docker).await
+        self.inner.volumes.list(&*self.inner.engine).await
     }
 
     /// `DELETE /volumes/{name}`.
     pub async fn remove_volume(&self, name: &str) -> Result<(), TaskError> {
-        self.inner.volumes.remove(&self.inner.docker, name).await
+        self.inner.volumes.remove(&*self.inner.engine, name).await
     }
 
     /// Point-in-time numbers for `GET /metrics`.
@@ -644,7 +489,7 @@ impl Tasks {
         let (mut live, mut running) = (0, 0);
         for r in records.values() {
             let r = r.lock().unwrap();
-            live += usize::from(r.alive);
+            live += usize::from(r.container != Container::Gone);
             running += usize::from(r.runs > 0);
         }
         crate::metrics::Gauges {
@@ -656,24 +501,19 @@ impl Tasks {
 
     /// Docker's API version, proving it answers.
     pub async fn health(&self) -> Result<String, TaskError> {
-        self.inner.docker.ping().await?;
-        Ok(self.inner.docker.api_version().await?)
+        self.inner.engine.ping().await?;
+        Ok(self.inner.engine.api_version().await?)
     }
 
     /// Drops the record of `id`, marking why for a run still using it.
-    fn forget(&self, id: &str, why: &'static str) -> Option<Shared> {
+    fn forget(&self, id: &str, why: EndReason) -> Option<Shared> {
         self.inner.expiry.disarm(id);
         let record = self.inner.records.lock().unwrap().remove(id);
-        // At its TTL or DELETE a task's results go too; a shutdown keeps them for the restart.
-        if why != "shutdown" {
+        if why.discards_results() {
             self.inner.store.remove(id);
         }
         if let Some(r) = &record {
-            let mut r = r.lock().unwrap();
-            r.ended = Some(why);
-            if r.daemon {
-                self.inner.daemons.fetch_sub(1, Ordering::SeqCst);
-            }
+            r.lock().unwrap().ended = Some(why);
         }
         record
     }
@@ -692,7 +532,7 @@ impl Tasks {
 
     async fn list_own(&self) -> Result<Vec<Found>, TaskError> {
         let labels = [LABEL_MANAGED.to_string(), self.instance_label()];
-        let list = self.inner.docker.list_containers(&labels).await?;
+        let list = self.inner.engine.list_containers(&labels).await?;
         Ok(list
             .into_iter()
             .filter(|c| !is_going(&c.state))
@@ -709,7 +549,7 @@ impl Tasks {
     /// Whether a container already holds the engine name `name`.
     async fn name_taken(&self, name: Option<&str>) -> bool {
         match name {
-            Some(n) => self.inner.docker.inspect_container(n).await.is_ok(),
+            Some(n) => self.inner.engine.inspect_container(n).await.is_ok(),
             None => false,
         }
     }
@@ -725,7 +565,7 @@ impl Tasks {
     }
 
     async fn inspect_own(&self, docker_ref: &str) -> Result<Option<Found>, TaskError> {
-        match self.inner.docker.inspect_container(docker_ref).await {
+        match self.inner.engine.inspect_container(docker_ref).await {
             Ok(c) => {
                 let labels = c.config.labels.unwrap_or_default();
                 // A container being removed (or dead) is gone as far as tasks go: a DELETE
@@ -788,8 +628,8 @@ impl Tasks {
     fn view_of(&self, found: &Found) -> TaskView {
         if let Some(record) = self.record(&found.id) {
             let mut view = record.lock().unwrap().view();
-            if !found.running && matches!(view.state.as_str(), "idle" | "running") {
-                view.state = found.status.clone();
+            if !found.running && matches!(view.state, TaskState::Idle | TaskState::Running) {
+                view.state = TaskState::of_container(false, &found.status);
             }
             return view;
         }
@@ -798,11 +638,7 @@ impl Tasks {
             id: found.id.clone(),
             name: label(LABEL_NAME),
             image: found.image.clone(),
-            state: if found.running {
-                Phase::Idle.as_str().to_string()
-            } else {
-                found.status.clone()
-            },
+            state: TaskState::of_container(found.running, &found.status),
             daemon: label(LABEL_DAEMON).as_deref() == Some("true"),
             created_at: rfc3339(label_u64(&found.labels, LABEL_CREATED).unwrap_or(0) / 1000),
             expires_at: rfc3339(label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0) / 1000),
@@ -840,7 +676,7 @@ impl Tasks {
         });
         match read {
             Ok(serde_json::Value::Object(mut v)) => {
-                v.insert("state".into(), view.state.into());
+                v.insert("state".into(), view.state.as_str().into());
                 Ok(Answer::Json(serde_json::Value::Object(v)))
             }
             // Lenient on what it reads back: the task without its results, never a 500.
@@ -861,7 +697,7 @@ impl Tasks {
                 .values()
                 .filter_map(|r| {
                     let r = r.lock().unwrap();
-                    (r.alive || all)
+                    (r.container != Container::Gone || all)
                         .then(|| (r.created, r.id.clone(), r.view(), r.stored.is_some()))
                 })
                 .collect();
@@ -899,13 +735,13 @@ impl Tasks {
                 None => return Err(TaskError::NotFound(reference.to_string())),
             },
         };
-        let record = self.forget(&id, "deleted");
+        let record = self.forget(&id, EndReason::Deleted);
         let had_record = record.is_some();
         let name = record.and_then(|r| r.lock().unwrap().name.clone());
-        match self.inner.docker.remove_container(&id).await? {
+        match self.inner.engine.remove_container(&id).await? {
             Removed::Yes => task_log!(Info, &id, name.as_deref(); "deleted"),
             // The end of its run already started removing it: 204 must mean gone.
-            Removed::InProgress => self.inner.docker.wait_removed(&id).await?,
+            Removed::InProgress => self.inner.engine.wait_removed(&id).await?,
             Removed::Gone if had_record => {}
             Removed::Gone => return Err(TaskError::NotFound(reference.to_string())),
         }
@@ -979,14 +815,15 @@ impl Tasks {
                 Err(e) => {
                     for (record, _) in started {
                         let id = record.lock().unwrap().id.clone();
-                        self.forget(&id, "deleted");
+                        self.forget(&id, EndReason::Deleted);
                         self.remove_in_background(id);
                     }
                     return Err(e);
                 }
             }
         }
-        reservation.commit();
+        // The records hold their slots now.
+        drop(reservation);
         let mut permits = admission::split_permit(permit, started.len());
         let mut handles = Vec::with_capacity(started.len());
         for (record, spec) in started {
@@ -1011,18 +848,7 @@ impl Tasks {
         spec: TaskSpec,
         permit: Option<OwnedSemaphorePermit>,
     ) -> (TaskView, tokio::task::JoinHandle<TaskView>) {
-        let seq = {
-            let mut r = record.lock().unwrap();
-            r.runs += 1;
-            r.seq += 1;
-            r.phase = Phase::Running;
-            r.results.clear();
-            r.failed_command = None;
-            r.error = None;
-            r.stored = None;
-            r.persist_error = None;
-            r.seq
-        };
+        let seq = record.lock().unwrap().begin_run();
         let now = record.lock().unwrap().view();
         let this = self.clone();
         let guard = self.inner.background.enter();
@@ -1062,14 +888,18 @@ impl Tasks {
     ) -> Result<(bool, TaskView), TaskError> {
         // A task this process watches live answers from memory: no Docker round trip.
         let record = match self.live_record(reference) {
-            Some(r) => r,
-            None => match self.resolve(reference).await? {
-                Some(found) if !found.running => {
-                    return Err(TaskError::NotRunning(reference.to_string()))
-                }
-                Some(found) => self.adopt(&found),
-                None => return self.put_creates(reference, spec, wait).await,
-            },
+            Some(r) => Some(r),
+            None => self
+                .record_taking_commands(reference)
+                .await
+                .or_else(|e| match e {
+                    // No task at all by that name: a PUT with an image creates one.
+                    TaskError::NotFound(_) => Ok(None),
+                    e => Err(e),
+                })?,
+        };
+        let Some(record) = record else {
+            return self.put_creates(reference, spec, wait).await;
         };
         let (id, name, read_only) = {
             let r = record.lock().unwrap();
@@ -1100,7 +930,7 @@ impl Tasks {
                 message: e.message,
             })?;
         if let Some(tar) = archive {
-            let (docker, container) = (&self.inner.docker, id.as_str());
+            let (docker, container) = (&*self.inner.engine, id.as_str());
             let stat = |p: String| async move { docker.stat_path(container, &p).await };
             files::check_reachable(&spec.resources, stat)
                 .await
@@ -1111,7 +941,7 @@ impl Tasks {
                     },
                     files::ReachError::Stat(e) => TaskError::Docker(e),
                 })?;
-            self.inner.docker.put_archive(&id, "/", tar).await?;
+            self.inner.engine.put_archive(&id, "/", tar).await?;
         }
         let permit = self.admit(1).await?;
         let (view, handle) = self.spawn_run(record, spec, Some(permit));
@@ -1119,6 +949,35 @@ impl Tasks {
             return Ok((false, handle.await.expect("task runner panicked")));
         }
         Ok((false, view))
+    }
+
+    /// The task `reference` when it takes commands now; a known task that does not (finished,
+    /// stopped, on its way out) is a 409 naming its state, whatever the timing.
+    async fn record_taking_commands(&self, reference: &str) -> Result<Option<Shared>, TaskError> {
+        let not_running = |state| TaskError::NotRunning {
+            reference: reference.to_string(),
+            state,
+        };
+        let record = match self.resolve(reference).await? {
+            Some(found) => match self.record(&found.id) {
+                Some(r) => r,
+                None if found.running => self.adopt(&found),
+                None => return Err(not_running(TaskState::of_container(false, &found.status))),
+            },
+            None => match self.remembered(reference) {
+                Some(r) => return Err(not_running(r.lock().unwrap().state())),
+                None => return Err(TaskError::NotFound(reference.to_string())),
+            },
+        };
+        let (takes, state) = {
+            let r = record.lock().unwrap();
+            (r.takes_commands(), r.state())
+        };
+        if takes {
+            Ok(Some(record))
+        } else {
+            Err(not_running(state))
+        }
     }
 
     /// PUT to a name no live task has: creates the task, named after the path.
@@ -1169,7 +1028,7 @@ impl Tasks {
                     || (reference.len() == 12 && r.id.starts_with(reference))
                     || r.name.as_deref() == Some(reference);
                 let open = r.channel.as_ref().is_some_and(|c| !c.is_closed());
-                named && r.alive && !r.exited && open
+                named && r.takes_commands() && open
             })
             .cloned()
     }
@@ -1180,7 +1039,7 @@ impl Tasks {
         if self.inner.settings.exec_only {
             return None;
         }
-        match channel::Channel::open(&self.inner.docker, id).await {
+        match channel::Channel::open(&*self.inner.engine, id).await {
             Ok(c) => Some(c),
             Err(e) => {
                 task_log!(Warn, id, None; "no attach stream ({e:?}); commands go by exec");
@@ -1267,9 +1126,6 @@ impl Tasks {
             .entry(found.id.clone())
             .or_insert_with(|| {
                 let daemon = found.labels.get(LABEL_DAEMON).map(String::as_str) == Some("true");
-                if daemon {
-                    self.inner.daemons.fetch_add(1, Ordering::SeqCst);
-                }
                 let mut record = Record::new(
                     &found.id,
                     found.labels.get(LABEL_NAME).cloned(),
@@ -1278,14 +1134,21 @@ impl Tasks {
                     label_u64(&found.labels, LABEL_CREATED).unwrap_or(0),
                     label_u64(&found.labels, LABEL_EXPIRES).unwrap_or(0),
                 );
-                record.phase = Phase::Idle;
+                record.life = TaskState::Idle;
                 record.attachable = found.labels.contains_key(LABEL_CHANNEL);
-                record.exited = !found.running;
+                record.container = if found.running {
+                    Container::Up
+                } else {
+                    Container::Stopped
+                };
                 record.read_only = found.labels.contains_key(LABEL_READ_ONLY);
                 if let Some((s, stored)) = self.inner.restored.lock().unwrap().remove(&found.id) {
                     record.failed_command = s.failed_command;
                     record.error = s.error;
-                    record.stored = Some((stored, s.state));
+                    // A state name this Lessl does not write makes the kept view stale,
+                    // which GET handles by patching in today's state.
+                    let written = TaskState::parse(&s.state).unwrap_or(TaskState::Exited);
+                    record.stored = Some((stored, written));
                 }
                 // Whoever adopts first (a request may beat the reconciliation after a
                 // restart) arms the TTL from the label; reconciliation skips known records.
@@ -1308,14 +1171,14 @@ impl Tasks {
         let binds = self
             .inner
             .volumes
-            .binds(&self.inner.docker, &spec.mounts)
+            .binds(&*self.inner.engine, &spec.mounts)
             .await?;
         let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
         let mut config = self.container_config(spec, &image, now, expires, binds, quota);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let mut attempt = self
             .inner
-            .docker
+            .engine
             .create_container(name.as_deref(), &config)
             .await;
         if let Err(e) = &attempt {
@@ -1327,7 +1190,7 @@ impl Tasks {
                 config.host_config.storage_opt.clear();
                 attempt = self
                     .inner
-                    .docker
+                    .engine
                     .create_container(name.as_deref(), &config)
                     .await;
             }
@@ -1336,13 +1199,13 @@ impl Tasks {
             log!("pulling {image}, which Docker does not have");
             attempt = match self
                 .inner
-                .docker
+                .engine
                 .pull_image(&image, self.inner.settings.pull_timeout)
                 .await
             {
                 Ok(()) => {
                     self.inner
-                        .docker
+                        .engine
                         .create_container(name.as_deref(), &config)
                         .await
                 }
@@ -1406,21 +1269,21 @@ impl Tasks {
                 return Err(TaskError::LimitDiscarded { warnings });
             }
             for (dir, tar) in archive {
-                self.inner.docker.put_archive(&id, &dir, tar).await?;
+                self.inner.engine.put_archive(&id, &dir, tar).await?;
             }
             // Attached before start, so not a byte of the agent's answers is missed.
             let channel = self.open_channel(&id).await;
             record.lock().unwrap().channel = channel;
-            self.inner.docker.start_container(&id).await?;
+            self.inner.engine.start_container(&id).await?;
             Ok(())
         }
         .await;
         if let Err(e) = result {
-            self.forget(&id, "failed");
+            self.forget(&id, EndReason::Failed);
             self.remove_in_background(id);
             return Err(e);
         }
-        record.lock().unwrap().phase = Phase::Running;
+        record.lock().unwrap().life = TaskState::Running;
         let image = record.lock().unwrap().image.clone();
         task_log!(Info, &id, spec.name.as_deref(); "started from {image}");
         Ok(record)
@@ -1524,12 +1387,13 @@ impl Tasks {
             let outcome = match attached {
                 Some(outcome) => outcome,
                 None => {
-                    let docker = &self.inner.docker;
-                    run::run_command(docker, &id, cmd, env, pwd, limits, &spill).await
+                    let engine = &*self.inner.engine;
+                    run::run_command(engine, &id, cmd, env, pwd, limits, &spill).await
                 }
             };
             let outcome = self.check_killed_with_container(&id, outcome).await;
             let ended = record.lock().unwrap().ended;
+            let ended_failure = EndReason::failure;
             let r = outcome.as_ref().unwrap_or_else(RunError::partial);
             crate::metrics::METRICS.command_ran(Duration::from_millis(r.duration_ms));
             let done = match outcome {
@@ -1619,7 +1483,7 @@ impl Tasks {
             exit_code: None,
             ..result.clone()
         };
-        match self.inner.docker.inspect_container(id).await {
+        match self.inner.engine.inspect_container(id).await {
             Ok(c) if c.state.running => outcome,
             Ok(c) if c.state.oom_killed => Err(RunError::Lost {
                 partial: CmdResult {
@@ -1652,17 +1516,7 @@ impl Tasks {
     fn finish(&self, record: &Shared, outcome: RunOutcome) -> TaskView {
         let (id, remove, mut view) = {
             let mut r = record.lock().unwrap();
-            r.runs -= 1;
-            if r.runs == 0 && r.phase == Phase::Running {
-                r.phase = if r.daemon {
-                    Phase::Idle
-                } else {
-                    Phase::Finished
-                };
-            }
-            if r.error.is_some() {
-                r.phase = Phase::Failed;
-            }
+            r.end_run();
             // A finished non-daemon task takes no more commands: its attach stream (one fd
             // here and one in the engine) must not live on until the TTL with the record.
             if !r.daemon && r.runs == 0 {
@@ -1670,16 +1524,15 @@ impl Tasks {
             }
             (r.id.clone(), !r.daemon && r.runs == 0, r.view())
         };
+        // This run's own answer: another run's failure does not make this one failed.
         if outcome.error.is_some() {
-            view.state = Phase::Failed.as_str().to_string();
-        } else if view.state == Phase::Failed.as_str() {
+            view.state = TaskState::Failed;
+        } else if view.state == TaskState::Failed {
             view.state = if view.daemon {
-                Phase::Idle
+                TaskState::Idle
             } else {
-                Phase::Finished
-            }
-            .as_str()
-            .to_string();
+                TaskState::Finished
+            };
         }
         view.results = outcome.results;
         view.failed_command = outcome.failed_command;
@@ -1715,7 +1568,7 @@ impl Tasks {
             // A newer run started meanwhile: its own end will write; this file is stale.
             Ok(_) if r.seq != seq => {}
             // Removed (TTL, DELETE) while it was written: the file must not outlive it.
-            Ok(_) if matches!(r.ended, Some("expired" | "deleted" | "removed")) => {
+            Ok(_) if r.ended.is_some_and(EndReason::discards_results) => {
                 drop(r);
                 self.inner.store.remove(&view.id);
             }
@@ -1723,7 +1576,7 @@ impl Tasks {
                 // The run's spill files go with the answer, which holds their last references.
                 r.results = Vec::new();
                 view.kept = Some(stored.clone());
-                r.stored = Some((stored, view.state.clone()));
+                r.stored = Some((stored, view.state));
             }
             Err(e) => {
                 crate::metrics::METRICS.result_not_kept();
@@ -1753,7 +1606,7 @@ impl Tasks {
             self.instance_label(),
             format!("{LABEL_TOKEN}={token}"),
         ];
-        let docker = self.inner.docker.clone();
+        let docker = self.inner.engine.clone();
         let guard = self.inner.background.enter();
         tokio::spawn(async move {
             let _guard = guard;
@@ -1775,7 +1628,7 @@ impl Tasks {
     }
 
     fn remove_in_background(&self, id: String) {
-        let docker = self.inner.docker.clone();
+        let docker = self.inner.engine.clone();
         let guard = self.inner.background.enter();
         tokio::spawn(async move {
             let _guard = guard;
@@ -1800,7 +1653,7 @@ impl Tasks {
                 .collect()
         };
         for id in doomed {
-            self.forget(&id, "shutdown");
+            self.forget(&id, EndReason::Shutdown);
             self.remove_in_background(id);
         }
         for id in self.inner.pool.drain() {
@@ -1812,19 +1665,6 @@ impl Tasks {
         {
             log!(warn: "shutdown: background work still running after {grace:?}");
         }
-    }
-}
-
-fn ended_failure(why: &str) -> RunFailure {
-    let message = match why {
-        "expired" => "the task reached its TTL and its container was removed",
-        "deleted" => "the task was deleted while it ran",
-        "shutdown" => "Lessl shut down while the task ran",
-        _ => "the task's container was removed while it ran",
-    };
-    RunFailure {
-        code: format!("task.{why}"),
-        message: message.to_string(),
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::engine::Engine;
 use crate::docker::models::{Volume, VolumeRemoved};
-use crate::docker::Docker;
 use crate::spec::{Mount, MountSource};
 use crate::task_log;
 
@@ -137,7 +137,11 @@ impl Volumes {
 
     /// The bind strings for `HostConfig.Binds`, creating this instance's volumes as needed.
     /// A volume of the mapped name that this instance did not create is refused.
-    pub async fn binds(&self, docker: &Docker, mounts: &[Mount]) -> Result<Vec<String>, TaskError> {
+    pub async fn binds(
+        &self,
+        docker: &dyn Engine,
+        mounts: &[Mount],
+    ) -> Result<Vec<String>, TaskError> {
         let mut binds = Vec::with_capacity(mounts.len());
         for m in mounts {
             let mode = if m.read_only { "ro" } else { "rw" };
@@ -175,7 +179,7 @@ impl Volumes {
     }
 
     /// Every volume of this instance, and whether a container mounts it now.
-    pub async fn list(&self, docker: &Docker) -> Result<Vec<VolumeView>, TaskError> {
+    pub async fn list(&self, docker: &dyn Engine) -> Result<Vec<VolumeView>, TaskError> {
         let (volumes, in_use) = self.survey(docker).await?;
         let mut out: Vec<VolumeView> = volumes
             .into_iter()
@@ -194,7 +198,7 @@ impl Volumes {
     }
 
     /// Removes volume `name` of this instance: 404 when there is none, 409 while in use.
-    pub async fn remove(&self, docker: &Docker, name: &str) -> Result<(), TaskError> {
+    pub async fn remove(&self, docker: &dyn Engine, name: &str) -> Result<(), TaskError> {
         let engine = engine_name(&self.instance, name);
         let not_found = || TaskError::VolumeNotFound(name.to_string());
         match docker.inspect_volume(&engine).await? {
@@ -213,7 +217,7 @@ impl Volumes {
     }
 
     /// Removes the volumes no container has mounted for longer than the idle time.
-    pub async fn sweep(&self, docker: &Docker) -> Result<(), TaskError> {
+    pub async fn sweep(&self, docker: &dyn Engine) -> Result<(), TaskError> {
         let (volumes, in_use) = self.survey(docker).await?;
         let now = Instant::now();
         let mut doomed = Vec::new();
@@ -248,7 +252,7 @@ impl Volumes {
     /// This instance's volumes, and the ones some container (of any kind) mounts.
     async fn survey(
         &self,
-        docker: &Docker,
+        docker: &dyn Engine,
     ) -> Result<(Vec<Volume>, HashMap<String, ()>), TaskError> {
         let labels = [
             LABEL_MANAGED.to_string(),

@@ -7,16 +7,18 @@
 
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use serde::Serialize;
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::agent::protocol::{Frame, Request};
 use crate::agent::{OOM_MARK, SIGKILL_EXIT, TIMEOUT_EXIT, TIMEOUT_MARK};
 use crate::docker::models::ExecConfig;
 use crate::docker::stream::{Demuxer, StreamKind};
-use crate::docker::{Cause, Docker, DockerError, Step};
+use crate::docker::{Cause, DockerError, Step};
 use crate::spill::{Output, Sink, Spiller};
+
+use super::engine::Engine;
 
 use super::channel::{Channel, Closed, START_DEADLINE};
 use crate::spec::{Command, Limits};
@@ -216,7 +218,7 @@ fn display(cmd: &Command) -> serde_json::Value {
 
 /// Runs `cmd` in container `id` and waits for it, at most its limit plus a grace period.
 pub async fn run_command(
-    docker: &Docker,
+    docker: &dyn Engine,
     id: &str,
     cmd: &Command,
     env: &[(String, String)],
@@ -254,30 +256,29 @@ pub async fn run_command(
     let mut demux = Demuxer::new();
     let mut gave_up = false;
     let mut broken = None;
+    let mut chunk = vec![0u8; 64 << 10];
     loop {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
+        match tokio::time::timeout_at(deadline, body.read(&mut chunk)).await {
             Err(_) => {
                 gave_up = true;
                 break;
             }
             // The stream ends when the command exits.
-            Ok(None) => break,
+            Ok(Ok(0)) => break,
             // It breaks when the container or Docker goes away under the command.
-            Ok(Some(Err(e))) => {
+            Ok(Err(e)) => {
                 broken = Some(e.to_string());
                 break;
             }
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let fed = demux.feed(data, |kind, bytes| match kind {
-                        StreamKind::Stdout => o.out.push(bytes),
-                        StreamKind::Stderr => o.err.push(bytes),
-                        StreamKind::Stdin => {}
-                    });
-                    if let Err(e) = fed {
-                        broken = Some(e.to_string());
-                        break;
-                    }
+            Ok(Ok(n)) => {
+                let fed = demux.feed(&chunk[..n], |kind, bytes| match kind {
+                    StreamKind::Stdout => o.out.push(bytes),
+                    StreamKind::Stderr => o.err.push(bytes),
+                    StreamKind::Stdin => {}
+                });
+                if let Err(e) = fed {
+                    broken = Some(e.to_string());
+                    break;
                 }
             }
         }
@@ -377,7 +378,7 @@ pub async fn run_attached(
 }
 
 /// Docker can close the stream a moment before it records the exit code.
-async fn exit_code_of(docker: &Docker, exec_id: &str) -> Result<Option<i64>, DockerError> {
+async fn exit_code_of(docker: &dyn Engine, exec_id: &str) -> Result<Option<i64>, DockerError> {
     for _ in 0..50 {
         let inspect = docker.inspect_exec(exec_id).await?;
         if !inspect.running {

@@ -11,10 +11,7 @@ pub struct TaskView {
     pub id: String,
     pub name: Option<String>,
     pub image: String,
-    /// `starting`, `running` (a command runs), `idle` (daemon, waiting for PUTs), `finished`,
-    /// `failed` (Lessl could not complete the run; see `error`), or Docker's own state for a
-    /// container this Lessl adopted after a restart.
-    pub state: String,
+    pub state: TaskState,
     pub daemon: bool,
     pub created_at: String,
     pub expires_at: String,
@@ -33,6 +30,52 @@ pub struct TaskView {
     /// answer streams that file rather than encoding the results again in memory.
     #[serde(skip)]
     pub kept: Option<crate::state::Stored>,
+}
+
+/// Where a task is in its life, as the API names it. Every verb has one answer per state
+/// (the README's table of states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Its container is being created, filled and started.
+    Starting,
+    /// A run is in progress (a command runs).
+    Running,
+    /// A daemon task waiting for PUTs.
+    Idle,
+    /// Its run ended; `failed_command` says whether a command failed.
+    Finished,
+    /// Lessl could not complete its newest run; `error` says why.
+    Failed,
+    /// Its container stopped without Lessl ending a run (killed, the engine restarted).
+    Exited,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Idle => "idle",
+            TaskState::Finished => "finished",
+            TaskState::Failed => "failed",
+            TaskState::Exited => "exited",
+        }
+    }
+
+    /// The name as [`TaskState::as_str`] writes it (read back from the state directory).
+    pub fn parse(s: &str) -> Option<TaskState> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    /// The state of a container no record describes, from the engine's own words.
+    pub fn of_container(running: bool, status: &str) -> TaskState {
+        match (running, status) {
+            (true, _) => TaskState::Idle,
+            (false, "created") => TaskState::Starting,
+            (false, _) => TaskState::Exited,
+        }
+    }
 }
 
 /// A run that Lessl could not complete (not a command exiting non-zero).
@@ -67,6 +110,27 @@ pub fn rfc3339(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_round_trip_by_name() {
+        for s in [
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Idle,
+            TaskState::Finished,
+            TaskState::Failed,
+            TaskState::Exited,
+        ] {
+            assert_eq!(TaskState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(TaskState::parse("paused"), None);
+        assert_eq!(
+            TaskState::of_container(false, "created"),
+            TaskState::Starting
+        );
+        assert_eq!(TaskState::of_container(false, "exited"), TaskState::Exited);
+    }
 
     #[test]
     fn rfc3339_known_instants() {

@@ -57,7 +57,7 @@ impl Tasks {
         config
             .labels
             .insert(LABEL_POOL.to_string(), "true".to_string());
-        let created = match self.inner.docker.create_container(None, &config).await {
+        let created = match self.inner.engine.create_container(None, &config).await {
             Ok(c) => c,
             Err(e) => {
                 self.sweep_lost_create(&config);
@@ -69,7 +69,7 @@ impl Tasks {
             if let Some(w) = created.warnings.filter(|w| !w.is_empty()) {
                 return Err(TaskError::LimitDiscarded { warnings: w });
             }
-            let channel = channel::Channel::open(&self.inner.docker, &id)
+            let channel = channel::Channel::open(&*self.inner.engine, &id)
                 .await
                 .map_err(|e| match e {
                     channel::ChannelError::Attach(d) => TaskError::Docker(d),
@@ -78,7 +78,7 @@ impl Tasks {
                         message: "attach stream closed at once".into(),
                     },
                 })?;
-            self.inner.docker.start_container(&id).await?;
+            self.inner.engine.start_container(&id).await?;
             Ok(channel)
         }
         .await;
@@ -135,13 +135,13 @@ impl Tasks {
         record.channel = Some(warm.channel);
         let record = self.register(record);
         for (dir, tar) in archive {
-            if let Err(e) = self.inner.docker.put_archive(&id, &dir, tar).await {
-                self.forget(&id, "failed");
+            if let Err(e) = self.inner.engine.put_archive(&id, &dir, tar).await {
+                self.forget(&id, EndReason::Failed);
                 self.remove_in_background(id);
                 return Err(e.into());
             }
         }
-        record.lock().unwrap().phase = Phase::Running;
+        record.lock().unwrap().life = TaskState::Running;
         Ok(record)
     }
 }
