@@ -396,3 +396,4 @@ pub fn container_exists(id: &str) -> bool {
 
 pub mod fake_docker;
 pub mod private_dockerd;
+pub mod private_podman;
