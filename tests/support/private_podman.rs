@@ -295,12 +295,24 @@ impl Drop for PrivatePodman {
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
+        // A process still using a mount would make its umount fail as busy.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_naming(&self.dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // containers/storage keeps its overlay directory (and shm, netns) mounted after the
         // service stops; those mounts are under D and the test's own.
-        for m in mounts_under(&self.dir) {
-            let _ = Command::new("umount").arg(&m).status();
+        let mut left = mounts_under(&self.dir);
+        for _ in 0..20 {
+            for m in &left {
+                let _ = Command::new("umount").arg(m).stderr(Stdio::null()).status();
+            }
+            left = mounts_under(&self.dir);
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let left = mounts_under(&self.dir);
         if !left.is_empty() {
             eprintln!(
                 "private podman: mounts remain under {}: {left:?}; not removing it",
