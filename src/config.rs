@@ -2,12 +2,13 @@
 //! Errors name the flag at fault. Nothing here touches the network or Docker.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::spec::{BindRule, Bounds, Limits};
+use crate::tasks::agent_volume::AgentSource;
 
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,12 @@ pub struct ServeArgs {
     /// runner; defaults to this executable.
     #[arg(long, env = "LESSL_AGENT")]
     pub agent: Option<PathBuf>,
+    /// How the agent reaches task containers: `bind` (a read-only bind of --agent's host
+    /// path), `volume` (copied once per engine and version into the named volume
+    /// `lessl-agent-<version>-<hash>`, for engines that cannot see Lessl's files), or `auto`:
+    /// `volume` when Lessl runs in a container and no --agent is given, else `bind`.
+    #[arg(long, env = "LESSL_AGENT_SOURCE", default_value = "auto", value_parser = ["auto", "bind", "volume"])]
+    pub agent_source: String,
     /// TTL of a task that names none, seconds.
     #[arg(long, env = "LESSL_DEFAULT_TTL", default_value_t = 600)]
     pub default_ttl: u64,
@@ -199,6 +206,11 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
+/// Whether this process runs in a container: Docker and Podman mark their containers' root.
+fn in_container() -> bool {
+    Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -214,6 +226,8 @@ pub struct Config {
     pub instance: String,
     /// Host path of the binary mounted into containers.
     pub agent: PathBuf,
+    /// How the agent reaches task containers (`--agent-source`, `auto` resolved).
+    pub agent_source: AgentSource,
     /// Task defaults and maxima.
     pub bounds: Bounds,
     /// Request body cap.
@@ -368,6 +382,14 @@ impl ServeArgs {
                 "must be 1 to 32 characters of [A-Za-z0-9_-]",
             ));
         }
+        let agent_source = match self.agent_source.as_str() {
+            "bind" => AgentSource::Bind,
+            "volume" => AgentSource::Volume,
+            // In a container, this executable's path is the container's own, which the
+            // engine cannot bind; an explicit --agent is taken to be a host path.
+            _ if self.agent.is_none() && in_container() => AgentSource::Volume,
+            _ => AgentSource::Bind,
+        };
         let agent = match self.agent {
             Some(p) => p,
             None => std::env::current_exe()
@@ -498,6 +520,7 @@ impl ServeArgs {
             docker_timeout,
             instance: self.instance,
             agent,
+            agent_source,
             bounds: Bounds {
                 ttl_default: self.default_ttl,
                 ttl_max: self.max_ttl,

@@ -128,6 +128,7 @@ pub async fn run_supervised(
         Settings {
             instance: config.instance.clone(),
             agent: config.agent.clone(),
+            agent_source: config.agent_source,
             bounds: config.bounds.clone(),
             allow_images: config.allow_images.clone(),
             allow_pull: config.allow_pull.clone(),

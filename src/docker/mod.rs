@@ -628,10 +628,19 @@ impl Docker {
         }
     }
 
-    /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
     /// Where `path` in container `id` leads: None when it does not exist, else the target of
     /// a symlink (resolved by Docker from the container's root), or "" for anything else.
     pub async fn stat_path(&self, id: &str, path: &str) -> Result<Option<String>, DockerError> {
+        Ok(self.stat(id, path).await?.map(|s| s.link_target))
+    }
+
+    /// The size in bytes of `path` in container `id` (which may be created and never
+    /// started; its volumes are mounted for the call), or None when it does not exist.
+    pub async fn path_size(&self, id: &str, path: &str) -> Result<Option<u64>, DockerError> {
+        Ok(self.stat(id, path).await?.map(|s| s.size))
+    }
+
+    async fn stat(&self, id: &str, path: &str) -> Result<Option<PathStat>, DockerError> {
         let query = format!("/containers/{id}/archive?path={}", query_escape(path));
         let resp = match self
             .send(Step::StatPath, Method::HEAD, &query, Body::Empty)
@@ -641,11 +650,6 @@ impl Docker {
             Err(e) if e.status() == Some(404) => return Ok(None),
             Err(e) => return Err(e),
         };
-        #[derive(serde::Deserialize)]
-        struct PathStat {
-            #[serde(rename = "linkTarget", default)]
-            link_target: String,
-        }
         let decode = |m: String| DockerError {
             step: Step::StatPath,
             cause: Cause::Decode(m),
@@ -657,16 +661,27 @@ impl Docker {
         let json = base64::engine::general_purpose::STANDARD
             .decode(header.as_bytes())
             .map_err(|e| decode(e.to_string()))?;
-        let stat: PathStat = serde_json::from_slice(&json).map_err(|e| decode(e.to_string()))?;
-        Ok(Some(stat.link_target))
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| decode(e.to_string()))
     }
 
+    /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
         let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
         self.send(Step::PutArchive, Method::PUT, &path, Body::Tar(tar.into()))
             .await
             .map(drop)
     }
+}
+
+/// What Docker's `X-Docker-Container-Path-Stat` header says of a path; only the fields read.
+#[derive(serde::Deserialize)]
+struct PathStat {
+    #[serde(default)]
+    size: u64,
+    #[serde(rename = "linkTarget", default)]
+    link_target: String,
 }
 
 /// A request body, typed so `send` sets the right Content-Type.

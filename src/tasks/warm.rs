@@ -52,6 +52,7 @@ impl Tasks {
             read_only: false,
         };
         let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        self.inner.agent.ensure(&self.inner.docker, image).await?;
         let mut config =
             self.container_config(&spec, image, now, now + spec.ttl * 1000, Vec::new(), quota);
         config
