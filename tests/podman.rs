@@ -164,22 +164,50 @@ fn the_core_runs_on_podman_over_exec() {
     core(&["--runner", "exec"]);
 }
 
+/// Also run with the agent from a volume, which Podman fills through the same archive API.
 #[test]
 fn ttl_expiry_and_removal_behind_lessls_back_are_seen_on_podman() {
     let engine = podman();
-    let mut lessl = Lessl::start(&["--docker-socket", &engine.socket_str()]);
+    let mut lessl = Lessl::start(&[
+        "--docker-socket",
+        &engine.socket_str(),
+        "--agent-source",
+        "volume",
+    ]);
     let mine = format!("lessl.instance={}", lessl.instance);
 
-    let v = lessl
-        .post(&json!({"image": BUSYBOX, "daemon": true, "ttl": 2}).to_string())
-        .expect(201)
-        .json();
-    let short = v["id"].as_str().unwrap().to_string();
     let v = lessl
         .post(&json!({"image": BUSYBOX, "daemon": true, "task_name": "gone"}).to_string())
         .expect(201)
         .json();
     let gone = v["id"].as_str().unwrap().to_string();
+    let mounts = engine
+        .podman(&[
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}} {{.RW}}\n{{end}}",
+            &gone,
+        ])
+        .unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("volume lessl-agent-") && l.ends_with(" /.lessl false")),
+        "no read-only agent volume: {mounts}"
+    );
+    let v = lessl
+        .put("gone", r#"{"cmd": ["echo from the volume"]}"#)
+        .expect(200)
+        .json();
+    assert_eq!(results(&v)[0]["stdout"], "from the volume\n", "{v}");
+
+    // The first task filled the agent volume (seconds for a debug build), so this TTL is
+    // not eaten by that.
+    let v = lessl
+        .post(&json!({"image": BUSYBOX, "daemon": true, "ttl": 2}).to_string())
+        .expect(201)
+        .json();
+    let short = v["id"].as_str().unwrap().to_string();
 
     // Removed behind Lessl's back: Podman's `remove` event drops it at once, not at its TTL.
     engine.podman(&["rm", "-f", "-t", "0", &gone]).unwrap();

@@ -248,7 +248,11 @@ mod tests {
         assert_eq!(bind.bind(), "/usr/bin/lessl:/.lessl/lessl:ro");
         let exe = std::env::current_exe().unwrap();
         let volume = AgentMount::new(AgentSource::Volume, &exe);
-        assert!(volume.bind().starts_with("lessl-agent-"), "{}", volume.bind());
+        assert!(
+            volume.bind().starts_with("lessl-agent-"),
+            "{}",
+            volume.bind()
+        );
         assert!(volume.bind().ends_with(":/.lessl:ro"));
     }
 }
