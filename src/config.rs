@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::docker::Endpoint;
 use crate::spec::{BindRule, Bounds, Limits};
 use crate::tasks::agent_volume::AgentSource;
 
@@ -27,7 +28,8 @@ pub struct ServeArgs {
     /// non-loopback address.
     #[arg(long, env = "LESSL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Docker socket; defaults to DOCKER_HOST (unix://...) or /var/run/docker.sock.
+    /// Docker socket; defaults to DOCKER_HOST (unix://PATH, or tcp://HOST:PORT with
+    /// DOCKER_TLS_VERIFY and DOCKER_CERT_PATH) or /var/run/docker.sock.
     #[arg(long, env = "LESSL_DOCKER_SOCKET")]
     pub docker_socket: Option<PathBuf>,
     /// Seconds Docker has to answer any call before the request fails with 504.
@@ -218,8 +220,8 @@ pub struct Config {
     pub listen: ListenAddr,
     /// Bearer token, when one is configured.
     pub token: Option<String>,
-    /// Docker's socket.
-    pub docker_socket: PathBuf,
+    /// Where the engine answers: `--docker-socket`, or `DOCKER_HOST` and its TLS variables.
+    pub docker: Endpoint,
     /// Deadline for every Docker call.
     pub docker_timeout: Duration,
     /// Label value separating this Lessl's containers from other instances'.
@@ -365,10 +367,15 @@ impl ServeArgs {
                 ));
             }
         }
-        let docker_socket = match self.docker_socket {
-            Some(p) => p,
-            None => crate::docker::Docker::socket_from_env(docker_host)
-                .map_err(|m| bad("docker-socket", m))?,
+        let docker = match self.docker_socket {
+            Some(p) => Endpoint::Unix(p),
+            None => Endpoint::from_env(
+                docker_host,
+                std::env::var("DOCKER_TLS_VERIFY").ok().as_deref(),
+                std::env::var("DOCKER_CERT_PATH").ok().as_deref(),
+                std::env::var("HOME").ok().as_deref(),
+            )
+            .map_err(|e| bad("docker-socket", e.to_string()))?,
         };
         let instance_ok = !self.instance.is_empty()
             && self.instance.len() <= 32
@@ -386,7 +393,9 @@ impl ServeArgs {
             "bind" => AgentSource::Bind,
             "volume" => AgentSource::Volume,
             // In a container, this executable's path is the container's own, which the
-            // engine cannot bind; an explicit --agent is taken to be a host path.
+            // engine cannot bind; an explicit --agent is taken to be a host path. A remote
+            // engine sees none of this machine's files.
+            _ if docker.is_remote() => AgentSource::Volume,
             _ if self.agent.is_none() && in_container() => AgentSource::Volume,
             _ => AgentSource::Bind,
         };
@@ -516,7 +525,7 @@ impl ServeArgs {
         Ok(Config {
             listen,
             token,
-            docker_socket,
+            docker,
             docker_timeout,
             instance: self.instance,
             agent,
@@ -623,7 +632,11 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:8734".parse().unwrap()));
         assert!(c.token.is_none());
-        assert_eq!(c.docker_socket, PathBuf::from("/var/run/docker.sock"));
+        assert!(
+            matches!(&c.docker, Endpoint::Unix(p) if p == Path::new("/var/run/docker.sock")),
+            "{:?}",
+            c.docker
+        );
         assert!(c.bounds.limits_default.memory_mb > 0 && c.bounds.limits_default.pids > 0);
     }
 

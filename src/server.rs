@@ -122,7 +122,7 @@ pub async fn run_supervised(
     shutdown: impl Future<Output = ()>,
     supervision: Supervision,
 ) {
-    let docker = Docker::new(&config.docker_socket, config.docker_timeout);
+    let docker = Docker::new(config.docker.clone(), config.docker_timeout);
     let tasks = Tasks::new(
         docker,
         Settings {
@@ -363,7 +363,7 @@ pub async fn preflight(config: &Config) -> Result<(), String> {
     let Some(runtime) = &config.runtime else {
         return Ok(());
     };
-    let docker = Docker::new(&config.docker_socket, config.docker_timeout);
+    let docker = Docker::new(config.docker.clone(), config.docker_timeout);
     match docker.has_runtime(runtime).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!(

@@ -1,14 +1,15 @@
-//! A small Docker Engine API client over the Unix socket. It knows containers, execs and
-//! archives, and nothing of tasks, names or TTLs. Every call goes through [`Docker::send`],
+//! A small Docker Engine API client over the engine's Unix socket, or TCP with TLS
+//! ([`transport`]). It knows containers, execs and archives, and nothing of tasks, names or
+//! TTLs. Every call goes through [`Docker::send`],
 //! which applies the negotiated API version, the timeout and the status check.
 
 pub mod models;
 pub mod stream;
+pub mod transport;
 
 use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,12 +17,12 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyperlocal::UnixConnector;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use models::*;
+pub use transport::Endpoint;
 
 /// The newest Engine API version this client is written against; older engines are spoken to
 /// in their own version, down to [`MIN_API`].
@@ -164,10 +165,10 @@ pub enum Removed {
 /// Handle to one Docker Engine. Cheap to clone: the connection pool is shared.
 #[derive(Clone)]
 pub struct Docker {
-    /// Pooled HTTP/1 connections to the engine's socket.
-    client: Client<UnixConnector, Full<Bytes>>,
-    /// The engine's socket.
-    socket: PathBuf,
+    /// Pooled HTTP/1 connections to the engine.
+    client: Client<transport::Connector, Full<Bytes>>,
+    /// Where the engine answers.
+    endpoint: Endpoint,
     /// `/v1.NN`, negotiated on first use so Lessl can start while Docker is down.
     version: std::sync::Arc<OnceCell<String>>,
     /// Deadline for Docker to answer any call (headers, and whole bodies of JSON answers).
@@ -175,33 +176,22 @@ pub struct Docker {
 }
 
 impl Docker {
-    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+    pub fn new(endpoint: impl Into<Endpoint>, timeout: Duration) -> Self {
+        let endpoint = endpoint.into();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(UnixConnector);
+            .build(transport::Connector::new(endpoint.clone()));
         Docker {
             client,
-            socket: socket.into(),
+            endpoint,
             version: Default::default(),
             timeout,
         }
     }
 
-    /// The socket named by `DOCKER_HOST` (`unix://PATH` only), or Docker's default.
-    pub fn socket_from_env(docker_host: Option<&str>) -> Result<PathBuf, String> {
-        match docker_host {
-            None | Some("") => Ok(PathBuf::from("/var/run/docker.sock")),
-            Some(h) => match h.strip_prefix("unix://") {
-                Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-                _ => Err(format!(
-                    "DOCKER_HOST={h}: only unix:///path sockets are supported"
-                )),
-            },
-        }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where the engine answers.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The one function every call goes through: API version, timeout, status check.
@@ -230,7 +220,10 @@ impl Docker {
         body: Body,
     ) -> Result<Response<Incoming>, DockerError> {
         let fail = |cause| DockerError { step, cause };
-        let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path_and_query).into();
+        // The connector ignores the authority: every request goes to the one engine.
+        let uri: hyper::Uri = format!("http://engine{path_and_query}")
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| fail(Cause::Decode(e.to_string())))?;
         let upgrade = matches!(body, Body::Upgrade);
         let (content_type, bytes) = match body {
             Body::Empty | Body::Upgrade => (None, Bytes::new()),
@@ -737,20 +730,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn docker_host_forms() {
-        assert_eq!(
-            Docker::socket_from_env(None).unwrap(),
-            PathBuf::from("/var/run/docker.sock")
-        );
-        assert_eq!(
-            Docker::socket_from_env(Some("unix:///tmp/d.sock")).unwrap(),
-            PathBuf::from("/tmp/d.sock")
-        );
-        assert!(Docker::socket_from_env(Some("tcp://1.2.3.4:2375")).is_err());
-        assert!(Docker::socket_from_env(Some("unix://")).is_err());
-    }
 
     #[test]
     fn api_versions() {
