@@ -46,7 +46,8 @@ pub struct ServeArgs {
     /// How the agent reaches task containers: `bind` (a read-only bind of --agent's host
     /// path), `volume` (copied once per engine and version into the named volume
     /// `lessl-agent-<version>-<hash>`, for engines that cannot see Lessl's files), or `auto`:
-    /// `volume` when Lessl runs in a container and no --agent is given, else `bind`.
+    /// `volume` for a remote engine (tcp://), or when Lessl runs from a container's image
+    /// layer (an overlay file system) and no --agent is given; else `bind`.
     #[arg(long, env = "LESSL_AGENT_SOURCE", default_value = "auto", value_parser = ["auto", "bind", "volume"])]
     pub agent_source: String,
     /// TTL of a task that names none, seconds.
@@ -396,7 +397,12 @@ impl ServeArgs {
             // engine cannot bind; an explicit --agent is taken to be a host path. A remote
             // engine sees none of this machine's files.
             _ if docker.is_remote() => AgentSource::Volume,
-            _ if self.agent.is_none() && in_container() => AgentSource::Volume,
+            _ if self.agent.is_none() && in_container() => match std::env::current_exe() {
+                Ok(exe) if crate::tasks::agent_volume::on_overlay(&exe) => AgentSource::Volume,
+                // Not in an image layer: the engine may well share this file system (an
+                // engine started inside the same container, say).
+                _ => AgentSource::Bind,
+            },
             _ => AgentSource::Bind,
         };
         let agent = match self.agent {

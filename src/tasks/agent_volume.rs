@@ -63,6 +63,8 @@ pub struct AgentMount {
     /// The binary's bytes until the volume is known to hold them, then dropped: a failed
     /// fill is retried by the next task with no second read of the file.
     bytes: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Set once the volume exists with its labels; a failure is not cached.
+    made: OnceCell<()>,
     /// Set once the volume holds the agent; a failure is not cached.
     ready: OnceCell<()>,
 }
@@ -84,6 +86,7 @@ impl AgentMount {
             binary: binary.to_path_buf(),
             volume: None,
             bytes: Mutex::new(None),
+            made: OnceCell::new(),
             ready: OnceCell::new(),
         };
         if source == AgentSource::Volume {
@@ -109,13 +112,38 @@ impl AgentMount {
         }
     }
 
-    /// Makes sure the volume holds the agent before a container mounts it (at once when it
-    /// goes by bind, or once the volume is known full). `image` is any image the engine has:
-    /// the helper container is created from it and never started.
+    /// Makes the volume, with its labels, before a task container names it (an engine would
+    /// otherwise make it bare at the container's create). At once when the agent goes by bind.
+    pub async fn prepare(&self, docker: &Docker) -> Result<(), AgentVolumeError> {
+        let Some(volume) = &self.volume else {
+            return Ok(());
+        };
+        self.made
+            .get_or_try_init(|| async {
+                let labels = BTreeMap::from([(
+                    LABEL_AGENT.to_string(),
+                    env!("CARGO_PKG_VERSION").to_string(),
+                )]);
+                // Creating a volume that exists answers with it, on Docker and Podman alike.
+                docker
+                    .create_volume(volume, &labels)
+                    .await
+                    .map(drop)
+                    .map_err(AgentVolumeError::CreateVolume)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Makes sure the volume holds the agent before a container that mounts it starts (at
+    /// once when it goes by bind, or once the volume is known full). Called after the task's
+    /// container is created, so `image` is known to be on the engine (pulled if need be): the
+    /// helper container is created from it and never started.
     pub async fn ensure(&self, docker: &Docker, image: &str) -> Result<(), AgentVolumeError> {
         let Some(volume) = &self.volume else {
             return Ok(());
         };
+        self.prepare(docker).await?;
         self.ready
             .get_or_try_init(|| async {
                 let bytes = self.bytes.lock().unwrap().clone();
@@ -128,6 +156,32 @@ impl AgentMount {
             .await
             .map(drop)
     }
+}
+
+/// Whether an engine is unlikely to see the file at `path` under that same path: it lies on
+/// an overlay file system, as the image layers of a container do (Lessl in a container).
+/// A host whose own root is an overlay gets the volume too, which works there as well.
+pub fn on_overlay(path: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    fs_type_of(&mountinfo, &path.to_string_lossy())
+        .is_some_and(|t| matches!(t, "overlay" | "fuse-overlayfs" | "aufs"))
+}
+
+/// The file system type of the mount holding `path` (the longest mount point above it), from
+/// the text of /proc/self/mountinfo: `ID PARENT DEV ROOT MOUNTPOINT OPTS [TAGS] - TYPE ...`.
+fn fs_type_of<'a>(mountinfo: &'a str, path: &str) -> Option<&'a str> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            let kind = l.split(" - ").nth(1)?.split(' ').next()?;
+            let under = point == "/"
+                || path == point
+                || path.strip_prefix(point).is_some_and(|r| r.starts_with('/'));
+            under.then_some((point.len(), kind))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
 }
 
 /// `lessl-agent-<version>-<hash of the binary>`: a new build gets a new volume, and the same
@@ -143,24 +197,15 @@ fn volume_name(bytes: &[u8]) -> String {
     )
 }
 
-/// Creates the volume if needed and, unless it already holds a file of the binary's size at
-/// `lessl`, unpacks the binary into it through a stopped helper container, which is removed
-/// whatever happened. Two Lessls filling it at once write the same bytes.
+/// Unless the volume already holds a file of the binary's size at `lessl`, unpacks the binary
+/// into it through a stopped helper container, which is removed whatever happened. Two
+/// Lessls filling it at once write the same bytes.
 async fn fill(
     docker: &Docker,
     volume: &str,
     image: &str,
     bytes: &[u8],
 ) -> Result<(), AgentVolumeError> {
-    let labels = BTreeMap::from([(
-        LABEL_AGENT.to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    )]);
-    // Creating a volume that exists answers with it, on Docker and Podman alike.
-    docker
-        .create_volume(volume, &labels)
-        .await
-        .map_err(AgentVolumeError::CreateVolume)?;
     let helper = docker
         .create_container(None, &helper_config(volume, image))
         .await
@@ -240,6 +285,18 @@ mod tests {
         assert_eq!(a, volume_name(b"one binary"));
         assert_ne!(a, volume_name(b"another binary"));
         assert!(a.starts_with(&format!("lessl-agent-{}-", env!("CARGO_PKG_VERSION"))));
+    }
+
+    #[test]
+    fn the_mount_holding_a_path_gives_its_type() {
+        let info = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+                    108 27 0:50 / /opt rw master:3 - overlay overlay rw,lowerdir=/x\n\
+                    109 108 0:51 / /opt/bin rw - tmpfs tmpfs rw\n";
+        assert_eq!(fs_type_of(info, "/usr/bin/lessl"), Some("ext4"));
+        assert_eq!(fs_type_of(info, "/opt/lessl"), Some("overlay"));
+        assert_eq!(fs_type_of(info, "/opt/bin/lessl"), Some("tmpfs"));
+        assert_eq!(fs_type_of(info, "/optional/lessl"), Some("ext4"));
+        assert_eq!(fs_type_of("", "/x"), None);
     }
 
     #[test]

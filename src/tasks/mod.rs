@@ -1315,7 +1315,7 @@ impl Tasks {
             .binds(&self.inner.docker, &spec.mounts)
             .await?;
         let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
-        self.inner.agent.ensure(&self.inner.docker, &image).await?;
+        self.inner.agent.prepare(&self.inner.docker).await?;
         let mut config = self.container_config(spec, &image, now, expires, binds, quota);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let mut attempt = self
@@ -1410,6 +1410,8 @@ impl Tasks {
             if !warnings.is_empty() {
                 return Err(TaskError::LimitDiscarded { warnings });
             }
+            let image = spec.image.as_deref().unwrap_or_default();
+            self.inner.agent.ensure(&self.inner.docker, image).await?;
             for (dir, tar) in archive {
                 self.inner.docker.put_archive(&id, &dir, tar).await?;
             }
