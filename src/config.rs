@@ -48,7 +48,12 @@ pub struct ServeArgs {
     /// `lessl-agent-<version>-<hash>`, for engines that cannot see Lessl's files), or `auto`:
     /// `volume` for a remote engine (tcp://), or when Lessl runs from a container's image
     /// layer (an overlay file system) and no --agent is given; else `bind`.
-    #[arg(long, env = "LESSL_AGENT_SOURCE", default_value = "auto", value_parser = ["auto", "bind", "volume"])]
+    #[arg(
+        long,
+        env = "LESSL_AGENT_SOURCE",
+        default_value = "auto",
+        value_parser = ["auto", "bind", "volume"]
+    )]
     pub agent_source: String,
     /// TTL of a task that names none, seconds.
     #[arg(long, env = "LESSL_DEFAULT_TTL", default_value_t = 600)]

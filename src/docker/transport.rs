@@ -104,7 +104,8 @@ enum HostForm {
 fn parse_host(docker_host: Option<&str>) -> Result<HostForm, TransportError> {
     let bad = |h: &str| {
         TransportError::ParseHost(format!(
-            "DOCKER_HOST={h}: only unix:///path sockets and tcp://HOST:PORT (with TLS) are supported"
+            "DOCKER_HOST={h}: only unix:///path sockets and tcp://HOST:PORT (with TLS) are \
+             supported"
         ))
     };
     let h = match docker_host {

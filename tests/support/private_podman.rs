@@ -8,8 +8,9 @@
 //!
 //! Configuration forced by this kind of host (root without `CAP_SYS_RESOURCE`, no systemd as
 //! PID 1): `default_ulimits` is emptied, so containers inherit the service's limits (Podman
-//! otherwise asks for more than the host allows and every start fails), the cgroup manager is `cgroupfs`, events go to a
-//! file, and locks are files under D rather than the host-wide shared memory segment.
+//! otherwise asks for more than the host allows and every start fails), the cgroup manager
+//! is `cgroupfs`, events go to a file, and locks are files under D rather than the host-wide
+//! shared memory segment.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
