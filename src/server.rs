@@ -155,6 +155,7 @@ pub async fn run_supervised(
         token: config.token.clone(),
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
+        instance: config.instance.clone(),
     });
     let listening = listener.describe();
     log!(notice: "listening on {listening}");
