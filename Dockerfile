@@ -6,20 +6,17 @@
 #   cargo build --release
 #   tar -c Dockerfile target/x86_64-unknown-linux-musl/release/lessl | docker build -t lessl -
 #
-# Run it against the host's Docker Engine. Lessl bind-mounts its own binary (--agent) into
-# every task container, and the Engine resolves that path on the HOST, not in this image: so
-# mount the host's copy of the same binary at the same path and name it with --agent
-# (LESSL_AGENT below). --network host keeps the API on the host's loopback; for
+# Run it against the host's Docker Engine with only the Engine's socket mounted: in a
+# container and without --agent, Lessl copies itself into the volume lessl-agent-<version>-
+# <hash> once and mounts that read-only at /.lessl in every task container
+# (--agent-source auto). --network host keeps the API on the host's loopback; for
 # --listen 0.0.0.0:8734 (the default CMD) a token file is required.
 #
 #   docker run -d --name lessl --network host \
 #     -v /var/run/docker.sock:/var/run/docker.sock \
-#     -v /usr/local/bin/lessl:/usr/local/bin/lessl:ro \
 #     lessl serve --listen 127.0.0.1:8734
 FROM scratch
 COPY target/x86_64-unknown-linux-musl/release/lessl /lessl
-# The agent path as the host's Engine sees it; startup fails clearly if it is not mounted.
-ENV LESSL_AGENT=/usr/local/bin/lessl
 EXPOSE 8734
 ENTRYPOINT ["/lessl"]
 # Reachable from outside the container, hence the token: mount one at this path

@@ -4,8 +4,8 @@
 #   contrib/test-env.sh            # ensure Docker + test images, then `cargo test`
 #   contrib/test-env.sh --setup    # only ensure Docker + test images
 #
-# On Debian as root it installs docker.io, busybox-static, musl-tools, btrfs-progs, runsc
-# and systemd (for systemd-analyze) when missing and starts
+# On Debian as root it installs docker.io, busybox-static, musl-tools, btrfs-progs, runsc,
+# podman, nginx-light and systemd (for systemd-analyze) when missing and starts
 # `dockerd --bridge=none --iptables=false --ip-masq=false` when no engine answers; elsewhere it
 # says what is missing and stops. Images are built offline with `docker import`, since no
 # registry can be reached: lessl-test/busybox (static busybox and its applet links) and
@@ -29,6 +29,13 @@ install_packages() {
     command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
     # tests/engines.rs runs tasks under gVisor on a private engine that knows runsc.
     command -v runsc >/dev/null 2>&1 || missing+=(runsc)
+    # tests/podman.rs runs the core suite against private `podman system service`s, each
+    # with its own storage and socket (Debian's podman brings conmon, runc and
+    # containers-storage with it); the machine's own Podman is never configured.
+    command -v podman >/dev/null 2>&1 || missing+=(podman)
+    # tests/scale_out.rs puts nginx (run by the test, on a loopback port) in front of two
+    # Lessls with contrib/lessl-lb.nginx.conf.
+    type -P nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     # tests/ops.rs checks the units with `systemd-analyze verify`, which works without
     # systemd running as PID 1.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)

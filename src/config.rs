@@ -2,12 +2,14 @@
 //! Errors name the flag at fault. Nothing here touches the network or Docker.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::docker::Endpoint;
 use crate::spec::{BindRule, Bounds, Limits};
+use crate::tasks::agent_volume::AgentSource;
 
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +28,8 @@ pub struct ServeArgs {
     /// non-loopback address.
     #[arg(long, env = "LESSL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Docker socket; defaults to DOCKER_HOST (unix://...) or /var/run/docker.sock.
+    /// Docker socket; defaults to DOCKER_HOST (unix://PATH, or tcp://HOST:PORT with
+    /// DOCKER_TLS_VERIFY and DOCKER_CERT_PATH) or /var/run/docker.sock.
     #[arg(long, env = "LESSL_DOCKER_SOCKET")]
     pub docker_socket: Option<PathBuf>,
     /// Seconds Docker has to answer any call before the request fails with 504.
@@ -40,6 +43,18 @@ pub struct ServeArgs {
     /// runner; defaults to this executable.
     #[arg(long, env = "LESSL_AGENT")]
     pub agent: Option<PathBuf>,
+    /// How the agent reaches task containers: `bind` (a read-only bind of --agent's host
+    /// path), `volume` (copied once per engine and version into the named volume
+    /// `lessl-agent-<version>-<hash>`, for engines that cannot see Lessl's files), or `auto`:
+    /// `volume` for a remote engine (tcp://), or when Lessl runs from a container's image
+    /// layer (an overlay file system) and no --agent is given; else `bind`.
+    #[arg(
+        long,
+        env = "LESSL_AGENT_SOURCE",
+        default_value = "auto",
+        value_parser = ["auto", "bind", "volume"]
+    )]
+    pub agent_source: String,
     /// TTL of a task that names none, seconds.
     #[arg(long, env = "LESSL_DEFAULT_TTL", default_value_t = 600)]
     pub default_ttl: u64,
@@ -199,6 +214,11 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
+/// Whether this process runs in a container: Docker and Podman mark their containers' root.
+fn in_container() -> bool {
+    Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -206,14 +226,16 @@ pub struct Config {
     pub listen: ListenAddr,
     /// Bearer token, when one is configured.
     pub token: Option<String>,
-    /// Docker's socket.
-    pub docker_socket: PathBuf,
+    /// Where the engine answers: `--docker-socket`, or `DOCKER_HOST` and its TLS variables.
+    pub docker: Endpoint,
     /// Deadline for every Docker call.
     pub docker_timeout: Duration,
     /// Label value separating this Lessl's containers from other instances'.
     pub instance: String,
     /// Host path of the binary mounted into containers.
     pub agent: PathBuf,
+    /// How the agent reaches task containers (`--agent-source`, `auto` resolved).
+    pub agent_source: AgentSource,
     /// Task defaults and maxima.
     pub bounds: Bounds,
     /// Request body cap.
@@ -351,10 +373,15 @@ impl ServeArgs {
                 ));
             }
         }
-        let docker_socket = match self.docker_socket {
-            Some(p) => p,
-            None => crate::docker::Docker::socket_from_env(docker_host)
-                .map_err(|m| bad("docker-socket", m))?,
+        let docker = match self.docker_socket {
+            Some(p) => Endpoint::Unix(p),
+            None => Endpoint::from_env(
+                docker_host,
+                std::env::var("DOCKER_TLS_VERIFY").ok().as_deref(),
+                std::env::var("DOCKER_CERT_PATH").ok().as_deref(),
+                std::env::var("HOME").ok().as_deref(),
+            )
+            .map_err(|e| bad("docker-socket", e.to_string()))?,
         };
         let instance_ok = !self.instance.is_empty()
             && self.instance.len() <= 32
@@ -368,6 +395,21 @@ impl ServeArgs {
                 "must be 1 to 32 characters of [A-Za-z0-9_-]",
             ));
         }
+        let agent_source = match self.agent_source.as_str() {
+            "bind" => AgentSource::Bind,
+            "volume" => AgentSource::Volume,
+            // In a container, this executable's path is the container's own, which the
+            // engine cannot bind; an explicit --agent is taken to be a host path. A remote
+            // engine sees none of this machine's files.
+            _ if docker.is_remote() => AgentSource::Volume,
+            _ if self.agent.is_none() && in_container() => match std::env::current_exe() {
+                Ok(exe) if crate::tasks::agent_volume::on_overlay(&exe) => AgentSource::Volume,
+                // Not in an image layer: the engine may well share this file system (an
+                // engine started inside the same container, say).
+                _ => AgentSource::Bind,
+            },
+            _ => AgentSource::Bind,
+        };
         let agent = match self.agent {
             Some(p) => p,
             None => std::env::current_exe()
@@ -494,10 +536,11 @@ impl ServeArgs {
         Ok(Config {
             listen,
             token,
-            docker_socket,
+            docker,
             docker_timeout,
             instance: self.instance,
             agent,
+            agent_source,
             bounds: Bounds {
                 ttl_default: self.default_ttl,
                 ttl_max: self.max_ttl,
@@ -600,7 +643,11 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:8734".parse().unwrap()));
         assert!(c.token.is_none());
-        assert_eq!(c.docker_socket, PathBuf::from("/var/run/docker.sock"));
+        assert!(
+            matches!(&c.docker, Endpoint::Unix(p) if p == Path::new("/var/run/docker.sock")),
+            "{:?}",
+            c.docker
+        );
         assert!(c.bounds.limits_default.memory_mb > 0 && c.bounds.limits_default.pids > 0);
     }
 

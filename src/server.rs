@@ -122,12 +122,13 @@ pub async fn run_supervised(
     shutdown: impl Future<Output = ()>,
     supervision: Supervision,
 ) {
-    let docker = Docker::new(&config.docker_socket, config.docker_timeout);
+    let docker = Docker::new(config.docker.clone(), config.docker_timeout);
     let tasks = Tasks::new(
         Arc::new(docker),
         Settings {
             instance: config.instance.clone(),
             agent: config.agent.clone(),
+            agent_source: config.agent_source,
             bounds: config.bounds.clone(),
             allow_images: config.allow_images.clone(),
             allow_pull: config.allow_pull.clone(),
@@ -154,6 +155,7 @@ pub async fn run_supervised(
         token: config.token.clone(),
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
+        instance: config.instance.clone(),
     });
     let listening = listener.describe();
     log!(notice: "listening on {listening}");
@@ -362,7 +364,7 @@ pub async fn preflight(config: &Config) -> Result<(), String> {
     let Some(runtime) = &config.runtime else {
         return Ok(());
     };
-    let docker = Docker::new(&config.docker_socket, config.docker_timeout);
+    let docker = Docker::new(config.docker.clone(), config.docker_timeout);
     match docker.has_runtime(runtime).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!(

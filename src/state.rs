@@ -347,7 +347,7 @@ pub fn write_view(w: &mut impl Write, view: &TaskView) -> io::Result<()> {
         id: view.id.clone(),
         name: view.name.clone(),
         image: view.image.clone(),
-        state: view.state.clone(),
+        state: view.state,
         daemon: view.daemon,
         created_at: view.created_at.clone(),
         expires_at: view.expires_at.clone(),

@@ -33,6 +33,9 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// A client that takes longer than this to send its body is cut off.
     pub request_timeout: std::time::Duration,
+    /// This Lessl's `--instance`, sent as `Lessl-Instance` on every answer: behind a load
+    /// balancer, it tells a client which instance holds the task it just made.
+    pub instance: String,
 }
 
 /// A routed request: what to do, with its path parameters.
@@ -93,10 +96,14 @@ impl Api {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
-        let response = match self.dispatch(req).await {
+        let mut response = match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
+        // Checked at start: [A-Za-z0-9_-], always a valid header value.
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&self.instance) {
+            response.headers_mut().insert("lessl-instance", v);
+        }
         crate::metrics::METRICS.http_answered(response.status().as_u16());
         crate::log!(
             "{method} {path} -> {} in {} ms",

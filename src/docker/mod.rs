@@ -1,14 +1,15 @@
-//! A small Docker Engine API client over the Unix socket. It knows containers, execs and
-//! archives, and nothing of tasks, names or TTLs. Every call goes through [`Docker::send`],
+//! A small Docker Engine API client over the engine's Unix socket, or TCP with TLS
+//! ([`transport`]). It knows containers, execs and archives, and nothing of tasks, names or
+//! TTLs. Every call goes through [`Docker::send`],
 //! which applies the negotiated API version, the timeout and the status check.
 
 pub mod models;
 pub mod stream;
+pub mod transport;
 
 use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,12 +17,12 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyperlocal::UnixConnector;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use models::*;
+pub use transport::Endpoint;
 
 /// The newest Engine API version this client is written against; older engines are spoken to
 /// in their own version, down to [`MIN_API`].
@@ -164,10 +165,10 @@ pub enum Removed {
 /// Handle to one Docker Engine. Cheap to clone: the connection pool is shared.
 #[derive(Clone)]
 pub struct Docker {
-    /// Pooled HTTP/1 connections to the engine's socket.
-    client: Client<UnixConnector, Full<Bytes>>,
-    /// The engine's socket.
-    socket: PathBuf,
+    /// Pooled HTTP/1 connections to the engine.
+    client: Client<transport::Connector, Full<Bytes>>,
+    /// Where the engine answers.
+    endpoint: Endpoint,
     /// `/v1.NN`, negotiated on first use so Lessl can start while Docker is down.
     version: std::sync::Arc<OnceCell<String>>,
     /// Deadline for Docker to answer any call (headers, and whole bodies of JSON answers).
@@ -175,33 +176,22 @@ pub struct Docker {
 }
 
 impl Docker {
-    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+    pub fn new(endpoint: impl Into<Endpoint>, timeout: Duration) -> Self {
+        let endpoint = endpoint.into();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(UnixConnector);
+            .build(transport::Connector::new(endpoint.clone()));
         Docker {
             client,
-            socket: socket.into(),
+            endpoint,
             version: Default::default(),
             timeout,
         }
     }
 
-    /// The socket named by `DOCKER_HOST` (`unix://PATH` only), or Docker's default.
-    pub fn socket_from_env(docker_host: Option<&str>) -> Result<PathBuf, String> {
-        match docker_host {
-            None | Some("") => Ok(PathBuf::from("/var/run/docker.sock")),
-            Some(h) => match h.strip_prefix("unix://") {
-                Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-                _ => Err(format!(
-                    "DOCKER_HOST={h}: only unix:///path sockets are supported"
-                )),
-            },
-        }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where the engine answers.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The one function every call goes through: API version, timeout, status check.
@@ -230,7 +220,10 @@ impl Docker {
         body: Body,
     ) -> Result<Response<Incoming>, DockerError> {
         let fail = |cause| DockerError { step, cause };
-        let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path_and_query).into();
+        // The connector ignores the authority: every request goes to the one engine.
+        let uri: hyper::Uri = format!("http://engine{path_and_query}")
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| fail(Cause::Decode(e.to_string())))?;
         let upgrade = matches!(body, Body::Upgrade);
         let (content_type, bytes) = match body {
             Body::Empty | Body::Upgrade => (None, Bytes::new()),
@@ -628,10 +621,19 @@ impl Docker {
         }
     }
 
-    /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
     /// Where `path` in container `id` leads: None when it does not exist, else the target of
     /// a symlink (resolved by Docker from the container's root), or "" for anything else.
     pub async fn stat_path(&self, id: &str, path: &str) -> Result<Option<String>, DockerError> {
+        Ok(self.stat(id, path).await?.map(|s| s.link_target))
+    }
+
+    /// The size in bytes of `path` in container `id` (which may be created and never
+    /// started; its volumes are mounted for the call), or None when it does not exist.
+    pub async fn path_size(&self, id: &str, path: &str) -> Result<Option<u64>, DockerError> {
+        Ok(self.stat(id, path).await?.map(|s| s.size))
+    }
+
+    async fn stat(&self, id: &str, path: &str) -> Result<Option<PathStat>, DockerError> {
         let query = format!("/containers/{id}/archive?path={}", query_escape(path));
         let resp = match self
             .send(Step::StatPath, Method::HEAD, &query, Body::Empty)
@@ -641,11 +643,6 @@ impl Docker {
             Err(e) if e.status() == Some(404) => return Ok(None),
             Err(e) => return Err(e),
         };
-        #[derive(serde::Deserialize)]
-        struct PathStat {
-            #[serde(rename = "linkTarget", default)]
-            link_target: String,
-        }
         let decode = |m: String| DockerError {
             step: Step::StatPath,
             cause: Cause::Decode(m),
@@ -657,16 +654,27 @@ impl Docker {
         let json = base64::engine::general_purpose::STANDARD
             .decode(header.as_bytes())
             .map_err(|e| decode(e.to_string()))?;
-        let stat: PathStat = serde_json::from_slice(&json).map_err(|e| decode(e.to_string()))?;
-        Ok(Some(stat.link_target))
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| decode(e.to_string()))
     }
 
+    /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
         let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
         self.send(Step::PutArchive, Method::PUT, &path, Body::Tar(tar.into()))
             .await
             .map(drop)
     }
+}
+
+/// What Docker's `X-Docker-Container-Path-Stat` header says of a path; only the fields read.
+#[derive(serde::Deserialize)]
+struct PathStat {
+    #[serde(default)]
+    size: u64,
+    #[serde(rename = "linkTarget", default)]
+    link_target: String,
 }
 
 /// A request body, typed so `send` sets the right Content-Type.
@@ -722,20 +730,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn docker_host_forms() {
-        assert_eq!(
-            Docker::socket_from_env(None).unwrap(),
-            PathBuf::from("/var/run/docker.sock")
-        );
-        assert_eq!(
-            Docker::socket_from_env(Some("unix:///tmp/d.sock")).unwrap(),
-            PathBuf::from("/tmp/d.sock")
-        );
-        assert!(Docker::socket_from_env(Some("tcp://1.2.3.4:2375")).is_err());
-        assert!(Docker::socket_from_env(Some("unix://")).is_err());
-    }
 
     #[test]
     fn api_versions() {

@@ -49,6 +49,7 @@ pub trait Engine: Send + Sync + 'static {
     fn pull_image<'a>(&'a self, image: &'a str, deadline: Duration) -> Call<'a, ()>;
     fn put_archive<'a>(&'a self, id: &'a str, dir: &'a str, tar: Vec<u8>) -> Call<'a, ()>;
     fn stat_path<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<String>>;
+    fn path_size<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<u64>>;
     fn create_exec<'a>(&'a self, id: &'a str, config: &'a ExecConfig) -> Call<'a, IdResponse>;
     fn start_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, Reader>;
     fn inspect_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, ExecInspect>;
@@ -114,6 +115,9 @@ impl Engine for Docker {
     }
     fn stat_path<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<String>> {
         Box::pin(Docker::stat_path(self, id, path))
+    }
+    fn path_size<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<u64>> {
+        Box::pin(Docker::path_size(self, id, path))
     }
     fn create_exec<'a>(&'a self, id: &'a str, config: &'a ExecConfig) -> Call<'a, IdResponse> {
         Box::pin(Docker::create_exec(self, id, config))

@@ -7,6 +7,7 @@
 //! [`warm`] (the pool's life), [`run`] and [`channel`] (commands), [`files`], [`view`].
 
 mod admission;
+pub mod agent_volume;
 pub mod channel;
 pub mod engine;
 pub mod expiry;
@@ -81,6 +82,8 @@ pub struct Settings {
     pub instance: String,
     /// Host path of the static binary mounted into containers.
     pub agent: PathBuf,
+    /// Whether the agent goes into containers by a bind of `agent` or by a volume.
+    pub agent_source: agent_volume::AgentSource,
     /// Spec defaults and maxima.
     pub bounds: Bounds,
     /// Image patterns tasks may use (`*` matches any run of characters).
@@ -287,6 +290,8 @@ struct Inner {
     /// The container engine, behind the seam tests replace.
     engine: Arc<dyn Engine>,
     settings: Settings,
+    /// The agent's mount in task containers (and the volume holding it, if any).
+    agent: agent_volume::AgentMount,
     /// Unix milliseconds at start: containers created before it belong to a previous process.
     boot: u64,
     /// By container id. std Mutex, never held across an `.await`: every critical section is
@@ -382,6 +387,7 @@ impl Tasks {
         let kept = store.sweep(now_ms());
         let tasks = Tasks {
             inner: Arc::new(Inner {
+                agent: agent_volume::AgentMount::new(settings.agent_source, &settings.agent),
                 engine,
                 settings,
                 boot: now_ms(),
@@ -1174,6 +1180,7 @@ impl Tasks {
             .binds(&*self.inner.engine, &spec.mounts)
             .await?;
         let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        self.inner.agent.prepare(&*self.inner.engine).await?;
         let mut config = self.container_config(spec, &image, now, expires, binds, quota);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let mut attempt = self
@@ -1268,6 +1275,8 @@ impl Tasks {
             if !warnings.is_empty() {
                 return Err(TaskError::LimitDiscarded { warnings });
             }
+            let image = spec.image.as_deref().unwrap_or_default();
+            self.inner.agent.ensure(&*self.inner.engine, image).await?;
             for (dir, tar) in archive {
                 self.inner.engine.put_archive(&id, &dir, tar).await?;
             }
@@ -1348,7 +1357,7 @@ impl Tasks {
                 memory_swap: memory,
                 nano_cpus: spec.limits.nano_cpus(),
                 pids_limit: spec.limits.pids as i64,
-                binds: std::iter::once(format!("{}:{AGENT_PATH}:ro", s.agent.display()))
+                binds: std::iter::once(self.inner.agent.bind())
                     .chain(binds)
                     .collect(),
                 log_config: LogConfig {

@@ -25,6 +25,7 @@ fn settings(max_daemons: usize) -> Settings {
     Settings {
         instance: "unit".into(),
         agent: "/bin/true".into(),
+        agent_source: agent_volume::AgentSource::Bind,
         bounds: Bounds {
             ttl_default: 600,
             ttl_max: 86_400,

@@ -52,6 +52,7 @@ impl Tasks {
             read_only: false,
         };
         let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        self.inner.agent.prepare(&*self.inner.engine).await?;
         let mut config =
             self.container_config(&spec, image, now, now + spec.ttl * 1000, Vec::new(), quota);
         config
@@ -69,6 +70,7 @@ impl Tasks {
             if let Some(w) = created.warnings.filter(|w| !w.is_empty()) {
                 return Err(TaskError::LimitDiscarded { warnings: w });
             }
+            self.inner.agent.ensure(&*self.inner.engine, image).await?;
             let channel = channel::Channel::open(&*self.inner.engine, &id)
                 .await
                 .map_err(|e| match e {

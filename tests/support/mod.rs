@@ -50,6 +50,15 @@ impl Lessl {
 
     /// A Lessl for `instance`, e.g. to restart one that was killed.
     pub fn start_instance(instance: &str, extra: &[&str]) -> Lessl {
+        Lessl::start_instance_env(instance, extra, &[])
+    }
+
+    /// A fresh Lessl with extra flags and environment variables (`DOCKER_HOST`, say).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Lessl {
+        Lessl::start_instance_env(&unique("t"), extra, env)
+    }
+
+    fn start_instance_env(instance: &str, extra: &[&str], env: &[(&str, &str)]) -> Lessl {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
@@ -66,6 +75,7 @@ impl Lessl {
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_lessl"))
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -396,3 +406,4 @@ pub fn container_exists(id: &str) -> bool {
 
 pub mod fake_docker;
 pub mod private_dockerd;
+pub mod private_podman;

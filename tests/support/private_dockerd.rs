@@ -19,6 +19,9 @@ pub struct PrivateDockerd {
     btrfs: bool,
     /// `D/daemon.json` configures gVisor's `runsc` as a runtime named `runsc`.
     runsc: bool,
+    /// Also listens on `tcp://127.0.0.1:PORT` with TLS, verifying client certificates
+    /// against the CA in `D/tls` (see [`PrivateDockerd::start_tls`]).
+    pub tls_port: Option<u16>,
 }
 
 impl PrivateDockerd {
@@ -39,7 +42,19 @@ impl PrivateDockerd {
         PrivateDockerd::start_with(true, false)
     }
 
+    /// A private dockerd that also listens on loopback TCP with TLS both ways. Certificates
+    /// are made here with the openssl CLI: a CA, the engine's for IP 127.0.0.1, and a client
+    /// pair in `D/tls/client` laid out as `DOCKER_CERT_PATH` expects (ca.pem, cert.pem,
+    /// key.pem).
+    pub fn start_tls() -> Result<PrivateDockerd, String> {
+        PrivateDockerd::start_full(false, false, true)
+    }
+
     fn start_with(btrfs: bool, runsc: bool) -> Result<PrivateDockerd, String> {
+        PrivateDockerd::start_full(btrfs, runsc, false)
+    }
+
+    fn start_full(btrfs: bool, runsc: bool, tls: bool) -> Result<PrivateDockerd, String> {
         if Command::new("dockerd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -58,7 +73,16 @@ impl PrivateDockerd {
             child: None,
             btrfs,
             runsc,
+            tls_port: None,
         };
+        if tls {
+            d.make_certs()?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            d.tls_port = Some(port);
+        }
         if btrfs {
             d.mount_btrfs()?;
         }
@@ -79,6 +103,45 @@ impl PrivateDockerd {
         d.up()?;
         d.import_busybox()?;
         Ok(d)
+    }
+
+    fn make_certs(&self) -> Result<(), String> {
+        let tls = self.dir.join("tls");
+        std::fs::create_dir_all(tls.join("client")).map_err(|e| e.to_string())?;
+        let script = r#"set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca-key.pem
+openssl req -x509 -new -key ca-key.pem -out ca.pem -days 1 -subj /CN=lessl-test-ca
+key server-key.pem
+openssl req -new -key server-key.pem -out server.csr -subj /CN=127.0.0.1
+printf 'subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth
+' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial     -out server-cert.pem -days 1 -extfile server.ext 2>/dev/null
+key client/key.pem
+openssl req -new -key client/key.pem -out client.csr -subj /CN=lessl
+printf 'extendedKeyUsage=clientAuth
+' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial     -out client/cert.pem -days 1 -extfile client.ext 2>/dev/null
+cp ca.pem client/ca.pem
+"#;
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&tls)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "making test certificates failed (is the openssl CLI installed?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// `DOCKER_CERT_PATH` for a client of the TLS listener.
+    pub fn client_cert_path(&self) -> String {
+        self.dir.join("tls/client").display().to_string()
     }
 
     fn mount_btrfs(&self) -> Result<(), String> {
@@ -157,9 +220,21 @@ impl PrivateDockerd {
             .map_err(|e| e.to_string())?;
         let driver = self.btrfs.then_some("--storage-driver=btrfs".to_string());
         let config = self.runsc.then(|| format!("--config-file={d}/daemon.json"));
+        let tls: Vec<String> = match self.tls_port {
+            Some(port) => vec![
+                "-H".into(),
+                format!("tcp://127.0.0.1:{port}"),
+                "--tlsverify".into(),
+                format!("--tlscacert={d}/tls/ca.pem"),
+                format!("--tlscert={d}/tls/server-cert.pem"),
+                format!("--tlskey={d}/tls/server-key.pem"),
+            ],
+            None => Vec::new(),
+        };
         let child = Command::new("dockerd")
             .args(driver)
             .args(config)
+            .args(tls)
             .args([
                 &format!("--data-root={d}/data"),
                 &format!("--exec-root={d}/exec"),

@@ -385,6 +385,9 @@ impl Engine for FakeEngine {
     fn stat_path<'a>(&'a self, _id: &'a str, _path: &'a str) -> Call<'a, Option<String>> {
         Box::pin(async { Ok(None) })
     }
+    fn path_size<'a>(&'a self, _id: &'a str, _path: &'a str) -> Call<'a, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
     fn create_exec<'a>(&'a self, _id: &'a str, _config: &'a ExecConfig) -> Call<'a, IdResponse> {
         Box::pin(async { Err(status_error(Step::CreateExec, 500, "the fake runs no exec")) })
     }
