@@ -33,3 +33,4 @@ pub mod state;
 pub mod systemd;
 pub mod tar;
 pub mod tasks;
+pub mod util;

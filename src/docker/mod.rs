@@ -23,6 +23,8 @@ use tokio::sync::OnceCell;
 
 use models::*;
 
+use crate::util::{error_chain, percent_encode};
+
 /// The newest Engine API version this client is written against; older engines are spoken to
 /// in their own version, down to [`MIN_API`].
 pub const MAX_API: (u32, u32) = (1, 43);
@@ -358,7 +360,7 @@ impl Docker {
         config: &ContainerConfig,
     ) -> Result<CreateResponse, DockerError> {
         let path = match name {
-            Some(n) => format!("/containers/create?name={}", query_escape(n)),
+            Some(n) => format!("/containers/create?name={}", percent_encode(n)),
             None => "/containers/create".to_string(),
         };
         let body = Body::json(Step::CreateContainer, config)?;
@@ -374,7 +376,7 @@ impl Docker {
     }
 
     pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspect, DockerError> {
-        let path = format!("/containers/{}/json", query_escape(id));
+        let path = format!("/containers/{}/json", percent_encode(id));
         self.call(Step::InspectContainer, Method::GET, &path, Body::Empty)
             .await
     }
@@ -387,7 +389,7 @@ impl Docker {
         let filters = serde_json::json!({ "label": labels }).to_string();
         let path = format!(
             "/containers/json?all=true&filters={}",
-            query_escape(&filters)
+            percent_encode(&filters)
         );
         self.call(Step::ListContainers, Method::GET, &path, Body::Empty)
             .await
@@ -451,7 +453,7 @@ impl Docker {
 
     /// The volume `name`, or None when the engine has none by that name.
     pub async fn inspect_volume(&self, name: &str) -> Result<Option<Volume>, DockerError> {
-        let path = format!("/volumes/{}", query_escape(name));
+        let path = format!("/volumes/{}", percent_encode(name));
         match self
             .call(Step::InspectVolume, Method::GET, &path, Body::Empty)
             .await
@@ -465,7 +467,7 @@ impl Docker {
     /// Every volume carrying all of `labels` (`key=value` or `key`).
     pub async fn list_volumes(&self, labels: &[String]) -> Result<Vec<Volume>, DockerError> {
         let filters = serde_json::json!({ "label": labels }).to_string();
-        let path = format!("/volumes?filters={}", query_escape(&filters));
+        let path = format!("/volumes?filters={}", percent_encode(&filters));
         let list: VolumeList = self
             .call(Step::ListVolumes, Method::GET, &path, Body::Empty)
             .await?;
@@ -474,7 +476,7 @@ impl Docker {
 
     /// Removes a volume; a volume some container still uses is [`VolumeRemoved::InUse`].
     pub async fn remove_volume(&self, name: &str) -> Result<VolumeRemoved, DockerError> {
-        let path = format!("/volumes/{}", query_escape(name));
+        let path = format!("/volumes/{}", percent_encode(name));
         match self
             .send(Step::RemoveVolume, Method::DELETE, &path, Body::Empty)
             .await
@@ -575,7 +577,7 @@ impl Docker {
     /// per line, for as long as the connection lasts (the timeout covers only the headers).
     pub async fn events(&self, labels: &[String]) -> Result<Incoming, DockerError> {
         let filters = serde_json::json!({ "type": ["container"], "label": labels }).to_string();
-        let path = format!("/events?filters={}", query_escape(&filters));
+        let path = format!("/events?filters={}", percent_encode(&filters));
         let resp = self
             .send(Step::Events, Method::GET, &path, Body::Empty)
             .await?;
@@ -592,7 +594,7 @@ impl Docker {
         } else {
             format!("{image}:latest")
         };
-        let path = format!("/images/create?fromImage={}", query_escape(&reference));
+        let path = format!("/images/create?fromImage={}", percent_encode(&reference));
         let resp = self
             .send(Step::PullImage, Method::POST, &path, Body::Empty)
             .await?;
@@ -632,7 +634,7 @@ impl Docker {
     /// Where `path` in container `id` leads: None when it does not exist, else the target of
     /// a symlink (resolved by Docker from the container's root), or "" for anything else.
     pub async fn stat_path(&self, id: &str, path: &str) -> Result<Option<String>, DockerError> {
-        let query = format!("/containers/{id}/archive?path={}", query_escape(path));
+        let query = format!("/containers/{id}/archive?path={}", percent_encode(path));
         let resp = match self
             .send(Step::StatPath, Method::HEAD, &query, Body::Empty)
             .await
@@ -662,7 +664,7 @@ impl Docker {
     }
 
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
-        let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
+        let path = format!("/containers/{id}/archive?path={}", percent_encode(dir));
         self.send(Step::PutArchive, Method::PUT, &path, Body::Tar(tar.into()))
             .await
             .map(drop)
@@ -694,31 +696,6 @@ fn parse_api_version(v: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// Percent-encodes everything but unreserved characters, for query values and path segments.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// hyper-util's errors hide the io error that says what happened (ENOENT, ECONNREFUSED).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,11 +719,5 @@ mod tests {
         assert_eq!(parse_api_version("1.41"), Some((1, 41)));
         assert_eq!(parse_api_version("1.x"), None);
         assert!((1, 41) < MAX_API && (1, 39) < MIN_API && (1, 44) > MAX_API);
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(query_escape("a b/c?d"), "a%20b%2Fc%3Fd");
-        assert_eq!(query_escape("lessl-x_1.2"), "lessl-x_1.2");
     }
 }
