@@ -18,10 +18,6 @@ use crate::log;
 use crate::systemd::{Inherited, Supervision};
 use crate::tasks::{Settings, Tasks};
 
-extern "C" {
-    fn umask(mask: u32) -> u32;
-}
-
 /// A bound listener, so callers (and tests) choose the address, port 0 included.
 pub enum Listener {
     Tcp(TcpListener),
@@ -46,9 +42,9 @@ impl Listener {
                 // The socket is born 0660: set the umask around bind so there is no moment
                 // when it is wider, which a chmod after bind would leave.
                 // SAFETY: umask only swaps the process's file mode mask.
-                let old = unsafe { umask(0o117) };
+                let old = unsafe { libc::umask(0o117) };
                 let bound = UnixListener::bind(path);
-                unsafe { umask(old) };
+                unsafe { libc::umask(old) };
                 Ok(Listener::Unix(bound?))
             }
         }

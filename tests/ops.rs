@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::ffi::{c_int, OsString};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
@@ -23,11 +23,6 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_lessl");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const MAX_RELEASE_BYTES: u64 = 6 << 20;
-
-extern "C" {
-    fn dup2(old: c_int, new: c_int) -> c_int;
-    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
-}
 
 /// A fresh directory under the system's temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -231,9 +226,9 @@ fn spawn_activated(fd: RawFd, args: &[&str]) -> Proc {
             // dup2 onto fd 3 drops close-on-exec; when the socket already is fd 3 the flag
             // has to be cleared by hand.
             let rc = if fd == 3 {
-                fcntl(3, 2 /* F_SETFD */, 0)
+                libc::fcntl(3, libc::F_SETFD, 0)
             } else {
-                dup2(fd, 3)
+                libc::dup2(fd, 3)
             };
             if rc == -1 {
                 return Err(std::io::Error::last_os_error());
