@@ -288,7 +288,7 @@ mod tests {
     use crate::docker::Step;
 
     #[test]
-    fn statuses_follow_the_contract() {
+    fn statuses_and_codes_follow_the_contract() {
         let docker = |cause| {
             ApiError::Task(TaskError::Docker(DockerError {
                 step: Step::CreateContainer,
@@ -296,18 +296,35 @@ mod tests {
             }))
         };
         let cases = [
-            (ApiError::Unauthorized, 401),
-            (ApiError::BodyTooLarge(1), 413),
-            (ApiError::UnsupportedMediaType("text/plain".into()), 415),
-            (ApiError::Task(TaskError::NotFound("x".into())), 404),
-            (ApiError::Task(TaskError::NameClash("x".into())), 409),
-            (ApiError::Task(TaskError::NotRunning("x".into())), 409),
+            (ApiError::Unauthorized, 401, "http.unauthorized"),
+            (ApiError::BodyTooLarge(1), 413, "http.too_large"),
+            (
+                ApiError::UnsupportedMediaType("text/plain".into()),
+                415,
+                "http.media_type",
+            ),
+            (
+                ApiError::Task(TaskError::NotFound("x".into())),
+                404,
+                "task.not_found",
+            ),
+            (
+                ApiError::Task(TaskError::NameClash("x".into())),
+                409,
+                "task.name_clash",
+            ),
+            (
+                ApiError::Task(TaskError::NotRunning("x".into())),
+                409,
+                "task.not_running",
+            ),
             (
                 ApiError::Task(TaskError::Mount {
                     field: "resources[0].mnt".into(),
                     message: "m".into(),
                 }),
                 400,
+                "task.mount_refused",
             ),
             (
                 ApiError::Task(TaskError::VolumeForeign {
@@ -315,21 +332,36 @@ mod tests {
                     volume: "v".into(),
                 }),
                 409,
+                "volume.foreign",
             ),
-            (ApiError::Task(TaskError::VolumeNotFound("v".into())), 404),
-            (ApiError::Task(TaskError::VolumeInUse("v".into())), 409),
+            (
+                ApiError::Task(TaskError::VolumeNotFound("v".into())),
+                404,
+                "volume.not_found",
+            ),
+            (
+                ApiError::Task(TaskError::VolumeInUse("v".into())),
+                409,
+                "volume.in_use",
+            ),
             (
                 ApiError::Task(TaskError::ImageUnknown {
                     image: "i".into(),
                     message: "m".into(),
                 }),
                 422,
+                "task.image_unknown",
             ),
-            (docker(Cause::Unreachable("refused".into())), 503),
-            (ApiError::Overloaded(512), 503),
+            (
+                docker(Cause::Unreachable("refused".into())),
+                503,
+                "docker.container.create",
+            ),
+            (ApiError::Overloaded(512), 503, "http.overloaded"),
             (
                 docker(Cause::Timeout(std::time::Duration::from_secs(1))),
                 504,
+                "docker.container.create",
             ),
             (
                 docker(Cause::Status {
@@ -337,22 +369,33 @@ mod tests {
                     message: "boom".into(),
                 }),
                 502,
+                "docker.container.create",
             ),
         ];
-        for (err, status) in cases {
-            let (s, code, _) = err.classify();
-            assert_eq!(s.as_u16(), status, "{err}");
-            assert!(!code.is_empty());
+        for (err, status, code) in cases {
+            let (s, c, _) = err.classify();
+            assert_eq!((s.as_u16(), c), (status, code), "{err}");
         }
     }
 
-    #[test]
-    fn error_body_names_the_field() {
+    #[tokio::test]
+    async fn error_body_names_the_field() {
+        use http_body_util::BodyExt;
         let err = ApiError::Spec(SpecError::Invalid {
             field: "resources[0].dest".into(),
             message: "bad".into(),
         });
         let resp = err.into_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {
+                "code": "spec.invalid",
+                "message": "resources[0].dest: bad",
+                "field": "resources[0].dest",
+            }})
+        );
     }
 }

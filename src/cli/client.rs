@@ -10,8 +10,6 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-#[cfg(test)]
-use super::DEFAULT_URL;
 use super::{CliError, Connection};
 use crate::util::error_chain;
 
@@ -258,6 +256,7 @@ fn api_error(status: StatusCode, body: &[u8], sent_token: bool) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::DEFAULT_URL;
 
     #[test]
     fn urls() {

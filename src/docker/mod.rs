@@ -43,7 +43,6 @@ pub enum Step {
     StartContainer,
     InspectContainer,
     ListContainers,
-    KillContainer,
     RemoveContainer,
     WaitContainer,
     ContainerLogs,
@@ -63,6 +62,33 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step, in declaration order, so `step as usize` indexes it: `metrics` keeps one
+    /// slot per entry.
+    pub const ALL: [Step; 22] = [
+        Step::Version,
+        Step::Ping,
+        Step::CreateContainer,
+        Step::StartContainer,
+        Step::InspectContainer,
+        Step::ListContainers,
+        Step::RemoveContainer,
+        Step::WaitContainer,
+        Step::ContainerLogs,
+        Step::Attach,
+        Step::Events,
+        Step::PullImage,
+        Step::CreateExec,
+        Step::StartExec,
+        Step::InspectExec,
+        Step::PutArchive,
+        Step::Info,
+        Step::CreateVolume,
+        Step::InspectVolume,
+        Step::ListVolumes,
+        Step::RemoveVolume,
+        Step::StatPath,
+    ];
+
     /// Stable dotted code for error bodies and logs.
     pub fn code(self) -> &'static str {
         match self {
@@ -72,7 +98,6 @@ impl Step {
             Step::StartContainer => "docker.container.start",
             Step::InspectContainer => "docker.container.inspect",
             Step::ListContainers => "docker.container.list",
-            Step::KillContainer => "docker.container.kill",
             Step::RemoveContainer => "docker.container.remove",
             Step::WaitContainer => "docker.container.wait",
             Step::ContainerLogs => "docker.container.logs",
@@ -146,14 +171,6 @@ impl fmt::Display for DockerError {
 
 impl std::error::Error for DockerError {}
 
-/// What a kill found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Killed {
-    Yes,
-    NotRunning,
-    Gone,
-}
-
 /// What a remove found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Removed {
@@ -206,8 +223,9 @@ impl Docker {
         &self.socket
     }
 
-    /// The one function every call goes through: API version, timeout, status check.
-    /// Returns the response with its body unread, for the caller to decode or stream.
+    /// Every call but the two below goes through here: the negotiated API version, then
+    /// [`Docker::send_unversioned`]. Returns the response with its body unread, for the
+    /// caller to decode or stream.
     async fn send(
         &self,
         step: Step,
@@ -216,11 +234,23 @@ impl Docker {
         body: Body,
     ) -> Result<Response<Incoming>, DockerError> {
         let version = self.version().await?;
+        self.send_unversioned(step, method, &format!("{version}{path_and_query}"), body)
+            .await
+    }
+
+    /// The one function every request goes through: timeout, status check, and the step's
+    /// metric slot. Called directly only by `/version` (the negotiation itself) and `/_ping`
+    /// (liveness, which must answer even from an engine too old to speak to).
+    async fn send_unversioned(
+        &self,
+        step: Step,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+    ) -> Result<Response<Incoming>, DockerError> {
         let started = std::time::Instant::now();
-        let sent = self
-            .send_raw(step, method, &format!("{version}{path_and_query}"), body)
-            .await;
-        crate::metrics::METRICS.docker_call(step.code(), started.elapsed(), sent.is_err());
+        let sent = self.send_raw(step, method, path_and_query, body).await;
+        crate::metrics::METRICS.docker_call(step, started.elapsed(), sent.is_err());
         sent
     }
 
@@ -319,7 +349,7 @@ impl Docker {
         self.version
             .get_or_try_init(|| async {
                 let resp = self
-                    .send_raw(Step::Version, Method::GET, "/version", Body::Empty)
+                    .send_unversioned(Step::Version, Method::GET, "/version", Body::Empty)
                     .await?;
                 let v: VersionInfo = self.json(Step::Version, resp).await?;
                 let theirs = parse_api_version(&v.api_version).ok_or_else(|| DockerError {
@@ -347,7 +377,7 @@ impl Docker {
     /// Liveness of the engine.
     pub async fn ping(&self) -> Result<(), DockerError> {
         let resp = self
-            .send_raw(Step::Ping, Method::GET, "/_ping", Body::Empty)
+            .send_unversioned(Step::Ping, Method::GET, "/_ping", Body::Empty)
             .await?;
         self.read_body(Step::Ping, resp.into_body(), 1024)
             .await
@@ -395,19 +425,6 @@ impl Docker {
             .await
     }
 
-    pub async fn kill_container(&self, id: &str) -> Result<Killed, DockerError> {
-        let path = format!("/containers/{id}/kill");
-        match self
-            .send(Step::KillContainer, Method::POST, &path, Body::Empty)
-            .await
-        {
-            Ok(_) => Ok(Killed::Yes),
-            Err(e) if e.status() == Some(404) => Ok(Killed::Gone),
-            Err(e) if e.status() == Some(409) => Ok(Killed::NotRunning),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Kills (if needed) and removes the container and its anonymous volumes.
     pub async fn remove_container(&self, id: &str) -> Result<Removed, DockerError> {
         let path = format!("/containers/{id}?force=true&v=true");
@@ -417,7 +434,9 @@ impl Docker {
         {
             Ok(_) => Ok(Removed::Yes),
             Err(e) if e.status() == Some(404) => Ok(Removed::Gone),
-            // Other 409s are real refusals.
+            // Other 409s are real refusals. The engine gives this one no code of its own, only
+            // its message ("removal of container … is already in progress"), so the text is
+            // the one signal there is.
             Err(e) if e.status() == Some(409) && e.to_string().contains("already in progress") => {
                 Ok(Removed::InProgress)
             }
@@ -712,6 +731,17 @@ mod tests {
         );
         assert!(Docker::socket_from_env(Some("tcp://1.2.3.4:2375")).is_err());
         assert!(Docker::socket_from_env(Some("unix://")).is_err());
+    }
+
+    #[test]
+    fn every_step_is_listed_once_at_its_index() {
+        for (i, step) in Step::ALL.iter().enumerate() {
+            assert_eq!(*step as usize, i, "{step:?}");
+        }
+        let mut codes: Vec<&str> = Step::ALL.iter().map(|s| s.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Step::ALL.len(), "two steps share a code");
     }
 
     #[test]
