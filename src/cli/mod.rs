@@ -1,7 +1,7 @@
 //! The command-line client (`lessl run`, `exec`, `ps`, `status`, `rm`): it only speaks HTTP to a
 //! Lessl, never to Docker, and turns answers into output, one-line errors and exit codes.
 //!
-//! - [`args`]: the subcommands and their flags.
+//! - `args`: the subcommands and their flags.
 //! - `client`: one HTTP request to a Lessl over TCP or a Unix socket, and its URL parser.
 //! - `render`: the answer's models and how they are shown (results, the `ps` table, exit codes).
 

@@ -1,6 +1,8 @@
 //! A small Docker Engine API client over the Unix socket. It knows containers, execs and
-//! archives, and nothing of tasks, names or TTLs. Every call goes through [`Docker::send`],
-//! which applies the negotiated API version, the timeout and the status check.
+//! archives, and nothing of tasks, names or TTLs. Every request goes through one private
+//! function, `send_unversioned`: the timeout, the status check and the step's metric slot;
+//! every call but `/version` and `/_ping` reaches it through `send`, which adds the
+//! negotiated API version.
 
 pub mod models;
 pub mod stream;
