@@ -221,13 +221,17 @@ async fn status(client: &Client, task: &str) -> Result<u8, CliError> {
 }
 
 async fn rm(client: &Client, tasks: &[String]) -> Result<u8, CliError> {
+    delete_each(client, "/tasks", tasks).await
+}
+
+/// DELETEs `collection/NAME` for each name, printing each one removed. One refused name does
+/// not stop the others; anything else (no daemon) would only repeat itself.
+async fn delete_each(client: &Client, collection: &str, names: &[String]) -> Result<u8, CliError> {
     let mut code = 0;
-    for t in tasks {
-        let path = format!("/tasks/{}", percent_encode(t));
+    for n in names {
+        let path = format!("{collection}/{}", percent_encode(n));
         match client.send(Method::DELETE, &path, None).await {
-            Ok(_) => write_out(&mut std::io::stdout().lock(), format!("{t}\n").as_bytes())?,
-            // One refused task does not stop the others; anything else (no daemon) would
-            // only repeat itself.
+            Ok(_) => write_out(&mut std::io::stdout().lock(), format!("{n}\n").as_bytes())?,
             Err(e @ CliError::Api { .. }) => {
                 eprintln!("lessl: {e}");
                 code = 1;
@@ -259,17 +263,5 @@ async fn volume(client: &Client, action: VolumeAction) -> Result<u8, CliError> {
         }
         VolumeAction::Rm { names } => names,
     };
-    let mut code = 0;
-    for n in names {
-        let path = format!("/volumes/{}", percent_encode(&n));
-        match client.send(Method::DELETE, &path, None).await {
-            Ok(_) => write_out(&mut std::io::stdout().lock(), format!("{n}\n").as_bytes())?,
-            Err(e @ CliError::Api { .. }) => {
-                eprintln!("lessl: {e}");
-                code = 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(code)
+    delete_each(client, "/volumes", &names).await
 }
