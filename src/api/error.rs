@@ -118,6 +118,29 @@ fn docker_status(e: &DockerError) -> StatusCode {
     }
 }
 
+/// A failed `src` download: refused before any traffic (400), too large (413), too slow
+/// (504), or the remote end failing (502).
+fn download_class<'a>(
+    field: &'a str,
+    error: &FetchError,
+) -> (StatusCode, &'static str, Option<&'a str>) {
+    let (status, code) = match error {
+        FetchError::ParseUrl(_) | FetchError::Refused(_) => {
+            (StatusCode::BAD_REQUEST, "resource.refused")
+        }
+        FetchError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "resource.too_large"),
+        FetchError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "resource.timeout"),
+        FetchError::Resolve(_)
+        | FetchError::Connect(_)
+        | FetchError::Tls(_)
+        | FetchError::Request(_)
+        | FetchError::Status { .. }
+        | FetchError::Redirect(_)
+        | FetchError::ReadBody(_) => (StatusCode::BAD_GATEWAY, "resource.download"),
+    };
+    (status, code, non_empty(field))
+}
+
 impl ApiError {
     /// The one place a status is chosen: (status, stable code, field at fault).
     fn classify(&self) -> (StatusCode, &str, Option<&str>) {
@@ -185,37 +208,7 @@ impl ApiError {
             ApiError::Task(TaskError::TooManyDaemons(_)) => {
                 (StatusCode::TOO_MANY_REQUESTS, "task.too_many_daemons", None)
             }
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error: FetchError::ParseUrl(_) | FetchError::Refused(_),
-            }) => (StatusCode::BAD_REQUEST, "resource.refused", non_empty(f)),
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error: FetchError::TooLarge { .. },
-            }) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "resource.too_large",
-                non_empty(f),
-            ),
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error: FetchError::Timeout { .. },
-            }) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "resource.timeout",
-                non_empty(f),
-            ),
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error:
-                    FetchError::Resolve(_)
-                    | FetchError::Connect(_)
-                    | FetchError::Tls(_)
-                    | FetchError::Request(_)
-                    | FetchError::Status { .. }
-                    | FetchError::Redirect(_)
-                    | FetchError::ReadBody(_),
-            }) => (StatusCode::BAD_GATEWAY, "resource.download", non_empty(f)),
+            ApiError::Task(TaskError::Download { field: f, error }) => download_class(f, error),
             ApiError::Task(TaskError::Mount { field: f, .. }) => {
                 (StatusCode::BAD_REQUEST, "task.mount_refused", non_empty(f))
             }
