@@ -643,6 +643,9 @@ impl Docker {
             .filter_map(Result::ok)
             .find_map(|p| p.error);
         match failed {
+            // Docker answered 200; the 404 is Lessl's, the status Docker gives an image it does
+            // not have, so the task layer reads a refused pull as an unknown image (422). Typing
+            // it (a `Cause` of its own) waits for the task layer to match that cause instead.
             Some(message) => Err(fail(Cause::Status {
                 status: 404,
                 message,
