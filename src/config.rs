@@ -8,8 +8,11 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::docker::Endpoint;
+use crate::fetch::{Allow, Policy};
+use crate::log::{Format, Level};
 use crate::spec::{BindRule, Bounds, Limits};
 use crate::tasks::agent_volume::AgentSource;
+use crate::tasks::Settings;
 
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,71 +222,52 @@ fn in_container() -> bool {
     Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists()
 }
 
-/// Validated settings.
+/// Validated settings, grouped by the layer that reads them, so each is handed down whole.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The listener, the API's own limits and shutdown.
+    pub server: ServerConfig,
+    /// How to reach the engine.
+    pub docker: DockerConfig,
+    /// Everything the task layer needs, in its own type.
+    pub tasks: Settings,
+    /// The event log.
+    pub log: LogConfig,
+}
+
+/// What the listener and the API layer need.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
     /// Where the API listens.
     pub listen: ListenAddr,
     /// Bearer token, when one is configured.
     pub token: Option<String>,
-    /// Where the engine answers: `--docker-socket`, or `DOCKER_HOST` and its TLS variables.
-    pub docker: Endpoint,
-    /// Deadline for every Docker call.
-    pub docker_timeout: Duration,
-    /// Label value separating this Lessl's containers from other instances'.
-    pub instance: String,
-    /// Host path of the binary mounted into containers.
-    pub agent: PathBuf,
-    /// How the agent reaches task containers (`--agent-source`, `auto` resolved).
-    pub agent_source: AgentSource,
-    /// Task defaults and maxima.
-    pub bounds: Bounds,
     /// Request body cap.
     pub max_body_bytes: usize,
-    /// Time in-flight requests get after SIGTERM.
-    pub shutdown_grace: Duration,
-    /// Image patterns tasks may use.
-    pub allow_images: Vec<String>,
-    /// Image patterns Lessl may pull when missing.
-    pub allow_pull: Vec<String>,
-    /// Deadline of one pull.
-    pub pull_timeout: Duration,
-    /// Default user of tasks.
-    pub user: Option<String>,
-    /// Users a task may name.
-    pub allow_users: Vec<String>,
-    /// Runs at once.
-    pub max_running: usize,
-    /// Queue length for run slots.
-    pub max_queue: usize,
-    /// Queue wait before a 429.
-    pub queue_timeout: Duration,
-    /// Live daemon tasks at most.
-    pub max_daemons: usize,
     /// Deadline for a client to send a request.
     pub request_timeout: Duration,
-    /// How `src` resources are downloaded.
-    pub fetch: crate::fetch::Policy,
-    /// Warm pool targets per image.
-    pub warm: Vec<(String, usize)>,
-    /// Commands go by Docker exec, never over the attach stream.
-    pub exec_only: bool,
-    /// OCI runtime of task containers; None is the engine's default.
-    pub runtime: Option<String>,
-    /// Volume name patterns tasks may mount.
-    pub allow_volumes: Vec<String>,
-    /// Unused volumes of this instance are removed after this long.
-    pub volume_idle: Duration,
-    /// Where finished runs' results are kept.
-    pub state_dir: PathBuf,
-    /// Disk use of the kept results at most, bytes.
-    pub state_max_bytes: u64,
-    /// Log level.
-    pub log_level: crate::log::Level,
-    /// Log line format.
-    pub log_format: crate::log::Format,
+    /// Time in-flight requests get after SIGTERM.
+    pub shutdown_grace: Duration,
     /// Connections served in full at once.
     pub max_connections: usize,
+}
+
+/// How to reach the engine.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Where the engine answers: `--docker-socket`, or `DOCKER_HOST` and its TLS variables.
+    pub endpoint: Endpoint,
+    /// Deadline for every Docker call.
+    pub timeout: Duration,
+}
+
+/// How the event log is written.
+#[derive(Debug, Clone, Copy)]
+pub struct LogConfig {
+    /// Least severe level written.
+    pub level: Level,
+    /// Text for people or JSON for collectors.
+    pub format: Format,
 }
 
 /// A setting that cannot be used, naming the flag.
@@ -346,25 +330,30 @@ fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl ServeArgs {
+    /// clap's own description of `lessl serve`'s flags: the one source of their names,
+    /// `LESSL_*` variables and defaults, for tests and tooling to read.
+    pub fn command() -> clap::Command {
+        <Self as Args>::augment_args(clap::Command::new("serve"))
+    }
+
     /// Checks every flag; `docker_host` is the value of `DOCKER_HOST`, if set.
     pub fn into_config(self, docker_host: Option<&str>) -> Result<Config, ConfigError> {
+        self.check_positive()?;
+        let endpoint = self.docker_endpoint(docker_host)?;
+        Ok(Config {
+            server: self.server()?,
+            log: self.log()?,
+            tasks: self.tasks(&endpoint)?,
+            docker: DockerConfig {
+                endpoint,
+                timeout: seconds("docker-timeout", self.docker_timeout)?,
+            },
+        })
+    }
+
+    fn server(&self) -> Result<ServerConfig, ConfigError> {
         let listen = parse_listen(&self.listen).map_err(|m| bad("listen", m))?;
-        let token = match &self.token_file {
-            None => None,
-            Some(path) => {
-                let raw = std::fs::read_to_string(path).map_err(|e| {
-                    bad("token-file", format!("cannot read {}: {e}", path.display()))
-                })?;
-                let token = raw.trim().to_string();
-                if token.len() < 16 {
-                    return Err(bad(
-                        "token-file",
-                        "the token must be at least 16 characters",
-                    ));
-                }
-                Some(token)
-            }
-        };
+        let token = self.token_file.as_deref().map(read_token).transpose()?;
         if let ListenAddr::Tcp(addr) = &listen {
             if !addr.ip().is_loopback() && token.is_none() {
                 return Err(bad(
@@ -373,35 +362,44 @@ impl ServeArgs {
                 ));
             }
         }
-        let docker = match self.docker_socket {
-            Some(p) => Endpoint::Unix(p),
+        if self.max_connections < MIN_CONNECTIONS {
+            return Err(bad(
+                "max-connections",
+                format!("must be at least {MIN_CONNECTIONS}"),
+            ));
+        }
+        Ok(ServerConfig {
+            listen,
+            token,
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: seconds("request-timeout", self.request_timeout)?,
+            shutdown_grace: seconds("shutdown-grace", self.shutdown_grace)?,
+            max_connections: self.max_connections,
+        })
+    }
+
+    fn docker_endpoint(&self, docker_host: Option<&str>) -> Result<Endpoint, ConfigError> {
+        match &self.docker_socket {
+            Some(p) => Ok(Endpoint::Unix(p.clone())),
             None => Endpoint::from_env(
                 docker_host,
                 std::env::var("DOCKER_TLS_VERIFY").ok().as_deref(),
                 std::env::var("DOCKER_CERT_PATH").ok().as_deref(),
                 std::env::var("HOME").ok().as_deref(),
             )
-            .map_err(|e| bad("docker-socket", e.to_string()))?,
-        };
-        let instance_ok = !self.instance.is_empty()
-            && self.instance.len() <= 32
-            && self
-                .instance
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !instance_ok {
-            return Err(bad(
-                "instance",
-                "must be 1 to 32 characters of [A-Za-z0-9_-]",
-            ));
+            .map_err(|e| bad("docker-socket", e.to_string())),
         }
-        let agent_source = match self.agent_source.as_str() {
+    }
+
+    /// `--agent-source`, with `auto` resolved against where Lessl and the engine run.
+    fn agent_source(&self, endpoint: &Endpoint) -> AgentSource {
+        match self.agent_source.as_str() {
             "bind" => AgentSource::Bind,
             "volume" => AgentSource::Volume,
             // In a container, this executable's path is the container's own, which the
             // engine cannot bind; an explicit --agent is taken to be a host path. A remote
             // engine sees none of this machine's files.
-            _ if docker.is_remote() => AgentSource::Volume,
+            _ if endpoint.is_remote() => AgentSource::Volume,
             _ if self.agent.is_none() && in_container() => match std::env::current_exe() {
                 Ok(exe) if crate::tasks::agent_volume::on_overlay(&exe) => AgentSource::Volume,
                 // Not in an image layer: the engine may well share this file system (an
@@ -409,9 +407,60 @@ impl ServeArgs {
                 _ => AgentSource::Bind,
             },
             _ => AgentSource::Bind,
-        };
-        let agent = match self.agent {
-            Some(p) => p,
+        }
+    }
+
+    fn log(&self) -> Result<LogConfig, ConfigError> {
+        Ok(LogConfig {
+            level: Level::parse(&self.log_level)
+                .ok_or_else(|| bad("log-level", "must be error, warn, info or debug"))?,
+            // clap admits only `text` and `json`.
+            format: if self.log_format == "json" {
+                Format::Json
+            } else {
+                Format::Text
+            },
+        })
+    }
+
+    fn tasks(&self, endpoint: &Endpoint) -> Result<Settings, ConfigError> {
+        check_instance(&self.instance)?;
+        let exec_only = self.runner == "exec";
+        let warm = warm_targets(&self.warm)?;
+        if exec_only && !warm.is_empty() {
+            return Err(bad("warm", "the warm pool needs --runner attach"));
+        }
+        if self.volume_idle == 0 {
+            return Err(bad("volume-idle", "must be positive"));
+        }
+        Ok(Settings {
+            instance: self.instance.clone(),
+            agent: self.agent()?,
+            agent_source: self.agent_source(endpoint),
+            bounds: self.bounds()?,
+            allow_images: non_empty(&self.allow_image),
+            allow_pull: non_empty(&self.allow_pull),
+            pull_timeout: seconds("pull-timeout", self.pull_timeout)?,
+            default_user: self.user.clone().filter(|u| !u.is_empty()),
+            allow_users: non_empty(&self.allow_users),
+            max_running: self.max_running,
+            max_queue: self.max_queue,
+            queue_timeout: seconds("queue-timeout", self.queue_timeout)?,
+            max_daemons: self.max_daemons,
+            fetch: self.fetch()?,
+            warm,
+            exec_only,
+            runtime: self.runtime.clone().filter(|r| !r.is_empty()),
+            allow_volumes: non_empty(&self.allow_volumes),
+            volume_idle: Duration::from_secs(self.volume_idle),
+            state_dir: Some(self.state_dir.clone()),
+            state_max_bytes: self.state_max_mb.saturating_mul(1 << 20),
+        })
+    }
+
+    fn agent(&self) -> Result<PathBuf, ConfigError> {
+        let agent = match &self.agent {
+            Some(p) => p.clone(),
             None => std::env::current_exe()
                 .map_err(|e| bad("agent", format!("cannot find this executable: {e}")))?,
         };
@@ -421,61 +470,42 @@ impl ServeArgs {
                 format!("{} is not an existing absolute file", agent.display()),
             ));
         }
-        let seconds = |flag, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(bad(flag, "must be a positive number of seconds"))
-            }
-        };
-        let docker_timeout = seconds("docker-timeout", self.docker_timeout)?;
-        let shutdown_grace = seconds("shutdown-grace", self.shutdown_grace)?;
-        let queue_timeout = seconds("queue-timeout", self.queue_timeout)?;
-        let request_timeout = seconds("request-timeout", self.request_timeout)?;
-        let fetch = crate::fetch::Policy {
-            allow: crate::fetch::Allow::parse(&self.src_allow).map_err(|m| bad("src-allow", m))?,
+        Ok(agent)
+    }
+
+    fn fetch(&self) -> Result<Policy, ConfigError> {
+        Ok(Policy {
+            allow: Allow::parse(&self.src_allow).map_err(|m| bad("src-allow", m))?,
             max_bytes: self.max_download_bytes,
             connect_timeout: seconds("download-connect-timeout", self.download_connect_timeout)?,
             total_timeout: seconds("download-timeout", self.download_timeout)?,
             max_redirects: self.max_redirects,
-        };
-        let mut warm = Vec::new();
-        for w in self.warm.iter().filter(|w| !w.is_empty()) {
-            let parsed = w
-                .rsplit_once('=')
-                .and_then(|(image, n)| Some((image.to_string(), n.parse::<usize>().ok()?)))
-                .filter(|(image, n)| !image.is_empty() && *n <= 256);
-            match parsed {
-                Some(p) => warm.push(p),
-                None => {
-                    return Err(bad(
-                        "warm",
-                        format!("`{w}` is not IMAGE=N with N at most 256"),
-                    ))
-                }
+        })
+    }
+
+    fn bounds(&self) -> Result<Bounds, ConfigError> {
+        let (limits_default, limits_max) = self.limits();
+        // The same minimums a task's own limits are held to, in the unit the engine
+        // receives: a default of `--default-cpus 1e-10` would be sent as no limit at all.
+        for (limits, kind) in [(&limits_default, "default"), (&limits_max, "max")] {
+            if let Some((field, message)) = limits.below_minimum() {
+                return Err(bad(limit_flag(kind, field), message));
             }
         }
-        let exec_only = self.runner == "exec";
-        let log_level = crate::log::Level::parse(&self.log_level)
-            .ok_or_else(|| bad("log-level", "must be error, warn, info or debug"))?;
-        let log_format = if self.log_format == "json" {
-            crate::log::Format::Json
-        } else {
-            crate::log::Format::Text
-        };
-        if exec_only && !warm.is_empty() {
-            return Err(bad("warm", "the warm pool needs --runner attach"));
-        }
-        let binds = bind_rules(&self.allow_bind)?;
-        let allow_volumes: Vec<String> = self
-            .allow_volumes
-            .into_iter()
-            .filter(|p| !p.is_empty())
-            .collect();
-        if self.volume_idle == 0 {
-            return Err(bad("volume-idle", "must be positive"));
-        }
-        let limits_default = Limits {
+        Ok(Bounds {
+            ttl_default: self.default_ttl,
+            ttl_max: self.max_ttl,
+            limits_default,
+            limits_max,
+            resource_max_bytes: self.max_resource_bytes,
+            max_commands: self.max_commands,
+            binds: bind_rules(&self.allow_bind)?,
+        })
+    }
+
+    /// The task limits a task gets when it names none, and the most it may ask for.
+    fn limits(&self) -> (Limits, Limits) {
+        let default = Limits {
             memory_mb: self.default_memory_mb,
             cpus: self.default_cpus,
             pids: self.default_pids,
@@ -483,7 +513,7 @@ impl ServeArgs {
             output_bytes: self.default_output_bytes,
             disk_mb: self.default_disk_mb,
         };
-        let limits_max = Limits {
+        let max = Limits {
             memory_mb: self.max_memory_mb,
             cpus: self.max_cpus,
             pids: self.max_pids,
@@ -491,20 +521,24 @@ impl ServeArgs {
             output_bytes: self.max_output_bytes,
             disk_mb: self.max_disk_mb,
         };
-        // Docker reads 0 as "unlimited": a zero default would silently lift the limit.
+        (default, max)
+    }
+
+    /// Docker reads 0 as "unlimited": a zero default would silently lift the limit.
+    fn check_positive(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("default-memory-mb", limits_default.memory_mb as f64),
-            ("max-memory-mb", limits_max.memory_mb as f64),
-            ("default-cpus", limits_default.cpus),
-            ("max-cpus", limits_max.cpus),
-            ("default-pids", limits_default.pids as f64),
-            ("max-pids", limits_max.pids as f64),
-            ("default-timeout", limits_default.timeout_s),
-            ("max-timeout", limits_max.timeout_s),
-            ("default-output-bytes", limits_default.output_bytes as f64),
-            ("max-output-bytes", limits_max.output_bytes as f64),
-            ("default-disk-mb", limits_default.disk_mb as f64),
-            ("max-disk-mb", limits_max.disk_mb as f64),
+            ("default-memory-mb", self.default_memory_mb as f64),
+            ("max-memory-mb", self.max_memory_mb as f64),
+            ("default-cpus", self.default_cpus),
+            ("max-cpus", self.max_cpus),
+            ("default-pids", self.default_pids as f64),
+            ("max-pids", self.max_pids as f64),
+            ("default-timeout", self.default_timeout),
+            ("max-timeout", self.max_timeout),
+            ("default-output-bytes", self.default_output_bytes as f64),
+            ("max-output-bytes", self.max_output_bytes as f64),
+            ("default-disk-mb", self.default_disk_mb as f64),
+            ("max-disk-mb", self.max_disk_mb as f64),
             ("default-ttl", self.default_ttl as f64),
             ("max-ttl", self.max_ttl as f64),
             ("max-body-bytes", self.max_body_bytes as f64),
@@ -515,77 +549,69 @@ impl ServeArgs {
             ("max-download-bytes", self.max_download_bytes as f64),
             ("state-max-mb", self.state_max_mb as f64),
         ];
-        for (flag, v) in positive {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(bad(flag, "must be positive"));
-            }
+        match positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            Some((flag, _)) => Err(bad(flag, "must be positive")),
+            None => Ok(()),
         }
-        // The same minimums a task's own limits are held to, in the unit the engine
-        // receives: a default of `--default-cpus 1e-10` would be sent as no limit at all.
-        for (limits, kind) in [(&limits_default, "default"), (&limits_max, "max")] {
-            if let Some((field, message)) = limits.below_minimum() {
-                return Err(bad(limit_flag(kind, field), message));
-            }
-        }
-        if self.max_connections < MIN_CONNECTIONS {
-            return Err(bad(
-                "max-connections",
-                format!("must be at least {MIN_CONNECTIONS}"),
-            ));
-        }
-        Ok(Config {
-            listen,
-            token,
-            docker,
-            docker_timeout,
-            instance: self.instance,
-            agent,
-            agent_source,
-            bounds: Bounds {
-                ttl_default: self.default_ttl,
-                ttl_max: self.max_ttl,
-                limits_default,
-                limits_max,
-                resource_max_bytes: self.max_resource_bytes,
-                max_commands: self.max_commands,
-                binds,
-            },
-            allow_volumes,
-            volume_idle: Duration::from_secs(self.volume_idle),
-            runtime: self.runtime.filter(|r| !r.is_empty()),
-            max_body_bytes: self.max_body_bytes,
-            shutdown_grace,
-            allow_images: self
-                .allow_image
-                .into_iter()
-                .filter(|p| !p.is_empty())
-                .collect(),
-            allow_pull: self
-                .allow_pull
-                .into_iter()
-                .filter(|p| !p.is_empty())
-                .collect(),
-            pull_timeout: seconds("pull-timeout", self.pull_timeout)?,
-            user: self.user.filter(|u| !u.is_empty()),
-            allow_users: self
-                .allow_users
-                .into_iter()
-                .filter(|u| !u.is_empty())
-                .collect(),
-            max_running: self.max_running,
-            max_queue: self.max_queue,
-            queue_timeout,
-            max_daemons: self.max_daemons,
-            request_timeout,
-            fetch,
-            warm,
-            exec_only,
-            state_dir: self.state_dir,
-            state_max_bytes: self.state_max_mb.saturating_mul(1 << 20),
-            log_level,
-            log_format,
-            max_connections: self.max_connections,
+    }
+}
+
+/// The token in `path`, trimmed (a trailing newline is not part of it).
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| bad("token-file", format!("cannot read {}: {e}", path.display())))?;
+    let token = raw.trim().to_string();
+    if token.len() < 16 {
+        return Err(bad(
+            "token-file",
+            "the token must be at least 16 characters",
+        ));
+    }
+    Ok(token)
+}
+
+/// The instance name is a label value and part of container and volume names.
+fn check_instance(instance: &str) -> Result<(), ConfigError> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 32
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            "instance",
+            "must be 1 to 32 characters of [A-Za-z0-9_-]",
+        ))
+    }
+}
+
+/// `--warm IMAGE=N` entries.
+fn warm_targets(entries: &[String]) -> Result<Vec<(String, usize)>, ConfigError> {
+    entries
+        .iter()
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.rsplit_once('=')
+                .and_then(|(image, n)| Some((image.to_string(), n.parse::<usize>().ok()?)))
+                .filter(|(image, n)| !image.is_empty() && *n <= 256)
+                .ok_or_else(|| bad("warm", format!("`{w}` is not IMAGE=N with N at most 256")))
         })
+        .collect()
+}
+
+/// A comma-separated list without its empty entries (`LESSL_ALLOW_PULL=` means none).
+fn non_empty(entries: &[String]) -> Vec<String> {
+    entries.iter().filter(|e| !e.is_empty()).cloned().collect()
+}
+
+/// A positive, finite number of seconds.
+fn seconds(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(bad(flag, "must be a positive number of seconds"))
     }
 }
 
@@ -641,14 +667,19 @@ mod tests {
     #[test]
     fn defaults_are_loopback_and_bounded() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:8734".parse().unwrap()));
-        assert!(c.token.is_none());
-        assert!(
-            matches!(&c.docker, Endpoint::Unix(p) if p == Path::new("/var/run/docker.sock")),
-            "{:?}",
-            c.docker
+        assert_eq!(
+            c.server.listen,
+            ListenAddr::Tcp("127.0.0.1:8734".parse().unwrap())
         );
-        assert!(c.bounds.limits_default.memory_mb > 0 && c.bounds.limits_default.pids > 0);
+        assert!(c.server.token.is_none());
+        assert!(
+            matches!(&c.docker.endpoint, Endpoint::Unix(p) if p == Path::new("/var/run/docker.sock")),
+            "{:?}",
+            c.docker.endpoint
+        );
+        assert!(
+            c.tasks.bounds.limits_default.memory_mb > 0 && c.tasks.bounds.limits_default.pids > 0
+        );
     }
 
     #[test]
@@ -667,8 +698,8 @@ mod tests {
             assert!(e.to_string().contains(minimum), "{e}");
         }
         let c = config(&["--max-cpus", "0.01", "--default-cpus", "0.01"]).unwrap();
-        assert_eq!(c.bounds.limits_max.nano_cpus(), 10_000_000);
-        assert_eq!(c.max_connections, 512);
+        assert_eq!(c.tasks.bounds.limits_max.nano_cpus(), 10_000_000);
+        assert_eq!(c.server.max_connections, 512);
     }
 
     #[test]
@@ -704,7 +735,7 @@ mod tests {
     fn bind_rules_are_exact_or_read_only_trees_and_never_nest() {
         let c = config(&["--allow-bind", "/srv/shared/,/srv/data:ro"]).unwrap();
         assert_eq!(
-            c.bounds.binds,
+            c.tasks.bounds.binds,
             [
                 BindRule {
                     dir: "/srv/shared".into(),

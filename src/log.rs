@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use crate::util::{rfc3339, short, unix_now};
+
 /// How much to log, from least to most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -73,15 +75,8 @@ pub fn event(level: Level, about: Option<About<'_>>, args: fmt::Arguments<'_>) {
     );
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn render(format: Format, level: Level, about: Option<About<'_>>, unix: u64, msg: &str) -> String {
-    let ts = crate::tasks::view::rfc3339(unix);
+    let ts = rfc3339(unix);
     match format {
         Format::Text => {
             let task = match about {
@@ -105,10 +100,6 @@ fn render(format: Format, level: Level, about: Option<About<'_>>, unix: u64, msg
             v.to_string()
         }
     }
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Lifecycle lines of the daemon itself (listening, stopped): written whatever the level,

@@ -106,7 +106,7 @@ fn version() -> &'static str {
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let docker_host = std::env::var("DOCKER_HOST").ok();
     let config = args.into_config(docker_host.as_deref())?;
-    lessl::log::init(config.log_level, config.log_format);
+    lessl::log::init(config.log.level, config.log.format);
     // systemd's variables are read and unset while this process has one thread: changing the
     // environment once the runtime's threads run would race them.
     let inherited = lessl::systemd::take_listen_fds()?;
@@ -127,11 +127,11 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 lessl::log!(
                     "socket activation: serving the socket systemd passed; --listen is not used"
                 );
-                Listener::inherit(socket, &config)?
+                Listener::inherit(socket, &config.server)?
             }
-            None => Listener::bind(&config)
+            None => Listener::bind(&config.server)
                 .await
-                .map_err(|e| format!("cannot listen on {:?}: {e}", config.listen))?,
+                .map_err(|e| format!("cannot listen on {:?}: {e}", config.server.listen))?,
         };
         server::run_supervised(listener, config, shutdown, supervision).await;
         Ok(())

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::docker::Step;
+
 /// Upper bounds of histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
@@ -84,9 +86,9 @@ pub struct Metrics {
     runs: [AtomicU64; 3],
     run_seconds: Histogram,
     command_seconds: Histogram,
-    /// Per Docker step code, in the order of `DOCKER_STEPS`.
-    docker_seconds: [Histogram; DOCKER_STEPS.len()],
-    docker_errors: [AtomicU64; DOCKER_STEPS.len()],
+    /// Per Docker step, at `step as usize` (the order of `Step::ALL`).
+    docker_seconds: [Histogram; Step::ALL.len()],
+    docker_errors: [AtomicU64; Step::ALL.len()],
     /// By status class 2xx..5xx.
     http: [AtomicU64; 4],
     warm_taken: AtomicU64,
@@ -94,34 +96,6 @@ pub struct Metrics {
     /// Runs whose results could not be written to the state directory (full, or failing).
     results_not_kept: AtomicU64,
 }
-
-/// Docker steps measured, by their stable codes (see `docker::Step::code`).
-pub const DOCKER_STEPS: [&str; 24] = [
-    "docker.version",
-    "docker.ping",
-    "docker.container.create",
-    "docker.container.start",
-    "docker.container.inspect",
-    "docker.container.list",
-    "docker.container.kill",
-    "docker.container.remove",
-    "docker.container.wait",
-    "docker.container.logs",
-    "docker.container.attach",
-    "docker.events",
-    "docker.exec.create",
-    "docker.exec.start",
-    "docker.exec.inspect",
-    "docker.archive.put",
-    "docker.image.pull",
-    "docker.info",
-    "docker.volume.create",
-    "docker.volume.inspect",
-    "docker.volume.list",
-    "docker.volume.remove",
-    "docker.archive.stat",
-    "other",
-];
 
 pub static METRICS: Metrics = Metrics::new();
 
@@ -133,21 +107,14 @@ pub struct Gauges {
     pub pooled_containers: usize,
 }
 
-fn step_index(code: &str) -> usize {
-    DOCKER_STEPS
-        .iter()
-        .position(|s| *s == code)
-        .unwrap_or(DOCKER_STEPS.len() - 1)
-}
-
 impl Metrics {
     const fn new() -> Self {
         Metrics {
             runs: [const { AtomicU64::new(0) }; 3],
             run_seconds: Histogram::new(),
             command_seconds: Histogram::new(),
-            docker_seconds: [const { Histogram::new() }; DOCKER_STEPS.len()],
-            docker_errors: [const { AtomicU64::new(0) }; DOCKER_STEPS.len()],
+            docker_seconds: [const { Histogram::new() }; Step::ALL.len()],
+            docker_errors: [const { AtomicU64::new(0) }; Step::ALL.len()],
             http: [const { AtomicU64::new(0) }; 4],
             warm_taken: AtomicU64::new(0),
             cold_started: AtomicU64::new(0),
@@ -168,8 +135,8 @@ impl Metrics {
         self.command_seconds.observe(took);
     }
 
-    pub fn docker_call(&self, step_code: &str, took: Duration, failed: bool) {
-        let i = step_index(step_code);
+    pub fn docker_call(&self, step: Step, took: Duration, failed: bool) {
+        let i = step as usize;
         self.docker_seconds[i].observe(took);
         if failed {
             self.docker_errors[i].fetch_add(1, Ordering::Relaxed);
@@ -251,9 +218,9 @@ impl Metrics {
             "histogram",
             "Docker Engine API calls by step.",
         );
-        for (i, step) in DOCKER_STEPS.iter().enumerate() {
+        for (i, step) in Step::ALL.iter().enumerate() {
             if self.docker_seconds[i].total.load(Ordering::Relaxed) > 0 {
-                let labels = format!("step=\"{step}\"");
+                let labels = format!("step=\"{}\"", step.code());
                 self.docker_seconds[i].render(
                     &mut out,
                     "lessl_docker_call_duration_seconds",
@@ -267,9 +234,13 @@ impl Metrics {
             "counter",
             "Docker Engine API calls that failed, by step.",
         );
-        for (i, step) in DOCKER_STEPS.iter().enumerate() {
+        for (i, step) in Step::ALL.iter().enumerate() {
             let n = self.docker_errors[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "lessl_docker_errors_total{{step=\"{step}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "lessl_docker_errors_total{{step=\"{}\"}} {n}",
+                step.code()
+            );
         }
         help(
             &mut out,
@@ -330,35 +301,15 @@ mod tests {
     }
 
     #[test]
-    fn every_docker_step_code_has_a_slot() {
-        use crate::docker::Step;
-        let steps = [
-            Step::Version,
-            Step::Ping,
-            Step::CreateContainer,
-            Step::StartContainer,
-            Step::InspectContainer,
-            Step::ListContainers,
-            Step::KillContainer,
-            Step::RemoveContainer,
-            Step::WaitContainer,
-            Step::ContainerLogs,
-            Step::Attach,
-            Step::Events,
-            Step::CreateExec,
-            Step::StartExec,
-            Step::InspectExec,
-            Step::PutArchive,
-            Step::PullImage,
-            Step::Info,
-            Step::CreateVolume,
-            Step::InspectVolume,
-            Step::ListVolumes,
-            Step::RemoveVolume,
-            Step::StatPath,
-        ];
-        for s in steps {
-            assert_ne!(step_index(s.code()), DOCKER_STEPS.len() - 1, "{s:?}");
+    fn every_docker_step_has_a_slot_and_a_line() {
+        let m = Metrics::new();
+        for step in Step::ALL {
+            m.docker_call(step, Duration::from_millis(1), true);
+        }
+        let text = m.render(Gauges::default());
+        for step in Step::ALL {
+            let line = format!("lessl_docker_errors_total{{step=\"{}\"}} 1", step.code());
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
     }
 
@@ -366,7 +317,7 @@ mod tests {
     fn rendering_has_every_family() {
         let m = Metrics::new();
         m.run_ended(Outcome::CommandFailed, Duration::from_millis(3));
-        m.docker_call("docker.container.create", Duration::from_millis(40), true);
+        m.docker_call(Step::CreateContainer, Duration::from_millis(40), true);
         m.http_answered(201);
         m.http_answered(503);
         let text = m.render(Gauges {

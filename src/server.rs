@@ -12,15 +12,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::api::Api;
-use crate::config::Config;
+use crate::config::{Config, ListenAddr, ServerConfig};
 use crate::docker::Docker;
 use crate::log;
 use crate::systemd::{Inherited, Supervision};
-use crate::tasks::{Settings, Tasks};
-
-extern "C" {
-    fn umask(mask: u32) -> u32;
-}
+use crate::tasks::Tasks;
 
 /// A bound listener, so callers (and tests) choose the address, port 0 included.
 pub enum Listener {
@@ -30,12 +26,10 @@ pub enum Listener {
 
 impl Listener {
     /// Binds what the configuration names.
-    pub async fn bind(config: &Config) -> std::io::Result<Listener> {
+    pub async fn bind(config: &ServerConfig) -> std::io::Result<Listener> {
         match &config.listen {
-            crate::config::ListenAddr::Tcp(addr) => {
-                Ok(Listener::Tcp(TcpListener::bind(addr).await?))
-            }
-            crate::config::ListenAddr::Unix(path) => {
+            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+            ListenAddr::Unix(path) => {
                 // A stale socket from an earlier run would make bind fail.
                 if std::fs::symlink_metadata(path).is_ok_and(|m| {
                     use std::os::unix::fs::FileTypeExt;
@@ -46,9 +40,9 @@ impl Listener {
                 // The socket is born 0660: set the umask around bind so there is no moment
                 // when it is wider, which a chmod after bind would leave.
                 // SAFETY: umask only swaps the process's file mode mask.
-                let old = unsafe { umask(0o117) };
+                let old = unsafe { libc::umask(0o117) };
                 let bound = UnixListener::bind(path);
-                unsafe { umask(old) };
+                unsafe { libc::umask(old) };
                 Ok(Listener::Unix(bound?))
             }
         }
@@ -57,7 +51,7 @@ impl Listener {
     /// Adopts the socket systemd passed (socket activation) instead of binding `--listen`.
     /// The rule for `--listen` holds here too: a TCP socket on a non-loopback address needs a
     /// token, whoever bound it.
-    pub fn inherit(socket: Inherited, config: &Config) -> Result<Listener, String> {
+    pub fn inherit(socket: Inherited, config: &ServerConfig) -> Result<Listener, String> {
         let step = |what: &str, e: std::io::Error| format!("socket activation: {what}: {e}");
         match socket {
             Inherited::Tcp(l) => {
@@ -122,40 +116,22 @@ pub async fn run_supervised(
     shutdown: impl Future<Output = ()>,
     supervision: Supervision,
 ) {
-    let docker = Docker::new(config.docker.clone(), config.docker_timeout);
-    let tasks = Tasks::new(
-        Arc::new(docker),
-        Settings {
-            instance: config.instance.clone(),
-            agent: config.agent.clone(),
-            agent_source: config.agent_source,
-            bounds: config.bounds.clone(),
-            allow_images: config.allow_images.clone(),
-            allow_pull: config.allow_pull.clone(),
-            pull_timeout: config.pull_timeout,
-            default_user: config.user.clone(),
-            allow_users: config.allow_users.clone(),
-            max_running: config.max_running,
-            max_queue: config.max_queue,
-            queue_timeout: config.queue_timeout,
-            max_daemons: config.max_daemons,
-            fetch: config.fetch.clone(),
-            warm: config.warm.clone(),
-            exec_only: config.exec_only,
-            allow_volumes: config.allow_volumes.clone(),
-            runtime: config.runtime.clone(),
-            volume_idle: config.volume_idle,
-            state_dir: Some(config.state_dir.clone()),
-            state_max_bytes: config.state_max_bytes,
-        },
-    );
+    let Config {
+        server,
+        docker,
+        tasks: settings,
+        log: _,
+    } = config;
+    let instance = settings.instance.clone();
+    let engine = Docker::new(docker.endpoint, docker.timeout);
+    let tasks = Tasks::new(Arc::new(engine), settings);
     tasks.spawn_background();
     let api = Arc::new(Api {
         tasks: tasks.clone(),
-        token: config.token.clone(),
-        max_body_bytes: config.max_body_bytes,
-        request_timeout: config.request_timeout,
-        instance: config.instance.clone(),
+        token: server.token.clone(),
+        max_body_bytes: server.max_body_bytes,
+        request_timeout: server.request_timeout,
+        instance,
     });
     let listening = listener.describe();
     log!(notice: "listening on {listening}");
@@ -168,14 +144,14 @@ pub async fn run_supervised(
     // starts this timer whenever it waits for a request head, so it is also the idle
     // timeout of a keep-alive connection between requests.
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(config.request_timeout);
+        .header_read_timeout(server.request_timeout);
     // Past the cap: one request per connection, which must arrive quickly.
     let mut overflow_http = hyper::server::conn::http1::Builder::new();
     overflow_http
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(OVERFLOW_HEAD_TIMEOUT.min(config.request_timeout))
+        .header_read_timeout(OVERFLOW_HEAD_TIMEOUT.min(server.request_timeout))
         .keep_alive(false);
-    let slots = Slots::new(config.max_connections);
+    let slots = Slots::new(server.max_connections);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -192,7 +168,7 @@ pub async fn run_supervised(
             }
         };
         let api = api.clone();
-        let max = config.max_connections;
+        let max = server.max_connections;
         match slots.admit() {
             Some(Slot::Full(guard)) => {
                 let service = service_fn(move |req| api.clone().handle(req));
@@ -217,20 +193,18 @@ pub async fn run_supervised(
     supervision.stopping();
     log!(
         "shutting down: no new connections, {:?} for in-flight requests",
-        config.shutdown_grace
+        server.shutdown_grace
     );
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(server.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
         log!(warn: "shutdown: requests still running after the grace period");
     }
-    tasks.shutdown(config.shutdown_grace).await;
+    tasks.shutdown(server.shutdown_grace).await;
     // An inherited socket's file belongs to its .socket unit, which keeps listening for the
     // next start; only a socket Lessl bound itself is Lessl's to remove.
-    if let (crate::config::ListenAddr::Unix(path), false) =
-        (&config.listen, supervision.socket_inherited)
-    {
+    if let (ListenAddr::Unix(path), false) = (&server.listen, supervision.socket_inherited) {
         let _ = std::fs::remove_file(path);
     }
     log!(notice: "stopped");
@@ -294,7 +268,8 @@ impl Slots {
     }
 }
 
-/// Either kind of connection, boxed behind hyper's IO traits.
+/// Either kind of connection, as one type hyper's IO traits are implemented for (an enum,
+/// so no allocation per connection).
 enum Io {
     Tcp(TokioIo<tokio::net::TcpStream>),
     Unix(TokioIo<tokio::net::UnixStream>),
@@ -361,10 +336,10 @@ impl hyper::rt::Write for Io {
 /// that is down now is not a reason to refuse to start (Lessl waits for it); one that answers
 /// without the runtime is, since every task would fail.
 pub async fn preflight(config: &Config) -> Result<(), String> {
-    let Some(runtime) = &config.runtime else {
+    let Some(runtime) = &config.tasks.runtime else {
         return Ok(());
     };
-    let docker = Docker::new(config.docker.clone(), config.docker_timeout);
+    let docker = Docker::new(config.docker.endpoint.clone(), config.docker.timeout);
     match docker.has_runtime(runtime).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!(

@@ -4,7 +4,7 @@
 //! Both read their variables once at start, while the process still has one thread, and unset
 //! them, so nothing Lessl might start later inherits a claim on a socket or fd that is not its.
 
-use std::ffi::{c_int, c_void, OsStr, OsString};
+use std::ffi::{c_int, OsStr, OsString};
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,20 +20,6 @@ pub const LISTEN_FDS_START: RawFd = 3;
 
 /// Longest `sun_path`, NUL or not: a longer address cannot be a Unix socket's.
 const SUN_PATH_MAX: usize = 108;
-
-// Linux's generic values (x86_64 and aarch64 share them); std exposes neither call.
-const F_SETFD: c_int = 2;
-const FD_CLOEXEC: c_int = 1;
-const SOL_SOCKET: c_int = 1;
-const SO_TYPE: c_int = 3;
-const SO_ACCEPTCONN: c_int = 30;
-const SOCK_STREAM: c_int = 1;
-
-extern "C" {
-    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
-    fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut u32)
-        -> c_int;
-}
 
 /// Where `$NOTIFY_SOCKET` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +205,7 @@ pub fn take_listen_fds() -> Result<Option<Inherited>, String> {
             // systemd passes the fd without close-on-exec; setting it also proves fd 3 is
             // open before anything takes ownership of it.
             // SAFETY: fcntl(F_SETFD) only changes fd 3's flags, or fails with EBADF.
-            if unsafe { fcntl(LISTEN_FDS_START, F_SETFD, FD_CLOEXEC) } == -1 {
+            if unsafe { libc::fcntl(LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
                 return Err(format!(
                     "socket activation: LISTEN_FDS=1 but fd {LISTEN_FDS_START} is unusable: {}",
                     io::Error::last_os_error()
@@ -243,13 +229,13 @@ pub fn take_listen_fds() -> Result<Option<Inherited>, String> {
 /// (a datagram socket, a connection, a file) is refused here rather than failing every
 /// accept later.
 pub fn classify(fd: OwnedFd) -> Result<Inherited, String> {
-    let kind = sockopt(&fd, SO_TYPE).map_err(|e| format!("not a socket ({e})"))?;
-    if kind != SOCK_STREAM {
+    let kind = sockopt(&fd, libc::SO_TYPE).map_err(|e| format!("not a socket ({e})"))?;
+    if kind != libc::SOCK_STREAM {
         return Err(format!(
             "not a stream socket (SO_TYPE {kind}); use ListenStream="
         ));
     }
-    if sockopt(&fd, SO_ACCEPTCONN).map_err(|e| format!("SO_ACCEPTCONN: {e}"))? == 0 {
+    if sockopt(&fd, libc::SO_ACCEPTCONN).map_err(|e| format!("SO_ACCEPTCONN: {e}"))? == 0 {
         return Err("the socket is not listening".into());
     }
     // getsockname through std: each type's local_addr fails on the other family.
@@ -266,12 +252,12 @@ pub fn classify(fd: OwnedFd) -> Result<Inherited, String> {
 
 fn sockopt(fd: &OwnedFd, name: c_int) -> io::Result<c_int> {
     let mut value: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as u32;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
     // SAFETY: value and len point at an int and its size, as getsockopt requires.
     let rc = unsafe {
-        getsockopt(
+        libc::getsockopt(
             fd.as_raw_fd(),
-            SOL_SOCKET,
+            libc::SOL_SOCKET,
             name,
             (&mut value as *mut c_int).cast(),
             &mut len,

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::ffi::{c_int, OsString};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
@@ -23,11 +23,6 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_lessl");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const MAX_RELEASE_BYTES: u64 = 6 << 20;
-
-extern "C" {
-    fn dup2(old: c_int, new: c_int) -> c_int;
-    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
-}
 
 /// A fresh directory under the system's temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -231,9 +226,9 @@ fn spawn_activated(fd: RawFd, args: &[&str]) -> Proc {
             // dup2 onto fd 3 drops close-on-exec; when the socket already is fd 3 the flag
             // has to be cleared by hand.
             let rc = if fd == 3 {
-                fcntl(3, 2 /* F_SETFD */, 0)
+                libc::fcntl(3, libc::F_SETFD, 0)
             } else {
-                dup2(fd, 3)
+                libc::dup2(fd, 3)
             };
             if rc == -1 {
                 return Err(std::io::Error::last_os_error());
@@ -313,18 +308,31 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// Every `env = "LESSL_..."` of src/config.rs, in order.
+/// Every `LESSL_*` variable of `lessl serve`, in order, as clap knows them.
 fn config_keys() -> Vec<String> {
-    let source = read("src/config.rs");
-    let keys: Vec<String> = source
-        .split("env = \"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
+    let keys: Vec<String> = lessl::config::ServeArgs::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|k| k.to_string_lossy().into_owned())
         .filter(|k| k.starts_with("LESSL_"))
-        .map(str::to_string)
         .collect();
-    assert!(keys.len() > 30, "parsed only {} keys", keys.len());
+    assert!(keys.len() > 30, "clap lists only {} keys", keys.len());
     keys
+}
+
+/// The default value of `lessl serve --FLAG`, as clap knows it.
+fn serve_default(flag: &str) -> String {
+    let command = lessl::config::ServeArgs::command();
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .unwrap_or_else(|| panic!("lessl serve has no --{flag}"));
+    let values: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
+    values.join(",")
 }
 
 /// `KEY=value` of each commented-out assignment (`#KEY=value`) in contrib/lessl.env.
@@ -397,12 +405,9 @@ fn units_pass_systemd_analyze_verify() {
         Some("127.0.0.1:8734")
     );
     // Shutdown may take two graces (requests, then container removal) plus Docker calls.
-    let grace: f64 = read("src/config.rs")
-        .lines()
-        .find(|l| l.contains("env = \"LESSL_SHUTDOWN_GRACE\""))
-        .and_then(|l| l.split("default_value_t = ").nth(1))
-        .and_then(|v| v.trim_end_matches([')', ']', ' ']).parse().ok())
-        .expect("the default of --shutdown-grace in src/config.rs");
+    let grace: f64 = serve_default("shutdown-grace")
+        .parse()
+        .expect("the default of --shutdown-grace is a number");
     let stop: f64 = unit_value(&service, "TimeoutStopSec")
         .and_then(|v| v.parse().ok())
         .expect("TimeoutStopSec in seconds");

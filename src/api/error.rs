@@ -118,6 +118,29 @@ fn docker_status(e: &DockerError) -> StatusCode {
     }
 }
 
+/// A failed `src` download: refused before any traffic (400), too large (413), too slow
+/// (504), or the remote end failing (502).
+fn download_class<'a>(
+    field: &'a str,
+    error: &FetchError,
+) -> (StatusCode, &'static str, Option<&'a str>) {
+    let (status, code) = match error {
+        FetchError::ParseUrl(_) | FetchError::Refused(_) => {
+            (StatusCode::BAD_REQUEST, "resource.refused")
+        }
+        FetchError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "resource.too_large"),
+        FetchError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "resource.timeout"),
+        FetchError::Resolve(_)
+        | FetchError::Connect(_)
+        | FetchError::Tls(_)
+        | FetchError::Request(_)
+        | FetchError::Status { .. }
+        | FetchError::Redirect(_)
+        | FetchError::ReadBody(_) => (StatusCode::BAD_GATEWAY, "resource.download"),
+    };
+    (status, code, non_empty(field))
+}
+
 impl ApiError {
     /// The one place a status is chosen: (status, stable code, field at fault).
     fn classify(&self) -> (StatusCode, &str, Option<&str>) {
@@ -185,37 +208,7 @@ impl ApiError {
             ApiError::Task(TaskError::TooManyDaemons(_)) => {
                 (StatusCode::TOO_MANY_REQUESTS, "task.too_many_daemons", None)
             }
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error: FetchError::ParseUrl(_) | FetchError::Refused(_),
-            }) => (StatusCode::BAD_REQUEST, "resource.refused", non_empty(f)),
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error: FetchError::TooLarge { .. },
-            }) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "resource.too_large",
-                non_empty(f),
-            ),
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error: FetchError::Timeout { .. },
-            }) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "resource.timeout",
-                non_empty(f),
-            ),
-            ApiError::Task(TaskError::Download {
-                field: f,
-                error:
-                    FetchError::Resolve(_)
-                    | FetchError::Connect(_)
-                    | FetchError::Tls(_)
-                    | FetchError::Request(_)
-                    | FetchError::Status { .. }
-                    | FetchError::Redirect(_)
-                    | FetchError::ReadBody(_),
-            }) => (StatusCode::BAD_GATEWAY, "resource.download", non_empty(f)),
+            ApiError::Task(TaskError::Download { field: f, error }) => download_class(f, error),
             ApiError::Task(TaskError::Mount { field: f, .. }) => {
                 (StatusCode::BAD_REQUEST, "task.mount_refused", non_empty(f))
             }
@@ -288,7 +281,7 @@ mod tests {
     use crate::docker::Step;
 
     #[test]
-    fn statuses_follow_the_contract() {
+    fn statuses_and_codes_follow_the_contract() {
         let docker = |cause| {
             ApiError::Task(TaskError::Docker(DockerError {
                 step: Step::CreateContainer,
@@ -296,17 +289,30 @@ mod tests {
             }))
         };
         let cases = [
-            (ApiError::Unauthorized, 401),
-            (ApiError::BodyTooLarge(1), 413),
-            (ApiError::UnsupportedMediaType("text/plain".into()), 415),
-            (ApiError::Task(TaskError::NotFound("x".into())), 404),
-            (ApiError::Task(TaskError::NameClash("x".into())), 409),
+            (ApiError::Unauthorized, 401, "http.unauthorized"),
+            (ApiError::BodyTooLarge(1), 413, "http.too_large"),
+            (
+                ApiError::UnsupportedMediaType("text/plain".into()),
+                415,
+                "http.media_type",
+            ),
+            (
+                ApiError::Task(TaskError::NotFound("x".into())),
+                404,
+                "task.not_found",
+            ),
+            (
+                ApiError::Task(TaskError::NameClash("x".into())),
+                409,
+                "task.name_clash",
+            ),
             (
                 ApiError::Task(TaskError::NotRunning {
                     reference: "x".into(),
                     state: crate::tasks::view::TaskState::Finished,
                 }),
                 409,
+                "task.not_running",
             ),
             (
                 ApiError::Task(TaskError::Mount {
@@ -314,6 +320,7 @@ mod tests {
                     message: "m".into(),
                 }),
                 400,
+                "task.mount_refused",
             ),
             (
                 ApiError::Task(TaskError::VolumeForeign {
@@ -321,21 +328,36 @@ mod tests {
                     volume: "v".into(),
                 }),
                 409,
+                "volume.foreign",
             ),
-            (ApiError::Task(TaskError::VolumeNotFound("v".into())), 404),
-            (ApiError::Task(TaskError::VolumeInUse("v".into())), 409),
+            (
+                ApiError::Task(TaskError::VolumeNotFound("v".into())),
+                404,
+                "volume.not_found",
+            ),
+            (
+                ApiError::Task(TaskError::VolumeInUse("v".into())),
+                409,
+                "volume.in_use",
+            ),
             (
                 ApiError::Task(TaskError::ImageUnknown {
                     image: "i".into(),
                     message: "m".into(),
                 }),
                 422,
+                "task.image_unknown",
             ),
-            (docker(Cause::Unreachable("refused".into())), 503),
-            (ApiError::Overloaded(512), 503),
+            (
+                docker(Cause::Unreachable("refused".into())),
+                503,
+                "docker.container.create",
+            ),
+            (ApiError::Overloaded(512), 503, "http.overloaded"),
             (
                 docker(Cause::Timeout(std::time::Duration::from_secs(1))),
                 504,
+                "docker.container.create",
             ),
             (
                 docker(Cause::Status {
@@ -343,22 +365,33 @@ mod tests {
                     message: "boom".into(),
                 }),
                 502,
+                "docker.container.create",
             ),
         ];
-        for (err, status) in cases {
-            let (s, code, _) = err.classify();
-            assert_eq!(s.as_u16(), status, "{err}");
-            assert!(!code.is_empty());
+        for (err, status, code) in cases {
+            let (s, c, _) = err.classify();
+            assert_eq!((s.as_u16(), c), (status, code), "{err}");
         }
     }
 
-    #[test]
-    fn error_body_names_the_field() {
+    #[tokio::test]
+    async fn error_body_names_the_field() {
+        use http_body_util::BodyExt;
         let err = ApiError::Spec(SpecError::Invalid {
             field: "resources[0].dest".into(),
             message: "bad".into(),
         });
         let resp = err.into_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {
+                "code": "spec.invalid",
+                "message": "resources[0].dest: bad",
+                "field": "resources[0].dest",
+            }})
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! A small Docker Engine API client over the engine's Unix socket, or TCP with TLS
 //! ([`transport`]). It knows containers, execs and archives, and nothing of tasks, names or
-//! TTLs. Every call goes through [`Docker::send`],
-//! which applies the negotiated API version, the timeout and the status check.
+//! TTLs. Every request goes through one private function, `send_unversioned`: the timeout,
+//! the status check and the step's metric slot; every call but `/version` and `/_ping`
+//! reaches it through `send`, which adds the negotiated API version.
 
 pub mod models;
 pub mod stream;
@@ -24,6 +25,8 @@ use tokio::sync::OnceCell;
 use models::*;
 pub use transport::Endpoint;
 
+use crate::util::{error_chain, percent_encode};
+
 /// The newest Engine API version this client is written against; older engines are spoken to
 /// in their own version, down to [`MIN_API`].
 pub const MAX_API: (u32, u32) = (1, 43);
@@ -42,7 +45,6 @@ pub enum Step {
     StartContainer,
     InspectContainer,
     ListContainers,
-    KillContainer,
     RemoveContainer,
     WaitContainer,
     ContainerLogs,
@@ -62,6 +64,33 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step, in declaration order, so `step as usize` indexes it: `metrics` keeps one
+    /// slot per entry.
+    pub const ALL: [Step; 22] = [
+        Step::Version,
+        Step::Ping,
+        Step::CreateContainer,
+        Step::StartContainer,
+        Step::InspectContainer,
+        Step::ListContainers,
+        Step::RemoveContainer,
+        Step::WaitContainer,
+        Step::ContainerLogs,
+        Step::Attach,
+        Step::Events,
+        Step::PullImage,
+        Step::CreateExec,
+        Step::StartExec,
+        Step::InspectExec,
+        Step::PutArchive,
+        Step::Info,
+        Step::CreateVolume,
+        Step::InspectVolume,
+        Step::ListVolumes,
+        Step::RemoveVolume,
+        Step::StatPath,
+    ];
+
     /// Stable dotted code for error bodies and logs.
     pub fn code(self) -> &'static str {
         match self {
@@ -71,7 +100,6 @@ impl Step {
             Step::StartContainer => "docker.container.start",
             Step::InspectContainer => "docker.container.inspect",
             Step::ListContainers => "docker.container.list",
-            Step::KillContainer => "docker.container.kill",
             Step::RemoveContainer => "docker.container.remove",
             Step::WaitContainer => "docker.container.wait",
             Step::ContainerLogs => "docker.container.logs",
@@ -145,14 +173,6 @@ impl fmt::Display for DockerError {
 
 impl std::error::Error for DockerError {}
 
-/// What a kill found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Killed {
-    Yes,
-    NotRunning,
-    Gone,
-}
-
 /// What a remove found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Removed {
@@ -194,8 +214,9 @@ impl Docker {
         &self.endpoint
     }
 
-    /// The one function every call goes through: API version, timeout, status check.
-    /// Returns the response with its body unread, for the caller to decode or stream.
+    /// Every call but the two below goes through here: the negotiated API version, then
+    /// [`Docker::send_unversioned`]. Returns the response with its body unread, for the
+    /// caller to decode or stream.
     async fn send(
         &self,
         step: Step,
@@ -204,11 +225,23 @@ impl Docker {
         body: Body,
     ) -> Result<Response<Incoming>, DockerError> {
         let version = self.version().await?;
+        self.send_unversioned(step, method, &format!("{version}{path_and_query}"), body)
+            .await
+    }
+
+    /// The one function every request goes through: timeout, status check, and the step's
+    /// metric slot. Called directly only by `/version` (the negotiation itself) and `/_ping`
+    /// (liveness, which must answer even from an engine too old to speak to).
+    async fn send_unversioned(
+        &self,
+        step: Step,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+    ) -> Result<Response<Incoming>, DockerError> {
         let started = std::time::Instant::now();
-        let sent = self
-            .send_raw(step, method, &format!("{version}{path_and_query}"), body)
-            .await;
-        crate::metrics::METRICS.docker_call(step.code(), started.elapsed(), sent.is_err());
+        let sent = self.send_raw(step, method, path_and_query, body).await;
+        crate::metrics::METRICS.docker_call(step, started.elapsed(), sent.is_err());
         sent
     }
 
@@ -310,7 +343,7 @@ impl Docker {
         self.version
             .get_or_try_init(|| async {
                 let resp = self
-                    .send_raw(Step::Version, Method::GET, "/version", Body::Empty)
+                    .send_unversioned(Step::Version, Method::GET, "/version", Body::Empty)
                     .await?;
                 let v: VersionInfo = self.json(Step::Version, resp).await?;
                 let theirs = parse_api_version(&v.api_version).ok_or_else(|| DockerError {
@@ -338,7 +371,7 @@ impl Docker {
     /// Liveness of the engine.
     pub async fn ping(&self) -> Result<(), DockerError> {
         let resp = self
-            .send_raw(Step::Ping, Method::GET, "/_ping", Body::Empty)
+            .send_unversioned(Step::Ping, Method::GET, "/_ping", Body::Empty)
             .await?;
         self.read_body(Step::Ping, resp.into_body(), 1024)
             .await
@@ -351,7 +384,7 @@ impl Docker {
         config: &ContainerConfig,
     ) -> Result<CreateResponse, DockerError> {
         let path = match name {
-            Some(n) => format!("/containers/create?name={}", query_escape(n)),
+            Some(n) => format!("/containers/create?name={}", percent_encode(n)),
             None => "/containers/create".to_string(),
         };
         let body = Body::json(Step::CreateContainer, config)?;
@@ -367,7 +400,7 @@ impl Docker {
     }
 
     pub async fn inspect_container(&self, id: &str) -> Result<ContainerInspect, DockerError> {
-        let path = format!("/containers/{}/json", query_escape(id));
+        let path = format!("/containers/{}/json", percent_encode(id));
         self.call(Step::InspectContainer, Method::GET, &path, Body::Empty)
             .await
     }
@@ -380,23 +413,10 @@ impl Docker {
         let filters = serde_json::json!({ "label": labels }).to_string();
         let path = format!(
             "/containers/json?all=true&filters={}",
-            query_escape(&filters)
+            percent_encode(&filters)
         );
         self.call(Step::ListContainers, Method::GET, &path, Body::Empty)
             .await
-    }
-
-    pub async fn kill_container(&self, id: &str) -> Result<Killed, DockerError> {
-        let path = format!("/containers/{id}/kill");
-        match self
-            .send(Step::KillContainer, Method::POST, &path, Body::Empty)
-            .await
-        {
-            Ok(_) => Ok(Killed::Yes),
-            Err(e) if e.status() == Some(404) => Ok(Killed::Gone),
-            Err(e) if e.status() == Some(409) => Ok(Killed::NotRunning),
-            Err(e) => Err(e),
-        }
     }
 
     /// Kills (if needed) and removes the container and its anonymous volumes.
@@ -408,7 +428,9 @@ impl Docker {
         {
             Ok(_) => Ok(Removed::Yes),
             Err(e) if e.status() == Some(404) => Ok(Removed::Gone),
-            // Other 409s are real refusals.
+            // Other 409s are real refusals. The engine gives this one no code of its own, only
+            // its message ("removal of container … is already in progress"), so the text is
+            // the one signal there is.
             Err(e) if e.status() == Some(409) && e.to_string().contains("already in progress") => {
                 Ok(Removed::InProgress)
             }
@@ -444,7 +466,7 @@ impl Docker {
 
     /// The volume `name`, or None when the engine has none by that name.
     pub async fn inspect_volume(&self, name: &str) -> Result<Option<Volume>, DockerError> {
-        let path = format!("/volumes/{}", query_escape(name));
+        let path = format!("/volumes/{}", percent_encode(name));
         match self
             .call(Step::InspectVolume, Method::GET, &path, Body::Empty)
             .await
@@ -458,7 +480,7 @@ impl Docker {
     /// Every volume carrying all of `labels` (`key=value` or `key`).
     pub async fn list_volumes(&self, labels: &[String]) -> Result<Vec<Volume>, DockerError> {
         let filters = serde_json::json!({ "label": labels }).to_string();
-        let path = format!("/volumes?filters={}", query_escape(&filters));
+        let path = format!("/volumes?filters={}", percent_encode(&filters));
         let list: VolumeList = self
             .call(Step::ListVolumes, Method::GET, &path, Body::Empty)
             .await?;
@@ -467,7 +489,7 @@ impl Docker {
 
     /// Removes a volume; a volume some container still uses is [`VolumeRemoved::InUse`].
     pub async fn remove_volume(&self, name: &str) -> Result<VolumeRemoved, DockerError> {
-        let path = format!("/volumes/{}", query_escape(name));
+        let path = format!("/volumes/{}", percent_encode(name));
         match self
             .send(Step::RemoveVolume, Method::DELETE, &path, Body::Empty)
             .await
@@ -568,7 +590,7 @@ impl Docker {
     /// per line, for as long as the connection lasts (the timeout covers only the headers).
     pub async fn events(&self, labels: &[String]) -> Result<Incoming, DockerError> {
         let filters = serde_json::json!({ "type": ["container"], "label": labels }).to_string();
-        let path = format!("/events?filters={}", query_escape(&filters));
+        let path = format!("/events?filters={}", percent_encode(&filters));
         let resp = self
             .send(Step::Events, Method::GET, &path, Body::Empty)
             .await?;
@@ -585,7 +607,7 @@ impl Docker {
         } else {
             format!("{image}:latest")
         };
-        let path = format!("/images/create?fromImage={}", query_escape(&reference));
+        let path = format!("/images/create?fromImage={}", percent_encode(&reference));
         let resp = self
             .send(Step::PullImage, Method::POST, &path, Body::Empty)
             .await?;
@@ -613,6 +635,9 @@ impl Docker {
             .filter_map(Result::ok)
             .find_map(|p| p.error);
         match failed {
+            // Docker answered 200; the 404 is Lessl's, the status Docker gives an image it does
+            // not have, so the task layer reads a refused pull as an unknown image (422). Typing
+            // it (a `Cause` of its own) waits for the task layer to match that cause instead.
             Some(message) => Err(fail(Cause::Status {
                 status: 404,
                 message,
@@ -634,7 +659,7 @@ impl Docker {
     }
 
     async fn stat(&self, id: &str, path: &str) -> Result<Option<PathStat>, DockerError> {
-        let query = format!("/containers/{id}/archive?path={}", query_escape(path));
+        let query = format!("/containers/{id}/archive?path={}", percent_encode(path));
         let resp = match self
             .send(Step::StatPath, Method::HEAD, &query, Body::Empty)
             .await
@@ -661,7 +686,7 @@ impl Docker {
 
     /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Result<(), DockerError> {
-        let path = format!("/containers/{id}/archive?path={}", query_escape(dir));
+        let path = format!("/containers/{id}/archive?path={}", percent_encode(dir));
         self.send(Step::PutArchive, Method::PUT, &path, Body::Tar(tar.into()))
             .await
             .map(drop)
@@ -702,45 +727,25 @@ fn parse_api_version(v: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// Percent-encodes everything but unreserved characters, for query values and path segments.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// hyper-util's errors hide the io error that says what happened (ENOENT, ECONNREFUSED).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_step_is_listed_once_at_its_index() {
+        for (i, step) in Step::ALL.iter().enumerate() {
+            assert_eq!(*step as usize, i, "{step:?}");
+        }
+        let mut codes: Vec<&str> = Step::ALL.iter().map(|s| s.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Step::ALL.len(), "two steps share a code");
+    }
 
     #[test]
     fn api_versions() {
         assert_eq!(parse_api_version("1.41"), Some((1, 41)));
         assert_eq!(parse_api_version("1.x"), None);
         assert!((1, 41) < MAX_API && (1, 39) < MIN_API && (1, 44) > MAX_API);
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(query_escape("a b/c?d"), "a%20b%2Fc%3Fd");
-        assert_eq!(query_escape("lessl-x_1.2"), "lessl-x_1.2");
     }
 }

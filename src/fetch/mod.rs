@@ -28,6 +28,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::util::error_chain;
+
 pub use addr::{check_ip, Allow, Host};
 pub use url::{parse_url, Scheme, Url};
 
@@ -156,18 +158,6 @@ impl fmt::Display for DisplayDuration {
             write!(f, "{ms}ms")
         }
     }
-}
-
-/// hyper's top-level messages are generic ("error reading a body"); the cause is in the chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// Downloads the body of `url` following at most `policy.max_redirects` redirects.
@@ -313,11 +303,11 @@ async fn request(
     sender
         .ready()
         .await
-        .map_err(|e| FetchError::Request(format!("{url}: {}", chain(&e))))?;
+        .map_err(|e| FetchError::Request(format!("{url}: {}", error_chain(&e))))?;
     let response = sender
         .send_request(req)
         .await
-        .map_err(|e| FetchError::Request(format!("{url}: {}", chain(&e))))?;
+        .map_err(|e| FetchError::Request(format!("{url}: {}", error_chain(&e))))?;
     Ok((response, conn))
 }
 
@@ -327,7 +317,7 @@ where
 {
     let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| FetchError::Request(chain(&e)))?;
+        .map_err(|e| FetchError::Request(error_chain(&e)))?;
     // Its errors surface through send_request and the body, where they are reported.
     let task = tokio::spawn(async move {
         let _ = connection.await;
@@ -388,7 +378,7 @@ async fn read_body(response: Response<Incoming>, max_bytes: u64) -> Result<Vec<u
     let capacity = usize::try_from(declared.min(PREALLOC_MAX)).unwrap_or(0);
     let mut out: Vec<u8> = Vec::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| FetchError::ReadBody(chain(&e)))?;
+        let frame = frame.map_err(|e| FetchError::ReadBody(error_chain(&e)))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };

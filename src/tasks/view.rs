@@ -1,8 +1,10 @@
-//! What the API shows of a task: the answer body of every verb, and RFC 3339 timestamps.
+//! What the API shows of a task: the answer body of every verb.
 
 use serde::{Deserialize, Serialize};
 
 use super::run::CmdResult;
+/// Moved to `util`; re-exported so `tasks` keeps its import.
+pub use crate::util::rfc3339;
 
 /// One task as the API reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -85,28 +87,6 @@ pub struct RunFailure {
     pub message: String,
 }
 
-/// Formats unix seconds as RFC 3339 UTC (`2026-11-28T18:16:06Z`).
-pub fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's days-to-civil, valid for every date after 1970.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,13 +110,5 @@ mod tests {
             TaskState::Starting
         );
         assert_eq!(TaskState::of_container(false, "exited"), TaskState::Exited);
-    }
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_889_766), "2026-11-28T18:16:06Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 }

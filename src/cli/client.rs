@@ -1,0 +1,341 @@
+//! One HTTP/1 request to a Lessl on a fresh connection (TCP or Unix socket), the `--url`
+//! parser, and the API's error body turned into a [`CliError`].
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use super::{CliError, Connection};
+use crate::util::error_chain;
+
+/// Where the daemon is.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+/// `http://host[:port][/]`, `unix:/path`, or the bare `host:port` that `--listen` takes.
+fn parse_url(url: &str) -> Result<Target, String> {
+    if let Some(path) = url.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err("a Unix socket needs an absolute path, as in unix:/run/lessl.sock".into());
+        }
+        return Ok(Target::Unix(path));
+    }
+    let authority = match url.split_once("://") {
+        Some(("http", rest)) => rest.strip_suffix('/').unwrap_or(rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "scheme `{scheme}` is not supported; use http://host:port or unix:/path"
+            ))
+        }
+        None => url,
+    };
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err("only http://host:port is supported, without a path, query or user".into());
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or("an IPv6 address needs its closing `]`")?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or("expected `:port` after `]`")?,
+                ),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("`{p}` is not a port"))?,
+    };
+    Ok(Target::Tcp {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// One Lessl, as configured on the command line.
+pub(super) struct Client {
+    url: String,
+    target: Target,
+    token: Option<String>,
+}
+
+impl Client {
+    pub(super) fn new(conn: &Connection) -> Result<Client, CliError> {
+        let target = parse_url(&conn.url).map_err(|message| CliError::Url {
+            url: conn.url.clone(),
+            message,
+        })?;
+        let token = match &conn.token_file {
+            None => None,
+            Some(path) => {
+                let fail = |message| CliError::ReadTokenFile {
+                    path: path.clone(),
+                    message,
+                };
+                let raw = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+                // Trimmed as the server trims it, so a trailing newline matches.
+                let token = raw.trim();
+                if token.is_empty() {
+                    return Err(fail("it is empty".into()));
+                }
+                Some(token.to_string())
+            }
+        };
+        Ok(Client {
+            url: conn.url.clone(),
+            target,
+            token,
+        })
+    }
+
+    /// One request on a fresh connection; the body of a 2xx answer, or the API's error.
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, CliError> {
+        let what = format!(
+            "{method} {}",
+            path_and_query.split('?').next().unwrap_or("")
+        );
+        let host = match &self.target {
+            Target::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Target::Tcp { host, port } => format!("{host}:{port}"),
+            Target::Unix(_) => "localhost".to_string(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(HOST, host);
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CliError::Request {
+                what: what.clone(),
+                error: e.to_string(),
+            })?;
+        let connect = |error| CliError::Connect {
+            url: self.url.clone(),
+            error,
+        };
+        let (status, answer) = match &self.target {
+            Target::Tcp { host, port } => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect)?;
+                exchange(s, req).await
+            }
+            Target::Unix(path) => {
+                let s = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect)?;
+                exchange(s, req).await
+            }
+        }
+        .map_err(|error| CliError::Request {
+            what: what.clone(),
+            error,
+        })?;
+        if status.is_success() {
+            return Ok(answer);
+        }
+        Err(api_error(status, &answer, self.token.is_some()))
+    }
+}
+
+async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    // The connection is driven beside the request; it ends once the answer is read.
+    let driver = tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| error_chain(&e))?
+        .to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    Ok((status, body))
+}
+
+/// The API's `{"error": {...}}` body as a [`CliError::Api`]; a body that is not one (a proxy's
+/// page) still gives one line, with the HTTP status.
+fn api_error(status: StatusCode, body: &[u8], sent_token: bool) -> CliError {
+    #[derive(Deserialize)]
+    struct Body {
+        error: Detail,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        code: String,
+        message: String,
+        #[serde(default)]
+        field: Option<String>,
+    }
+    let hint = (status == StatusCode::UNAUTHORIZED && !sent_token)
+        .then_some("no token was sent: set LESSL_TOKEN_FILE or --token-file");
+    match serde_json::from_slice::<Body>(body) {
+        Ok(Body { error: d }) => {
+            // The server's message may start with the field, which the line names anyway.
+            let message = match &d.field {
+                Some(f) => d
+                    .message
+                    .strip_prefix(f.as_str())
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    .map(str::to_string)
+                    .unwrap_or(d.message),
+                None => d.message,
+            };
+            CliError::Api {
+                status: status.as_u16(),
+                code: d.code,
+                message,
+                field: d.field,
+                hint,
+            }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+            CliError::Api {
+                status: status.as_u16(),
+                code: format!("HTTP {}", status.as_u16()),
+                message: first
+                    .unwrap_or(status.canonical_reason().unwrap_or("error"))
+                    .to_string(),
+                field: None,
+                hint,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::DEFAULT_URL;
+
+    #[test]
+    fn urls() {
+        let tcp = |h: &str, p| {
+            Ok(Target::Tcp {
+                host: h.into(),
+                port: p,
+            })
+        };
+        assert_eq!(parse_url(DEFAULT_URL), tcp("127.0.0.1", 8734));
+        assert_eq!(parse_url("http://localhost:9000/"), tcp("localhost", 9000));
+        assert_eq!(parse_url("http://example.com"), tcp("example.com", 80));
+        assert_eq!(parse_url("127.0.0.1:8734"), tcp("127.0.0.1", 8734));
+        assert_eq!(parse_url("http://[::1]:8734"), tcp("::1", 8734));
+        assert_eq!(parse_url("http://[::1]"), tcp("::1", 80));
+        assert_eq!(
+            parse_url("unix:/run/lessl.sock"),
+            Ok(Target::Unix("/run/lessl.sock".into()))
+        );
+        assert_eq!(
+            parse_url("unix:///run/lessl.sock"),
+            Ok(Target::Unix("///run/lessl.sock".into()))
+        );
+        for bad in [
+            "unix:run/lessl.sock",
+            "https://host:8734",
+            "http://host:8734/api",
+            "http://user@host:8734",
+            "http://host:0",
+            "http://host:99999",
+            "http://host:port",
+            "http://:8734",
+            "http://[::1",
+            "http://[::1]8734",
+            "",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+    #[test]
+    fn api_errors_are_one_line() {
+        let body = br#"{"error": {"code": "spec.decode", "message": "unknown field `imgae`", "field": "imgae"}}"#;
+        let e = api_error(StatusCode::BAD_REQUEST, body, false);
+        assert_eq!(
+            e.to_string(),
+            "unknown field `imgae` (spec.decode, field imgae)"
+        );
+        let body = br#"{"error": {"code": "spec.decode", "field": "resources[0].dtaa",
+            "message": "resources[0].dtaa: unknown field `dtaa`"}}"#;
+        assert_eq!(
+            api_error(StatusCode::BAD_REQUEST, body, false).to_string(),
+            "unknown field `dtaa` (spec.decode, field resources[0].dtaa)"
+        );
+        let body = br#"{"error": {"code": "task.name_clash", "field": "task_name",
+            "message": "a live task is already named `task_name`"}}"#;
+        assert_eq!(
+            api_error(StatusCode::CONFLICT, body, false).to_string(),
+            "a live task is already named `task_name` (task.name_clash, field task_name)"
+        );
+        let body = br#"{"error": {"code": "task.not_found", "message": "no task `x`"}}"#;
+        assert_eq!(
+            api_error(StatusCode::NOT_FOUND, body, false).to_string(),
+            "no task `x` (task.not_found)"
+        );
+        let body = br#"{"error": {"code": "http.unauthorized", "message": "missing or wrong bearer token"}}"#;
+        assert!(api_error(StatusCode::UNAUTHORIZED, body, false)
+            .to_string()
+            .ends_with("; no token was sent: set LESSL_TOKEN_FILE or --token-file"));
+        assert_eq!(
+            api_error(StatusCode::UNAUTHORIZED, body, true).to_string(),
+            "missing or wrong bearer token (http.unauthorized)"
+        );
+        let e = api_error(
+            StatusCode::BAD_GATEWAY,
+            b"\n<html>Bad gateway</html>\nmore",
+            true,
+        );
+        assert_eq!(e.to_string(), "<html>Bad gateway</html> (HTTP 502)");
+        let e = api_error(StatusCode::BAD_GATEWAY, b"", true);
+        assert_eq!(e.to_string(), "Bad Gateway (HTTP 502)");
+    }
+}
