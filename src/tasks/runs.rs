@@ -1,0 +1,514 @@
+//! A task's runs: POST and PUT admitted and started, each command run over the attach
+//! stream or by exec, the results recorded as they finish, the state a run leaves, the
+//! results written to the state directory, and the removal of a finished container.
+
+use super::*;
+
+impl Tasks {
+    /// POST: creates every task of the batch (all or none), then runs them concurrently.
+    /// With `wait`, answers when every run has finished; otherwise as soon as all started.
+    pub async fn create(
+        &self,
+        request: spec::Request,
+        wait: bool,
+    ) -> Result<Vec<TaskView>, TaskError> {
+        let spec::Request {
+            tasks: specs,
+            is_array,
+        } = request;
+        let field = |i: usize, f: &str| {
+            if is_array {
+                format!("[{i}].{f}")
+            } else {
+                f.to_string()
+            }
+        };
+        let now = now_ms();
+        let mut specs = specs;
+        // Everything that can fail without Docker fails before Docker is touched.
+        for (i, s) in specs.iter().enumerate() {
+            let Some(image) = &s.image else {
+                return Err(TaskError::Request {
+                    field: field(i, "image"),
+                    message: "`image` is required to create a task".into(),
+                });
+            };
+            self.check_image(image)?;
+            self.user_for(s)?;
+            self.inner
+                .volumes
+                .check(&s.mounts)
+                .map_err(|e| e.prefixed(is_array.then_some(i)))?;
+        }
+        let mut archives = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter_mut().enumerate() {
+            self.fetch_resources(&mut s.resources)
+                .await
+                .map_err(|e| e.prefixed(if is_array { Some(i) } else { None }))?;
+            let archive = files::uploads(&s.resources, s.read_only, s.pwd.as_deref(), now / 1000)
+                .map_err(|e| TaskError::Pack {
+                field: field(i, &e.field),
+                message: e.message,
+            })?;
+            archives.push(archive);
+        }
+        let permit = self.admit(specs.len()).await?;
+        let daemons = specs.iter().filter(|s| s.daemon).count();
+        let reservation = self.reserve_daemons(daemons)?;
+        let mut started = Vec::with_capacity(specs.len());
+        for (spec, archive) in specs.into_iter().zip(archives) {
+            let warm = if self.warm_eligible(&spec) {
+                spec.image.as_deref().and_then(|i| self.inner.pool.take(i))
+            } else {
+                None
+            };
+            crate::metrics::METRICS.task_started(warm.is_some());
+            let start = match warm {
+                Some(w) => self.start_in_warm(&spec, archive, w, now).await,
+                None => self.start_task(&spec, archive, now).await,
+            };
+            match start {
+                Ok(record) => started.push((record, spec)),
+                Err(e) => {
+                    for (record, _) in started {
+                        let id = record.lock().unwrap().id.clone();
+                        self.forget(&id, EndReason::Deleted);
+                        self.remove_in_background(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // The records hold their slots now.
+        drop(reservation);
+        let mut permits = admission::split_permit(permit, started.len());
+        let mut handles = Vec::with_capacity(started.len());
+        for (record, spec) in started {
+            handles.push(self.spawn_run(record, spec, permits.pop()));
+        }
+        let mut views = Vec::with_capacity(handles.len());
+        for (view, handle) in handles {
+            views.push(if wait {
+                handle.await.expect("task runner panicked")
+            } else {
+                view
+            });
+        }
+        Ok(views)
+    }
+
+    /// Starts a run of `spec`'s commands in the task of `record`, returning the task as it
+    /// is now (for a 202) and the handle that yields it with this run's results.
+    pub(super) fn spawn_run(
+        &self,
+        record: Shared,
+        spec: TaskSpec,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> (TaskView, tokio::task::JoinHandle<TaskView>) {
+        let seq = record.lock().unwrap().begin_run();
+        let now = record.lock().unwrap().view();
+        let this = self.clone();
+        let guard = self.inner.background.enter();
+        let started = std::time::Instant::now();
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            let _permit = permit;
+            let outcome = this
+                .run(
+                    &record,
+                    seq,
+                    &spec.cmds,
+                    &spec.env,
+                    spec.pwd.as_deref(),
+                    &spec.limits,
+                )
+                .await;
+            let kind = match (&outcome.error, outcome.failed_command) {
+                (Some(_), _) => crate::metrics::Outcome::Errored,
+                (None, Some(_)) => crate::metrics::Outcome::CommandFailed,
+                (None, None) => crate::metrics::Outcome::Succeeded,
+            };
+            crate::metrics::METRICS.run_ended(kind, started.elapsed());
+            let view = this.finish(&record, outcome);
+            this.persist(&record, seq, view).await
+        });
+        (now, handle)
+    }
+
+    /// PUT: runs the spec's commands in the live task `reference`, or creates it (named
+    /// `reference`) when there is none and the spec names an image. Returns whether it created.
+    pub async fn put(
+        &self,
+        reference: &str,
+        mut spec: TaskSpec,
+        wait: bool,
+    ) -> Result<(bool, TaskView), TaskError> {
+        // A task this process watches live answers from memory: no Docker round trip.
+        let record = match self.live_record(reference) {
+            Some(r) => Some(r),
+            None => self
+                .record_taking_commands(reference)
+                .await
+                .or_else(|e| match e {
+                    // No task at all by that name: a PUT with an image creates one.
+                    TaskError::NotFound(_) => Ok(None),
+                    e => Err(e),
+                })?,
+        };
+        let Some(record) = record else {
+            return self.put_creates(reference, spec, wait).await;
+        };
+        let (id, name, read_only) = {
+            let r = record.lock().unwrap();
+            (r.id.clone(), r.name.clone(), r.read_only)
+        };
+        if let Some(r) = spec.resources.first().filter(|_| read_only) {
+            return Err(TaskError::Request {
+                field: format!("{}.dest", r.field),
+                message: "this task's root filesystem is read-only: files are placed only when it is created".into(),
+            });
+        }
+        if spec.name.is_some() && spec.name != name {
+            return Err(TaskError::Request {
+                field: "task_name".into(),
+                message: "task_name differs from the task's name; a task cannot be renamed".into(),
+            });
+        }
+        if let Some(m) = spec.mounts.first() {
+            return Err(TaskError::Request {
+                field: format!("{}.mnt", m.field),
+                message: "mounts apply only when a task is created".into(),
+            });
+        }
+        self.fetch_resources(&mut spec.resources).await?;
+        let archive =
+            files::pack(&spec.resources, now_ms() / 1000).map_err(|e| TaskError::Pack {
+                field: e.field,
+                message: e.message,
+            })?;
+        if let Some(tar) = archive {
+            let (docker, container) = (&*self.inner.engine, id.as_str());
+            let stat = |p: String| async move { docker.stat_path(container, &p).await };
+            files::check_reachable(&spec.resources, stat)
+                .await
+                .map_err(|e| match e {
+                    files::ReachError::Refused(e) => TaskError::Pack {
+                        field: e.field,
+                        message: e.message,
+                    },
+                    files::ReachError::Stat(e) => TaskError::Docker(e),
+                })?;
+            self.inner.engine.put_archive(&id, "/", tar).await?;
+        }
+        let permit = self.admit(1).await?;
+        let (view, handle) = self.spawn_run(record, spec, Some(permit));
+        if wait {
+            return Ok((false, handle.await.expect("task runner panicked")));
+        }
+        Ok((false, view))
+    }
+
+    /// PUT to a name no live task has: creates the task, named after the path.
+    pub(super) async fn put_creates(
+        &self,
+        reference: &str,
+        mut spec: TaskSpec,
+        wait: bool,
+    ) -> Result<(bool, TaskView), TaskError> {
+        if spec.image.is_none() {
+            return Err(TaskError::NotFound(reference.to_string()));
+        }
+        if spec::check_name(reference).is_err() {
+            return Err(TaskError::Request {
+                field: "task_name".into(),
+                message: format!(
+                    "`{reference}` cannot name a new task: use [A-Za-z0-9_.-], 1 to 64 characters"
+                ),
+            });
+        }
+        if spec.name.as_deref().is_some_and(|n| n != reference) {
+            return Err(TaskError::Request {
+                field: "task_name".into(),
+                message: "task_name differs from the task named in the path".into(),
+            });
+        }
+        spec.name = Some(reference.to_string());
+        let request = spec::Request {
+            tasks: vec![spec],
+            is_array: false,
+        };
+        let mut views = self.create(request, wait).await?;
+        Ok((true, views.remove(0)))
+    }
+
+    /// The live channel of a record, attaching again (after a restart of Lessl, say) when the
+    /// container was made for one.
+    pub(super) async fn channel_for(&self, record: &Shared) -> Option<Arc<channel::Channel>> {
+        let (id, current, attachable) = {
+            let r = record.lock().unwrap();
+            (r.id.clone(), r.channel.clone(), r.attachable)
+        };
+        match current {
+            Some(c) if !c.is_closed() => return Some(c),
+            // A dead channel (broken frames, closed input, a stuck agent) stays dead: this
+            // container's commands go by exec from now on.
+            Some(c) if c.is_dead() => {
+                record.lock().unwrap().attachable = false;
+                return None;
+            }
+            _ if !attachable || self.inner.settings.exec_only => return None,
+            _ => {}
+        }
+        let fresh = self.open_channel(&id).await?;
+        // A container of an older Lessl may carry the label without an agent that answers.
+        if !fresh.synced(Duration::from_secs(2)).await {
+            task_log!(Warn, &id, None; "agent did not answer on its attach stream; using exec");
+            record.lock().unwrap().attachable = false;
+            return None;
+        }
+        record.lock().unwrap().channel = Some(fresh.clone());
+        Some(fresh)
+    }
+
+    /// Runs `cmds` in order until one fails, recording each result as it finishes.
+    pub(super) async fn run(
+        &self,
+        record: &Shared,
+        seq: u64,
+        cmds: &[Command],
+        env: &[(String, String)],
+        pwd: Option<&str>,
+        limits: &Limits,
+    ) -> RunOutcome {
+        let id = record.lock().unwrap().id.clone();
+        let mut out = RunOutcome::default();
+        let spill = self.inner.store.spiller();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let attached = match self.channel_for(record).await {
+                Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits, &spill).await,
+                None => None,
+            };
+            // No channel, or the agent never read the request: nothing ran, so exec it.
+            let outcome = match attached {
+                Some(outcome) => outcome,
+                None => {
+                    let engine = &*self.inner.engine;
+                    run::run_command(engine, &id, cmd, env, pwd, limits, &spill).await
+                }
+            };
+            let outcome = self.check_killed_with_container(&id, outcome).await;
+            let ended = record.lock().unwrap().ended;
+            let ended_failure = EndReason::failure;
+            let r = outcome.as_ref().unwrap_or_else(RunError::partial);
+            crate::metrics::METRICS.command_ran(Duration::from_millis(r.duration_ms));
+            let done = match outcome {
+                Ok(mut result) => {
+                    // Killed with its container: whatever code Docker saw, it did not finish.
+                    if ended.is_some() {
+                        result.exit_code = None;
+                    }
+                    let ok = result.succeeded();
+                    out.results.push(result);
+                    if !ok {
+                        out.failed_command = Some(i);
+                        out.error = ended.map(ended_failure);
+                    }
+                    !ok
+                }
+                Err(RunError::Docker { partial, error }) => {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: error.step.code().to_string(),
+                        message: error.to_string(),
+                    }));
+                    true
+                }
+                Err(RunError::Lost { partial, why }) => {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: "task.container_stopped".to_string(),
+                        message: format!("the task's container stopped under the command: {why}"),
+                    }));
+                    true
+                }
+                Err(RunError::Unresponsive { partial, why }) => {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: "task.agent_unresponsive".to_string(),
+                        message: format!("the task's agent did not run the command: {why}"),
+                    }));
+                    true
+                }
+                Err(RunError::ChannelBroken { partial, why }) => {
+                    out.results.push(partial);
+                    out.failed_command = Some(i);
+                    out.error = Some(ended.map(ended_failure).unwrap_or_else(|| RunFailure {
+                        code: "task.agent_channel_broken".to_string(),
+                        message: format!("the channel to the task's agent broke: {why}"),
+                    }));
+                    true
+                }
+            };
+            // GET shows the newest run's results as they finish.
+            let mut r = record.lock().unwrap();
+            if r.seq == seq {
+                r.results = out.results.clone();
+                r.failed_command = out.failed_command;
+                r.error = out.error.clone();
+            }
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    /// A command killed by a signal, or whose stream or exec failed, may have died with its
+    /// container (a Docker restart stops every container; the OOM killer may take the whole
+    /// sandbox): that is the task failing, not the command. A container the OOM killer ended
+    /// is reported as the engine saw it: `oom_killed`, exit 137.
+    pub(super) async fn check_killed_with_container(
+        &self,
+        id: &str,
+        outcome: Result<CmdResult, RunError>,
+    ) -> Result<CmdResult, RunError> {
+        let result = match &outcome {
+            Ok(r) if r.exit_code.is_some_and(|c| c >= 128) => r.clone(),
+            Err(RunError::Lost { partial, .. }) => partial.clone(),
+            // 409: Docker refused the exec because the container is not running.
+            Err(RunError::Docker { partial, error }) if error.status() == Some(409) => {
+                partial.clone()
+            }
+            _ => return outcome,
+        };
+        let unfinished = CmdResult {
+            exit_code: None,
+            ..result.clone()
+        };
+        match self.inner.engine.inspect_container(id).await {
+            Ok(c) if c.state.running => outcome,
+            Ok(c) if c.state.oom_killed => Err(RunError::Lost {
+                partial: CmdResult {
+                    exit_code: Some(crate::agent::SIGKILL_EXIT.into()),
+                    oom_killed: true,
+                    ..result
+                },
+                why: "the kernel's OOM killer ended the container (memory limit)".into(),
+            }),
+            Ok(_) if outcome.is_err() => outcome,
+            Ok(c) => Err(RunError::Lost {
+                partial: unfinished,
+                why: format!("the container is {}", c.state.status),
+            }),
+            Err(e) if e.status() == Some(404) => Err(RunError::Lost {
+                partial: unfinished,
+                why: "the container was removed".into(),
+            }),
+            Err(_) if outcome.is_err() => outcome,
+            // Docker itself is unreachable: the exit code cannot be trusted either.
+            Err(error) => Err(RunError::Docker {
+                partial: unfinished,
+                error,
+            }),
+        }
+    }
+
+    /// After a run: a daemon waits for more; anything else is removed, off the answer's
+    /// path. Returns the task with this run's own results.
+    pub(super) fn finish(&self, record: &Shared, outcome: RunOutcome) -> TaskView {
+        let (id, remove, mut view) = {
+            let mut r = record.lock().unwrap();
+            r.end_run();
+            // A finished non-daemon task takes no more commands: its attach stream (one fd
+            // here and one in the engine) must not live on until the TTL with the record.
+            if !r.daemon && r.runs == 0 {
+                r.channel = None;
+            }
+            (r.id.clone(), !r.daemon && r.runs == 0, r.view())
+        };
+        // This run's own answer: another run's failure does not make this one failed.
+        if outcome.error.is_some() {
+            view.state = TaskState::Failed;
+        } else if view.state == TaskState::Failed {
+            view.state = if view.daemon {
+                TaskState::Idle
+            } else {
+                TaskState::Finished
+            };
+        }
+        view.results = outcome.results;
+        view.failed_command = outcome.failed_command;
+        view.error = outcome.error;
+        if remove {
+            self.remove_in_background(id);
+        }
+        view
+    }
+
+    /// Writes a run's final view to the state directory and drops its results from memory;
+    /// GET then streams them from disk. When they cannot be written (directory full or
+    /// failing), they stay in memory and the view says so: nothing is silently dropped.
+    pub(super) async fn persist(&self, record: &Shared, seq: u64, mut view: TaskView) -> TaskView {
+        if !self.inner.store.enabled() {
+            return view;
+        }
+        let summary = record.lock().unwrap().summary(&view);
+        let this = self.clone();
+        let (written, returned) = tokio::task::spawn_blocking(move || {
+            let written = this.inner.store.write(summary, &view);
+            if written.is_err() {
+                // Kept in memory until the TTL, as without a state directory: spill files go.
+                run::into_memory(&mut view.results);
+            }
+            (written, view)
+        })
+        .await
+        .expect("state writer panicked");
+        view = returned;
+        let mut r = record.lock().unwrap();
+        match written {
+            // A newer run started meanwhile: its own end will write; this file is stale.
+            Ok(_) if r.seq != seq => {}
+            // Removed (TTL, DELETE) while it was written: the file must not outlive it.
+            Ok(_) if r.ended.is_some_and(EndReason::discards_results) => {
+                drop(r);
+                self.inner.store.remove(&view.id);
+            }
+            Ok(stored) => {
+                // The run's spill files go with the answer, which holds their last references.
+                r.results = Vec::new();
+                view.kept = Some(stored.clone());
+                r.stored = Some((stored, view.state));
+            }
+            Err(e) => {
+                crate::metrics::METRICS.result_not_kept();
+                task_log!(Warn, &view.id, view.name.as_deref(); "results not kept on disk: {e}");
+                let failure = RunFailure {
+                    code: e.code().to_string(),
+                    message: format!("the results were not written to the state directory and will not survive a restart: {e}"),
+                };
+                if r.seq == seq {
+                    r.persist_error = Some(failure.clone());
+                    r.results = view.results.clone();
+                }
+                view.persist_error = Some(failure);
+            }
+        }
+        view
+    }
+
+    pub(super) fn remove_in_background(&self, id: String) {
+        let docker = self.inner.engine.clone();
+        let guard = self.inner.background.enter();
+        tokio::spawn(async move {
+            let _guard = guard;
+            // The TTL timer stays armed: if this fails, expiry tries again.
+            if let Err(e) = docker.remove_container(&id).await {
+                task_log!(Warn, &id, None; "removal failed: {e}");
+            }
+        });
+    }
+}
