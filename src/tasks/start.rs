@@ -103,24 +103,20 @@ impl Tasks {
         }
         match attempt {
             Ok(c) => Ok(c),
-            Err(e) if e.status() == Some(404) => {
-                return Err(TaskError::ImageUnknown {
-                    image: image.to_string(),
-                    message: e.to_string(),
-                })
-            }
+            Err(e) if e.status() == Some(404) => Err(TaskError::ImageUnknown {
+                image: image.to_string(),
+                message: e.to_string(),
+            }),
             // Docker answers a taken name with 409, Podman with 500: whatever the status, a
             // container holding the name is the clash.
             Err(e) if spec.name.is_some() && self.name_taken(name).await => {
                 log!(debug: "create refused for a taken name: {e}");
-                return Err(TaskError::NameClash(spec.name.clone().unwrap_or_default()));
+                Err(TaskError::NameClash(spec.name.clone().unwrap_or_default()))
             }
-            Err(e) if e.status() == Some(400) => {
-                return Err(TaskError::Request {
-                    field: String::new(),
-                    message: format!("Docker refused the container: {e}"),
-                })
-            }
+            Err(e) if e.status() == Some(400) => Err(TaskError::Request {
+                field: String::new(),
+                message: format!("Docker refused the container: {e}"),
+            }),
             // The engine makes the working directory at create and answers 500 ("Cannot
             // mkdir: /etc/passwd is not a directory") when a file is in the way: the client's
             // mistake, not the engine's failure.
@@ -130,7 +126,7 @@ impl Tasks {
                         .contains(&format!("{} is not a directory", pwd.trim_end_matches('/')))
                 }) =>
             {
-                return Err(TaskError::Request {
+                Err(TaskError::Request {
                     field: "pwd".into(),
                     message: format!("pwd is not a directory in the image: {e}"),
                 })
