@@ -82,10 +82,8 @@ impl Tasks {
             .values()
             .filter_map(|r| {
                 let g = r.lock().unwrap();
-                let named = g.id == reference
-                    || (reference.len() == 12 && g.id.starts_with(reference))
-                    || g.name.as_deref() == Some(reference);
-                named.then(|| ((g.created, g.id.clone()), r.clone()))
+                g.answers_to(reference)
+                    .then(|| ((g.created, g.id.clone()), r.clone()))
             })
             .max_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, r)| r)
@@ -102,11 +100,8 @@ impl Tasks {
             .values()
             .find(|r| {
                 let r = r.lock().unwrap();
-                let named = r.id == reference
-                    || (reference.len() == 12 && r.id.starts_with(reference))
-                    || r.name.as_deref() == Some(reference);
                 let open = r.channel.as_ref().is_some_and(|c| !c.is_closed());
-                named && r.takes_commands() && open
+                r.answers_to(reference) && r.takes_commands() && open
             })
             .cloned()
     }

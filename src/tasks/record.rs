@@ -184,6 +184,13 @@ impl Record {
         }
     }
 
+    /// Whether `reference` names this task: its id, its 12-character short id, or its name.
+    pub fn answers_to(&self, reference: &str) -> bool {
+        self.id == reference
+            || (reference.len() == 12 && self.id.starts_with(reference))
+            || self.name.as_deref() == Some(reference)
+    }
+
     /// Whether this record counts against `--max-daemons`.
     pub fn holds_daemon_slot(&self) -> bool {
         self.daemon && self.container != Container::Gone

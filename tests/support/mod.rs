@@ -404,6 +404,52 @@ pub fn container_exists(id: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Imports `lessl-test/busybox` into a private engine the way contrib/test-env.sh does: a
+/// root file system in `dir/rootfs` holding the static busybox and its applet links, piped
+/// as a tar into `import` (the engine's CLI up to its `import` verb).
+pub fn import_busybox(dir: &std::path::Path, import: &str) -> Result<(), String> {
+    let root = dir.join("rootfs");
+    let bin = root.join("bin");
+    for d in [&bin, &root.join("tmp"), &root.join("etc")] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .map_err(|e| format!("copy /bin/busybox: {e}"))?;
+    let list = Command::new(bin.join("busybox"))
+        .arg("--list")
+        .output()
+        .map_err(|e| e.to_string())?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
+        .map_err(|e| e.to_string())?;
+    let script = format!(
+        "chmod 1777 {root}/tmp && tar -C {root} -c . | {import} import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' - {image}",
+        root = root.display(),
+        image = BUSYBOX,
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&root);
+    if !out.status.success() {
+        return Err(format!(
+            "{import} import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 pub mod fake_docker;
 pub mod private_dockerd;
 pub mod private_podman;

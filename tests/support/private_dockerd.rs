@@ -334,48 +334,8 @@ cp ca.pem client/ca.pem
     }
 
     fn import_busybox(&self) -> Result<(), String> {
-        let root = self.dir.join("rootfs");
-        let bin = root.join("bin");
-        for d in [&bin, &root.join("tmp"), &root.join("etc")] {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        }
-        std::fs::copy("/bin/busybox", bin.join("busybox"))
-            .map_err(|e| format!("copy /bin/busybox: {e}"))?;
-        let list = Command::new(bin.join("busybox"))
-            .arg("--list")
-            .output()
-            .map_err(|e| e.to_string())?;
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" && !applet.is_empty() {
-                std::os::unix::fs::symlink("busybox", bin.join(applet))
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-        )
-        .map_err(|e| e.to_string())?;
-        std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
-            .map_err(|e| e.to_string())?;
-        let script = format!(
-            "chmod 1777 {root}/tmp && tar -C {root} -c . | docker -H {host} import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' - {image}",
-            root = root.display(),
-            host = self.host(),
-            image = super::BUSYBOX,
-        );
-        let out = Command::new("sh")
-            .args(["-c", &script])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_dir_all(&root);
-        if !out.status.success() {
-            return Err(format!(
-                "docker import failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(())
+        let import = format!("docker -H {host}", host = self.host());
+        super::import_busybox(&self.dir, &import)
     }
 
     pub fn log_tail(&self) -> String {
