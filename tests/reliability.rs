@@ -681,6 +681,13 @@ fn a_create_that_timed_out_but_happened_is_found_and_removed() {
         "--docker-timeout",
         "1",
     ]);
+    // Once Lessl knows the engine (its storage driver, from /info), the POST's only slow
+    // call is the create itself.
+    assert!(wait_until(Duration::from_secs(10), || lessl
+        .get("/health")
+        .json()["disk_limit"]
+        .as_str()
+        .is_some_and(|d| !d.starts_with("unknown"))));
     let v = lessl
         .post(&json!({"image": "lessl-test/busybox", "cmd": ["echo hi"]}).to_string())
         .expect(504)

@@ -54,6 +54,14 @@ impl Tasks {
         limit
     }
 
+    /// Whether a create asks the engine for a storage quota: unless the engine is known to
+    /// have none. Not knowing yet (the engine's `/info` not answered) asks, and an engine that
+    /// cannot refuses the create in words that teach it; the request path never waits for
+    /// `/info` itself.
+    pub(super) fn asks_for_quota(&self) -> bool {
+        !matches!(*self.inner.disk.lock().unwrap(), DiskLimit::Unbounded(_))
+    }
+
     pub(super) fn learn_disk_limit(&self, limit: DiskLimit) {
         let mut known = self.inner.disk.lock().unwrap();
         if *known != limit {

@@ -319,6 +319,8 @@ impl Tasks {
             this.disk_limit().await;
             loop {
                 tokio::time::sleep(this.inner.volumes.sweep_every()).await;
+                // Asked again until the engine answers once.
+                this.disk_limit().await;
                 if let Err(e) = this.inner.volumes.sweep(&*this.inner.engine).await {
                     log!(warn: "volume sweep failed: {e}");
                 }

@@ -20,7 +20,7 @@ impl Tasks {
             .volumes
             .binds(&*self.inner.engine, &spec.mounts)
             .await?;
-        let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        let quota = self.asks_for_quota();
         self.inner.agent.prepare(&*self.inner.engine).await?;
         let mut config = self.container_config(spec, &image, now, expires, binds, quota);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
@@ -73,13 +73,21 @@ impl Tasks {
     ) -> Result<crate::docker::models::CreateResponse, TaskError> {
         let mut attempt = self.inner.engine.create_container(name, config).await;
         if let Err(e) = &attempt {
-            if quota && refuses_storage_opt(e) {
-                // overlay2 on xfs without `pquota`: only a create tells.
-                self.learn_disk_limit(DiskLimit::Unbounded(format!(
-                    "the engine refused a storage quota: {e}"
-                )));
-                config.host_config.storage_opt.clear();
-                attempt = self.inner.engine.create_container(name, config).await;
+            if quota && matches!(e.status(), Some(400 | 500)) {
+                let limit = if refuses_storage_opt(e) {
+                    // overlay2 on xfs without `pquota`, say: only a create tells.
+                    let limit =
+                        DiskLimit::Unbounded(format!("the engine refused a storage quota: {e}"));
+                    self.learn_disk_limit(limit.clone());
+                    limit
+                } else {
+                    // Another engine may word it otherwise: ask what its driver can do.
+                    self.disk_limit().await
+                };
+                if matches!(limit, DiskLimit::Unbounded(_)) {
+                    config.host_config.storage_opt.clear();
+                    attempt = self.inner.engine.create_container(name, config).await;
+                }
             }
         }
         if attempt.as_ref().is_err_and(|e| e.status() == Some(404)) && self.may_pull(image) {

@@ -51,7 +51,7 @@ impl Tasks {
             mounts: Vec::new(),
             read_only: false,
         };
-        let quota = matches!(self.disk_limit().await, DiskLimit::Quota(_));
+        let quota = self.asks_for_quota();
         self.inner.agent.prepare(&*self.inner.engine).await?;
         let mut config =
             self.container_config(&spec, image, now, now + spec.ttl * 1000, Vec::new(), quota);
