@@ -430,6 +430,12 @@ impl ServeArgs {
         if exec_only && !warm.is_empty() {
             return Err(bad("warm", "the warm pool needs --runner attach"));
         }
+        if let Err(message) = crate::tasks::check_runtime_floor(
+            self.runtime.as_deref().filter(|r| !r.is_empty()),
+            &self.bounds()?.limits_default,
+        ) {
+            return Err(bad("default-pids", message));
+        }
         if self.volume_idle == 0 {
             return Err(bad("volume-idle", "must be positive"));
         }

@@ -71,6 +71,17 @@ fn tasks_run_under_gvisor_when_asked() {
         .expect(200)
         .json();
     assert_eq!(v["results"][0]["stdout"], "again\n", "{v}");
+    // A file placed by a PUT into the running sandbox is visible to its commands.
+    let v = lessl
+        .put(
+            "g",
+            &json!({"resources": [{"data": "placed later\n", "dest": "/opt/later"}],
+                    "cmd": ["cat /opt/later"]})
+            .to_string(),
+        )
+        .expect(200)
+        .json();
+    assert_eq!(v["results"][0]["stdout"], "placed later\n", "{v}");
     // A timeout is enforced inside the sandbox too.
     let v = lessl
         .put(
@@ -80,6 +91,12 @@ fn tasks_run_under_gvisor_when_asked() {
         .expect(200)
         .json();
     assert_eq!(v["results"][0]["timed_out"], true, "{v}");
+    // Limits the sandbox cannot start under are refused up front, naming the field.
+    let v = lessl
+        .post(&json!({"image": BUSYBOX, "limits": {"pids": 16}}).to_string())
+        .expect(400)
+        .json();
+    assert_eq!(v["error"]["field"], "limits.pids", "{v}");
     lessl.delete("g").expect(204);
     assert!(wait_until(Duration::from_secs(20), || engine
         .containers_with_label(&format!("lessl.instance={}", lessl.instance))

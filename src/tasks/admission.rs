@@ -91,6 +91,25 @@ impl Tasks {
     }
 }
 
+/// The fewest processes a gVisor sandbox starts with: its kernel's own threads count against
+/// the pids limit. Measured with Debian's runsc (ptrace platform): 16 never starts, 32 and 48
+/// sometimes do; 64 always did.
+pub const GVISOR_MIN_PIDS: u64 = 64;
+
+/// Refuses limits the runtime cannot start a container under, rather than failing later with
+/// an engine error; `Err` says why.
+pub fn check_runtime_floor(runtime: Option<&str>, limits: &Limits) -> Result<(), String> {
+    let gvisor = runtime.is_some_and(|r| r.contains("runsc"));
+    if gvisor && limits.pids < GVISOR_MIN_PIDS {
+        return Err(format!(
+            "{} is below the minimum of {GVISOR_MIN_PIDS} processes under gVisor (--runtime \
+             runsc), whose kernel threads count against the limit",
+            limits.pids
+        ));
+    }
+    Ok(())
+}
+
 /// Daemon slots taken for creates in flight; given back on drop, by which time the
 /// records of the tasks created hold them.
 pub(super) struct Reservation<'a> {

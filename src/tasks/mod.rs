@@ -43,6 +43,7 @@ mod tests;
 pub mod view;
 mod warm;
 
+pub use admission::{check_runtime_floor, GVISOR_MIN_PIDS};
 use disk::refuses_storage_opt;
 pub use disk::DiskLimit;
 pub use error::TaskError;

@@ -39,6 +39,12 @@ impl Tasks {
                 .volumes
                 .check(&s.mounts)
                 .map_err(|e| e.prefixed(is_array.then_some(i)))?;
+            check_runtime_floor(self.inner.settings.runtime.as_deref(), &s.limits).map_err(
+                |message| TaskError::Request {
+                    field: field(i, "limits.pids"),
+                    message,
+                },
+            )?;
         }
         let mut archives = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter_mut().enumerate() {
