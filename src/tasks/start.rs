@@ -63,6 +63,36 @@ impl Tasks {
     /// Creates the container from `config`, pulling its image first where the operator
     /// allows it, and turns the engine's refusals into the client's errors. A create whose
     /// answer was lost is looked for and removed.
+    /// One create, with the storage quota when `quota` asks for it. An engine that refuses
+    /// the quota teaches Lessl it has none (its words, or its `/info` when the words are
+    /// another engine's), and the create is made again without it.
+    async fn create_with_quota(
+        &self,
+        name: Option<&str>,
+        config: &mut ContainerConfig,
+        quota: bool,
+    ) -> Result<crate::docker::models::CreateResponse, DockerError> {
+        let attempt = self.inner.engine.create_container(name, config).await;
+        let refused = match &attempt {
+            Err(e) if quota && matches!(e.status(), Some(400 | 500)) => e,
+            _ => return attempt,
+        };
+        let limit = if refuses_storage_opt(refused) {
+            // overlay2 on xfs without `pquota`, say: only a create tells.
+            let limit =
+                DiskLimit::Unbounded(format!("the engine refused a storage quota: {refused}"));
+            self.learn_disk_limit(limit.clone());
+            limit
+        } else {
+            self.disk_limit().await
+        };
+        if !matches!(limit, DiskLimit::Unbounded(_)) {
+            return attempt;
+        }
+        config.host_config.storage_opt.clear();
+        self.inner.engine.create_container(name, config).await
+    }
+
     async fn create_container(
         &self,
         spec: &TaskSpec,
@@ -71,25 +101,7 @@ impl Tasks {
         config: &mut ContainerConfig,
         quota: bool,
     ) -> Result<crate::docker::models::CreateResponse, TaskError> {
-        let mut attempt = self.inner.engine.create_container(name, config).await;
-        if let Err(e) = &attempt {
-            if quota && matches!(e.status(), Some(400 | 500)) {
-                let limit = if refuses_storage_opt(e) {
-                    // overlay2 on xfs without `pquota`, say: only a create tells.
-                    let limit =
-                        DiskLimit::Unbounded(format!("the engine refused a storage quota: {e}"));
-                    self.learn_disk_limit(limit.clone());
-                    limit
-                } else {
-                    // Another engine may word it otherwise: ask what its driver can do.
-                    self.disk_limit().await
-                };
-                if matches!(limit, DiskLimit::Unbounded(_)) {
-                    config.host_config.storage_opt.clear();
-                    attempt = self.inner.engine.create_container(name, config).await;
-                }
-            }
-        }
+        let mut attempt = self.create_with_quota(name, config, quota).await;
         if attempt.as_ref().is_err_and(|e| e.status() == Some(404)) && self.may_pull(image) {
             log!("pulling {image}, which Docker does not have");
             attempt = match self
@@ -98,7 +110,7 @@ impl Tasks {
                 .pull_image(image, self.inner.settings.pull_timeout)
                 .await
             {
-                Ok(()) => self.inner.engine.create_container(name, config).await,
+                Ok(()) => self.create_with_quota(name, config, quota).await,
                 // The registry refused or could not be reached: the image stays unknown.
                 Err(e) if e.status().is_some() => {
                     return Err(TaskError::ImageUnknown {

@@ -284,3 +284,39 @@ async fn a_put_into_a_finished_task_names_its_state_and_one_removed_behind_lessl
         "{listed:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_create_before_the_engine_is_known_learns_from_a_refused_quota() {
+    let engine = FakeEngine::without_quota(&[IMAGE]);
+    // No background work yet: the engine's storage driver is not known.
+    let tasks = Tasks::new(engine.clone(), settings(8));
+    let v = post(&tasks, json!({"image": IMAGE, "cmd": ["echo ran"]})).await;
+    assert_eq!(v.results[0].stdout.to_string_lossy().unwrap(), "ran\n");
+    assert_eq!(
+        engine.calls("create"),
+        2,
+        "asked with the quota, then without"
+    );
+    assert!(matches!(tasks.disk_limit().await, DiskLimit::Unbounded(_)));
+    post(&tasks, json!({"image": IMAGE, "cmd": ["echo again"]})).await;
+    assert_eq!(
+        engine.calls("create"),
+        3,
+        "known now: asked without the quota at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pulled_image_is_created_without_a_quota_the_engine_refuses() {
+    let engine = FakeEngine::without_quota(&[]);
+    engine.offer_pull("remote/img");
+    let mut s = settings(8);
+    s.allow_pull = vec!["remote/*".into()];
+    let tasks = Tasks::new(engine.clone(), s);
+    let v = post(
+        &tasks,
+        json!({"image": "remote/img", "cmd": ["echo pulled"]}),
+    )
+    .await;
+    assert_eq!(v.results[0].stdout.to_string_lossy().unwrap(), "pulled\n");
+}

@@ -35,6 +35,10 @@ struct State {
     images: Vec<String>,
     /// Writers of open event streams.
     events: Vec<WriteHalf<DuplexStream>>,
+    /// Images a pull brings; others fail to pull, as from an unreachable registry.
+    pullable: Vec<String>,
+    /// Refuse `StorageOpt` as overlay2 on ext4 does.
+    no_quota: bool,
     /// Every call, as `verb id`, for tests to assert on.
     calls: Vec<String>,
     /// The fake agent of each attached container; stopped when it is removed, which ends
@@ -65,6 +69,18 @@ impl FakeEngine {
         let engine = FakeEngine::default();
         engine.state.lock().unwrap().images = images.iter().map(|s| s.to_string()).collect();
         Arc::new(engine)
+    }
+
+    /// An engine whose storage driver refuses per-container quotas, in Docker's words.
+    pub fn without_quota(images: &[&str]) -> Arc<FakeEngine> {
+        let engine = FakeEngine::with_images(images);
+        engine.state.lock().unwrap().no_quota = true;
+        engine
+    }
+
+    /// Lets a pull of `image` succeed.
+    pub fn offer_pull(&self, image: &str) {
+        self.state.lock().unwrap().pullable.push(image.to_string());
     }
 
     /// Ids of the containers that exist now.
@@ -273,6 +289,13 @@ impl Engine for FakeEngine {
             if !state.images.contains(&config.image) {
                 return Err(status_error(Step::CreateContainer, 404, "No such image"));
             }
+            if state.no_quota && !config.host_config.storage_opt.is_empty() {
+                return Err(status_error(
+                    Step::CreateContainer,
+                    500,
+                    "--storage-opt is supported only for overlay over xfs with 'pquota' mount option",
+                ));
+            }
             if name.is_some() && state.containers.values().any(|c| c.name.as_deref() == name) {
                 return Err(status_error(Step::CreateContainer, 409, "name in use"));
             }
@@ -373,8 +396,15 @@ impl Engine for FakeEngine {
             Ok(Box::new(reader) as Reader)
         })
     }
-    fn pull_image<'a>(&'a self, _image: &'a str, _deadline: Duration) -> Call<'a, ()> {
-        Box::pin(async { Err(status_error(Step::PullImage, 404, "no registry")) })
+    fn pull_image<'a>(&'a self, image: &'a str, _deadline: Duration) -> Call<'a, ()> {
+        Box::pin(async move {
+            let mut state = self.state.lock().unwrap();
+            if !state.pullable.iter().any(|i| i == image) {
+                return Err(status_error(Step::PullImage, 404, "no registry"));
+            }
+            state.images.push(image.to_string());
+            Ok(())
+        })
     }
     fn put_archive<'a>(&'a self, id: &'a str, _dir: &'a str, _tar: Vec<u8>) -> Call<'a, ()> {
         Box::pin(async move {
