@@ -17,7 +17,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
@@ -85,6 +85,8 @@ pub enum StateError {
     Read(io::Error),
     /// A file in the directory is not a result Lessl wrote (damaged, foreign, half-written).
     Damaged(String),
+    /// A newer run of the same task was kept already: this older one is not written over it.
+    Superseded,
 }
 
 impl std::fmt::Display for StateError {
@@ -100,6 +102,7 @@ impl std::fmt::Display for StateError {
             StateError::Rename(e) => write!(f, "renaming into place: {e}"),
             StateError::Read(e) => write!(f, "reading a kept result: {e}"),
             StateError::Damaged(why) => f.write_str(why),
+            StateError::Superseded => f.write_str("a newer run of the task was kept already"),
         }
     }
 }
@@ -114,6 +117,7 @@ impl StateError {
             StateError::Disabled => "state.disabled",
             StateError::Damaged(_) | StateError::Read(_) => "state.read",
             StateError::WriteTemp(_) | StateError::Sync(_) | StateError::Rename(_) => "state.write",
+            StateError::Superseded => "state.superseded",
         }
     }
 }
@@ -126,6 +130,10 @@ pub struct Store {
     max_bytes: u64,
     /// Size of each kept file, by task id: the disk use the bound is checked against.
     sizes: Mutex<HashMap<String, u64>>,
+    /// By task id, the newest run kept, behind a lock held while one of its runs is written:
+    /// concurrent runs of a daemon end in any order, and an older one must never rename its
+    /// file over a newer one's. std Mutexes: the outer one only to find the inner one.
+    runs: Mutex<HashMap<String, Arc<Mutex<u64>>>>,
 }
 
 impl Store {
@@ -135,6 +143,7 @@ impl Store {
             dir: None,
             max_bytes: 0,
             sizes: Mutex::default(),
+            runs: Mutex::default(),
         }
     }
 
@@ -153,6 +162,7 @@ impl Store {
                 dir: Some(dir),
                 max_bytes,
                 sizes: Mutex::default(),
+                runs: Mutex::default(),
             },
             Err(e) => {
                 log!(warn: "state directory {} is not usable ({e}); results are kept in memory only and lost at a restart", dir.display());
@@ -240,6 +250,30 @@ impl Store {
         kept
     }
 
+    /// [`Store::write`] for run number `seq` of its task: runs of one task are written one at
+    /// a time, and a run older than one already kept is [`StateError::Superseded`].
+    pub fn write_run(
+        &self,
+        summary: Summary,
+        view: &TaskView,
+        seq: u64,
+    ) -> Result<Stored, StateError> {
+        let newest = self
+            .runs
+            .lock()
+            .unwrap()
+            .entry(summary.id.clone())
+            .or_default()
+            .clone();
+        let mut newest = newest.lock().unwrap();
+        if seq < *newest {
+            return Err(StateError::Superseded);
+        }
+        let stored = self.write(summary, view)?;
+        *newest = seq;
+        Ok(stored)
+    }
+
     /// Keeps `view` (exactly what `GET` answers) as the result of task `summary.id`, replacing
     /// the previous one atomically: temporary file, fsync, rename, fsync of the directory.
     pub fn write(&self, mut summary: Summary, view: &TaskView) -> Result<Stored, StateError> {
@@ -252,7 +286,10 @@ impl Store {
             .map(|r| r.stdout.len() + r.stderr.len())
             .sum::<u64>();
         self.check_room(&summary.id, estimate)?;
-        let temp = dir.join(format!("{}{TEMP_SUFFIX}", summary.id));
+        // Unique per write: two writers never share a temporary file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = dir.join(format!("{}.{n}{TEMP_SUFFIX}", summary.id));
         let written = (|| {
             let mut file = BufWriter::new(File::create(&temp).map_err(StateError::WriteTemp)?);
             // The header comes first but holds the body's length: a placeholder of fixed
@@ -328,6 +365,7 @@ impl Store {
     pub fn remove(&self, id: &str) {
         let Some(path) = self.path_of(id) else { return };
         self.sizes.lock().unwrap().remove(id);
+        self.runs.lock().unwrap().remove(id);
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -890,5 +928,40 @@ mod tests {
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(got.as_ref(), serde_json::to_vec(&v).unwrap().as_slice());
         let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn an_older_run_never_replaces_a_newer_one() {
+        let root = temp_root("runs");
+        let store = Store::open(&root, "i", u64::MAX);
+        let newer = store
+            .write_run(summary(&id(1), 9_000), &view(&id(1), "newer"), 7)
+            .unwrap();
+        assert!(matches!(
+            store.write_run(summary(&id(1), 9_000), &view(&id(1), "older"), 6),
+            Err(StateError::Superseded)
+        ));
+        let body = read_body(&newer).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("newer"));
+        // Concurrent writers of one task never share a temporary file.
+        std::thread::scope(|s| {
+            for seq in 8..16 {
+                let store = &store;
+                s.spawn(move || {
+                    let v = view(&id(1), &format!("run {seq}"));
+                    match store.write_run(summary(&id(1), 9_000), &v, seq) {
+                        Ok(_) | Err(StateError::Superseded) => {}
+                        Err(e) => panic!("run {seq}: {e}"),
+                    }
+                });
+            }
+        });
+        let dir = root.join("i");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [format!("{}.json", id(1))], "no temporary file left");
+        fs::remove_dir_all(root).unwrap();
     }
 }

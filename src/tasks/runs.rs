@@ -464,7 +464,7 @@ impl Tasks {
         let summary = record.lock().unwrap().summary(&view);
         let this = self.clone();
         let (written, returned) = tokio::task::spawn_blocking(move || {
-            let written = this.inner.store.write(summary, &view);
+            let written = this.inner.store.write_run(summary, &view, seq);
             if written.is_err() {
                 // Kept in memory until the TTL, as without a state directory: spill files go.
                 run::into_memory(&mut view.results);
@@ -476,8 +476,10 @@ impl Tasks {
         view = returned;
         let mut r = record.lock().unwrap();
         match written {
-            // A newer run started meanwhile: its own end will write; this file is stale.
+            // A newer run started meanwhile: its own end will write; this file is stale. Or a
+            // newer run ended first and was kept: this answer comes from memory.
             Ok(_) if r.seq != seq => {}
+            Err(state::StateError::Superseded) => {}
             // Removed (TTL, DELETE) while it was written: the file must not outlive it.
             Ok(_) if r.ended.is_some_and(EndReason::discards_results) => {
                 drop(r);
