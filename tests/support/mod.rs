@@ -404,6 +404,24 @@ pub fn container_exists(id: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs an engine's CLI (`program` with `target` naming the engine, then `args`) and returns
+/// its trimmed stdout, or what it said on stderr.
+pub fn engine_cli(program: &str, target: &[&str], args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(target)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// Imports `lessl-test/busybox` into a private engine the way contrib/test-env.sh does: a
 /// root file system in `dir/rootfs` holding the static busybox and its applet links, piped
 /// as a tar into `import` (the engine's CLI up to its `import` verb).

@@ -302,20 +302,7 @@ cp ca.pem client/ca.pem
 
     /// Runs the docker CLI against this daemon.
     pub fn docker(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "docker {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        super::engine_cli("docker", &["-H", &self.host()], args)
     }
 
     /// Containers on this daemon carrying `label`, running or not.

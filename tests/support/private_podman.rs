@@ -163,19 +163,7 @@ impl PrivatePodman {
 
     /// Runs the podman remote client against this service.
     pub fn podman(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("podman")
-            .args(["--remote", "--url", &self.url()])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "podman {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        super::engine_cli("podman", &["--remote", "--url", &self.url()], args)
     }
 
     /// Containers on this service carrying `label`, running or not.
