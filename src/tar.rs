@@ -1,4 +1,6 @@
-//! Plain (uncompressed) tar archives for Docker's archive upload API: builds them in memory and re-roots user archives under a directory; does no I/O and must never let an entry escape its destination.
+//! Plain (uncompressed) tar archives for Docker's archive API: builds them in memory, re-roots user archives under a directory, and reads archives as a stream ([`reader`]); does no I/O and must never let an entry escape its destination.
+
+pub mod reader;
 
 use std::collections::HashMap;
 use std::fmt;
