@@ -204,6 +204,11 @@ pub struct ServeArgs {
     /// still answers, with `persist_error` code `state.full`.
     #[arg(long, env = "LESSL_STATE_MAX_MB", default_value_t = 2048)]
     pub state_max_mb: u64,
+    /// Bytes one run's `collect` may read out of its container (each entry counts its size
+    /// plus 512); past it, the paths left out are named in `files` with `collect.too_large`.
+    /// At most 1 GiB: collected files are held in memory (base64) until written.
+    #[arg(long, env = "LESSL_MAX_COLLECT_BYTES", default_value_t = 16 << 20)]
+    pub max_collect_bytes: u64,
     /// Seconds a client has to send its request headers, and its body.
     #[arg(long, env = "LESSL_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
@@ -461,6 +466,7 @@ impl ServeArgs {
             volume_idle: Duration::from_secs(self.volume_idle),
             state_dir: Some(self.state_dir.clone()),
             state_max_bytes: self.state_max_mb.saturating_mul(1 << 20),
+            max_collect_bytes: self.max_collect_bytes,
         })
     }
 
@@ -554,11 +560,18 @@ impl ServeArgs {
             ("max-daemons", self.max_daemons as f64),
             ("max-download-bytes", self.max_download_bytes as f64),
             ("state-max-mb", self.state_max_mb as f64),
+            ("max-collect-bytes", self.max_collect_bytes as f64),
         ];
-        match positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
-            Some((flag, _)) => Err(bad(flag, "must be positive")),
-            None => Ok(()),
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err(bad(flag, "must be positive"));
         }
+        if self.max_collect_bytes > 1 << 30 {
+            return Err(bad(
+                "max-collect-bytes",
+                "must be at most 1 GiB (1073741824)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -393,6 +393,7 @@ pub fn write_view(w: &mut impl Write, view: &TaskView) -> io::Result<()> {
         failed_command: view.failed_command,
         error: view.error.clone(),
         persist_error: view.persist_error.clone(),
+        files: view.files.clone(),
         kept: None,
     };
     let shell = serde_json::to_vec(&shell).map_err(io::Error::other)?;
@@ -704,6 +705,7 @@ mod tests {
             failed_command: None,
             error: None,
             persist_error: None,
+            files: None,
             kept: None,
         }
     }

@@ -221,6 +221,9 @@ impl ApiError {
             ApiError::Task(TaskError::VolumeInUse(_)) => {
                 (StatusCode::CONFLICT, "volume.in_use", None)
             }
+            ApiError::Task(TaskError::PathNotFound(_)) => {
+                (StatusCode::NOT_FOUND, "task.path_not_found", Some("path"))
+            }
             ApiError::Task(TaskError::Docker(e)) | ApiError::DockerDown(TaskError::Docker(e)) => {
                 (docker_status(e), e.step.code(), None)
             }
@@ -241,7 +244,8 @@ impl ApiError {
                 | TaskError::Mount { .. }
                 | TaskError::VolumeForeign { .. }
                 | TaskError::VolumeNotFound(_)
-                | TaskError::VolumeInUse(_),
+                | TaskError::VolumeInUse(_)
+                | TaskError::PathNotFound(_),
             ) => (StatusCode::SERVICE_UNAVAILABLE, "health.docker", None),
         }
     }

@@ -61,12 +61,13 @@ pub enum Step {
     ListVolumes,
     RemoveVolume,
     StatPath,
+    GetArchive,
 }
 
 impl Step {
     /// Every step, in declaration order, so `step as usize` indexes it: `metrics` keeps one
     /// slot per entry.
-    pub const ALL: [Step; 22] = [
+    pub const ALL: [Step; 23] = [
         Step::Version,
         Step::Ping,
         Step::CreateContainer,
@@ -89,6 +90,7 @@ impl Step {
         Step::ListVolumes,
         Step::RemoveVolume,
         Step::StatPath,
+        Step::GetArchive,
     ];
 
     /// Stable dotted code for error bodies and logs.
@@ -116,6 +118,7 @@ impl Step {
             Step::ListVolumes => "docker.volume.list",
             Step::RemoveVolume => "docker.volume.remove",
             Step::StatPath => "docker.archive.stat",
+            Step::GetArchive => "docker.archive.get",
         }
     }
 }
@@ -668,20 +671,23 @@ impl Docker {
             Err(e) if e.status() == Some(404) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let decode = |m: String| DockerError {
-            step: Step::StatPath,
-            cause: Cause::Decode(m),
-        };
-        let header = resp
-            .headers()
-            .get("x-docker-container-path-stat")
-            .ok_or_else(|| decode("no X-Docker-Container-Path-Stat header".into()))?;
-        let json = base64::engine::general_purpose::STANDARD
-            .decode(header.as_bytes())
-            .map_err(|e| decode(e.to_string()))?;
-        serde_json::from_slice(&json)
-            .map(Some)
-            .map_err(|e| decode(e.to_string()))
+        path_stat(Step::StatPath, &resp).map(Some)
+    }
+
+    /// Reads `path` out of container `id` (running or not): what Docker says of the path,
+    /// and a tar archive of it (a directory with its tree; a symlink as the link itself) as
+    /// the unread body, for the caller to stream under its own deadline. A missing path and
+    /// a missing container are both Docker's 404.
+    pub async fn get_archive(&self, id: &str, path: &str) -> Result<Archive, DockerError> {
+        let query = format!("/containers/{id}/archive?path={}", percent_encode(path));
+        let resp = self
+            .send(Step::GetArchive, Method::GET, &query, Body::Empty)
+            .await?;
+        let stat = path_stat(Step::GetArchive, &resp)?;
+        Ok(Archive {
+            stat,
+            body: resp.into_body(),
+        })
     }
 
     /// Unpacks a plain tar archive at `dir` (which must exist) in the container.
@@ -694,12 +700,54 @@ impl Docker {
 }
 
 /// What Docker's `X-Docker-Container-Path-Stat` header says of a path; only the fields read.
-#[derive(serde::Deserialize)]
-struct PathStat {
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct PathStat {
     #[serde(default)]
-    size: u64,
+    pub size: u64,
+    /// Go's `os.FileMode`: permission bits and type bits (see [`PathStat::is_dir`]).
+    #[serde(default)]
+    pub mode: u32,
+    /// For a symlink, its target resolved from the container's root; "" otherwise.
     #[serde(rename = "linkTarget", default)]
-    link_target: String,
+    pub link_target: String,
+}
+
+impl PathStat {
+    /// Go's `os.ModeDir`.
+    const MODE_DIR: u32 = 1 << 31;
+    /// Go's symlink, named pipe, socket, device, char device and irregular bits.
+    const MODE_NOT_REGULAR: u32 =
+        (1 << 27) | (1 << 25) | (1 << 24) | (1 << 26) | (1 << 21) | (1 << 19);
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & Self::MODE_DIR != 0
+    }
+
+    pub fn is_regular(&self) -> bool {
+        self.mode & (Self::MODE_DIR | Self::MODE_NOT_REGULAR) == 0
+    }
+}
+
+/// A path read out of a container: what it is, and its tar archive, unread.
+pub struct Archive {
+    pub stat: PathStat,
+    pub body: Incoming,
+}
+
+/// Decodes the `X-Docker-Container-Path-Stat` header of an archive answer.
+fn path_stat(step: Step, resp: &Response<Incoming>) -> Result<PathStat, DockerError> {
+    let decode = |m: String| DockerError {
+        step,
+        cause: Cause::Decode(m),
+    };
+    let header = resp
+        .headers()
+        .get("x-docker-container-path-stat")
+        .ok_or_else(|| decode("no X-Docker-Container-Path-Stat header".into()))?;
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(header.as_bytes())
+        .map_err(|e| decode(e.to_string()))?;
+    serde_json::from_slice(&json).map_err(|e| decode(e.to_string()))
 }
 
 /// A request body, typed so `send` sets the right Content-Type.

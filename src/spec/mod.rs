@@ -20,7 +20,9 @@ mod resource;
 pub use fields::{check_name, MAX_ARGV_BYTES, MAX_ENV_BYTES};
 pub use limits::{MIN_MEMORY_MB, MIN_NANO_CPUS, MIN_PIDS, MIN_TIMEOUT_MS};
 use resource::reserved;
-pub use resource::{check_volume_name, is_reserved, normalise_host_path};
+pub use resource::{
+    check_volume_name, collect_path, is_reserved, normalise_host_path, MAX_COLLECT_PATHS,
+};
 
 /// Server-side defaults and maxima a task is validated against (from the configuration).
 #[derive(Debug, Clone)]
@@ -102,6 +104,8 @@ pub struct TaskSpec {
     pub mounts: Vec<Mount>,
     /// Read-only root filesystem; resources, `pwd` and `/tmp` get writable volumes.
     pub read_only: bool,
+    /// Absolute paths read out of the container after each run (`collect`).
+    pub collect: Vec<String>,
 }
 
 /// A mount, checked for syntax and against the allowed host directories. What it names on
@@ -260,6 +264,7 @@ struct RawTask {
     limits: Option<RawLimits>,
     user: Option<String>,
     read_only: Option<bool>,
+    collect: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -550,6 +555,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         user: fields::user(raw.user)?,
         mounts,
         read_only: raw.read_only.unwrap_or(false),
+        collect: resource::collect(raw.collect)?,
     })
 }
 
@@ -632,6 +638,38 @@ mod tests {
             other => panic!("expected a file, got {other:?}"),
         }
         assert_eq!(t.resources[0].mode, 0o644);
+    }
+
+    #[test]
+    fn collect_paths_follow_the_dest_rules() {
+        let t = one(r#"{"image":"i","collect":["/out/","/a/b.txt"]}"#).unwrap();
+        assert_eq!(t.collect, ["/out", "/a/b.txt"]);
+        assert!(one(r#"{"image":"i"}"#).unwrap().collect.is_empty());
+        for (body, field) in [
+            (r#"{"image":"i","collect":["rel"]}"#, "collect[0]"),
+            (
+                r#"{"image":"i","collect":["/ok","/a/../etc"]}"#,
+                "collect[1]",
+            ),
+            (
+                r#"{"image":"i","collect":["/proc/1/environ"]}"#,
+                "collect[0]",
+            ),
+            (r#"{"image":"i","collect":["/.lessl/agent"]}"#, "collect[0]"),
+            (r#"{"image":"i","collect":["/sys"]}"#, "collect[0]"),
+            (r#"{"image":"i","collect":["/dev/"]}"#, "collect[0]"),
+            (r#"{"image":"i","collect":["/"]}"#, "collect[0]"),
+            (r#"{"image":"i","collect":["/a","/a/"]}"#, "collect[1]"),
+            (r#"{"image":"i","collect":["/a\u0000b"]}"#, "collect[0]"),
+        ] {
+            assert_eq!(err(body).field(), field, "{body}");
+        }
+        let many: Vec<String> = (0..=resource::MAX_COLLECT_PATHS)
+            .map(|i| format!("/f{i}"))
+            .collect();
+        let body = serde_json::json!({"image": "i", "collect": many}).to_string();
+        assert_eq!(err(&body).field(), "collect");
+        assert_eq!(err(r#"{"image":"i","collect":"/x"}"#).field(), "collect");
     }
 
     #[test]

@@ -116,6 +116,46 @@ fn mount_only(r: &RawResource, mnt: &str, bounds: &Bounds) -> Result<Mount, Spec
     parse_mount(mnt, bounds).map_err(|m| SpecError::invalid("mnt", m))
 }
 
+/// Paths one task may `collect` at most: each is one archive read per run.
+pub const MAX_COLLECT_PATHS: usize = 64;
+
+/// `collect`: absolute paths under the `dest` rules, not the root, each once; a trailing
+/// '/' is dropped.
+pub(super) fn collect(raw: Option<Vec<String>>) -> Result<Vec<String>, SpecError> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_COLLECT_PATHS {
+        return Err(SpecError::invalid(
+            "collect",
+            format!("at most {MAX_COLLECT_PATHS} paths"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let field = format!("collect[{i}]");
+        let path = collect_path(&p).map_err(|m| SpecError::invalid(&field, m))?;
+        if out.contains(&path) {
+            return Err(SpecError::invalid(field, format!("`{path}` appears twice")));
+        }
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// A path files are read out of (`collect`, `GET /tasks/{ref}/files/...`): absolute, clean,
+/// not the root and nowhere reserved; returned without a trailing '/'.
+pub fn collect_path(p: &str) -> Result<String, String> {
+    check_abs_path(p)?;
+    let path = p.trim_end_matches('/');
+    if path.is_empty() {
+        return Err("the root cannot be read out; name a directory".into());
+    }
+    if is_reserved(path) {
+        let (last, rest) = RESERVED.split_last().expect("RESERVED is not empty");
+        return Err(format!("must not be under {} or {last}", rest.join(", ")));
+    }
+    Ok(path.to_string())
+}
+
 /// `dest`: required, absolute, and nowhere reserved.
 fn destination(dest: Option<String>) -> Result<String, SpecError> {
     let dest = dest.ok_or_else(|| SpecError::invalid("dest", "required"))?;

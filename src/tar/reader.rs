@@ -275,6 +275,11 @@ impl Reader {
     }
 }
 
+/// A member name (or hard-link target) as [`Member::path`] gives it: clean and relative.
+pub fn clean(raw: &str) -> Result<String, TarError> {
+    member_path(raw.as_bytes())
+}
+
 fn padding_u64(size: u64) -> usize {
     padding((size % BLOCK as u64) as usize)
 }

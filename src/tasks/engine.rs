@@ -16,7 +16,7 @@ use crate::docker::models::{
     ContainerConfig, ContainerInspect, ContainerSummary, CreateResponse, EngineInfo, ExecConfig,
     ExecInspect, IdResponse, Volume, VolumeRemoved,
 };
-use crate::docker::{Docker, DockerError, Removed};
+use crate::docker::{Docker, DockerError, PathStat, Removed};
 
 /// One engine call in flight.
 pub type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, DockerError>> + Send + 'a>>;
@@ -50,6 +50,8 @@ pub trait Engine: Send + Sync + 'static {
     fn put_archive<'a>(&'a self, id: &'a str, dir: &'a str, tar: Vec<u8>) -> Call<'a, ()>;
     fn stat_path<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<String>>;
     fn path_size<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<u64>>;
+    /// What `path` is and its tar archive, as a stream (`Docker::get_archive`).
+    fn get_archive<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, (PathStat, Reader)>;
     fn create_exec<'a>(&'a self, id: &'a str, config: &'a ExecConfig) -> Call<'a, IdResponse>;
     fn start_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, Reader>;
     fn inspect_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, ExecInspect>;
@@ -118,6 +120,15 @@ impl Engine for Docker {
     }
     fn path_size<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, Option<u64>> {
         Box::pin(Docker::path_size(self, id, path))
+    }
+    fn get_archive<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, (PathStat, Reader)> {
+        Box::pin(async move {
+            let archive = Docker::get_archive(self, id, path).await?;
+            Ok((
+                archive.stat,
+                Box::new(BodyReader::new(archive.body)) as Reader,
+            ))
+        })
     }
     fn create_exec<'a>(&'a self, id: &'a str, config: &'a ExecConfig) -> Call<'a, IdResponse> {
         Box::pin(Docker::create_exec(self, id, config))

@@ -44,6 +44,8 @@ pub enum TaskError {
     VolumeNotFound(String),
     /// The volume is mounted by a container, so it cannot be removed.
     VolumeInUse(String),
+    /// A live task has nothing at that path.
+    PathNotFound(String),
     /// A Docker call failed; the error names the step.
     Docker(DockerError),
 }
@@ -108,6 +110,7 @@ impl fmt::Display for TaskError {
             ),
             TaskError::VolumeNotFound(n) => write!(f, "no volume `{n}`"),
             TaskError::VolumeInUse(n) => write!(f, "volume `{n}` is mounted by a container"),
+            TaskError::PathNotFound(p) => write!(f, "the task has no file or directory `{p}`"),
             TaskError::Docker(e) => e.fmt(f),
         }
     }

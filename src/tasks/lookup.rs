@@ -237,6 +237,7 @@ impl Tasks {
             failed_command: None,
             error: None,
             persist_error: None,
+            files: None,
             kept: None,
         }
     }

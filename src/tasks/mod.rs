@@ -17,6 +17,7 @@
 //! - [`mirror`]: the engine's events, reconciliation after a restart, TTL expiry.
 //! - [`expiry`]: the TTL schedule; pure, on tokio's clock.
 //! - [`warm`] and [`pool`]: the warm pool's life and its bookkeeping.
+//! - [`collect`]: files read out of a container (`collect`, `GET .../files/...`).
 //! - [`files`]: resources packed into archives; [`mounts`]: binds and volumes;
 //!   [`agent_volume`]: the agent without a host path; [`disk`]: what bounds a task's disk.
 //! - [`engine`]: the seam to the engine, and an in-memory fake for the unit tests in
@@ -25,6 +26,7 @@
 mod admission;
 pub mod agent_volume;
 pub mod channel;
+pub mod collect;
 mod disk;
 pub mod engine;
 mod error;
@@ -147,6 +149,8 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     /// Disk use of the state directory at most, bytes (`--state-max-mb`).
     pub state_max_bytes: u64,
+    /// What one run's `collect` may read out, bytes (`--max-collect-bytes`).
+    pub max_collect_bytes: u64,
 }
 
 type Shared = Arc<Mutex<Record>>;

@@ -8,7 +8,7 @@ use crate::state::{Stored, Summary};
 
 use super::channel;
 use super::run::CmdResult;
-use super::view::{rfc3339, RunFailure, TaskState, TaskView};
+use super::view::{rfc3339, CollectedFile, RunFailure, TaskState, TaskView};
 
 /// Why a task's record was dropped; a run still using it reports this as its error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,8 @@ pub struct Record {
     pub stored: Option<(Stored, TaskState)>,
     /// Why the newest run's results could not be kept on disk.
     pub persist_error: Option<RunFailure>,
+    /// What the newest run collected, until its view is kept on disk.
+    pub files: Option<Vec<CollectedFile>>,
 }
 
 impl Record {
@@ -148,6 +150,7 @@ impl Record {
             seq: 0,
             stored: None,
             persist_error: None,
+            files: None,
         }
     }
 
@@ -219,6 +222,7 @@ impl Record {
         self.error = None;
         self.stored = None;
         self.persist_error = None;
+        self.files = None;
         self.seq
     }
 
@@ -268,6 +272,7 @@ impl Record {
             failed_command: self.failed_command,
             error: self.error.clone(),
             persist_error: self.persist_error.clone(),
+            files: self.files.clone(),
             kept: None,
         }
     }

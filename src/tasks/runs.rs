@@ -135,7 +135,10 @@ impl Tasks {
                 (None, None) => crate::metrics::Outcome::Succeeded,
             };
             crate::metrics::METRICS.run_ended(kind, started.elapsed());
-            let view = this.finish(&record, outcome);
+            // Before `finish`, which removes a finished task's container.
+            let files = this.collect_after_run(&record, seq, &spec.collect).await;
+            let mut view = this.finish(&record, outcome);
+            view.files = files;
             this.persist(&record, seq, view).await
         });
         (now, handle)
@@ -488,6 +491,7 @@ impl Tasks {
             Ok(stored) => {
                 // The run's spill files go with the answer, which holds their last references.
                 r.results = Vec::new();
+                r.files = None;
                 view.kept = Some(stored.clone());
                 r.stored = Some((stored, view.state));
             }

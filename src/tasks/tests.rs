@@ -52,6 +52,7 @@ fn settings(max_daemons: usize) -> Settings {
         volume_idle: Duration::from_secs(3600),
         state_dir: None,
         state_max_bytes: 0,
+        max_collect_bytes: 1 << 20,
     }
 }
 
@@ -319,4 +320,73 @@ async fn a_pulled_image_is_created_without_a_quota_the_engine_refuses() {
     )
     .await;
     assert_eq!(v.results[0].stdout.to_string_lossy().unwrap(), "pulled\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn collect_reads_before_the_container_goes_and_get_shows_the_files() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let mut tar = crate::tar::TarBuilder::new(0);
+    tar.file("report.txt", 0o640, b"done\n").unwrap();
+    let stat = crate::docker::PathStat {
+        size: 5,
+        mode: 0o640,
+        link_target: String::new(),
+    };
+    engine.offer_archive("/out/report.txt", stat, tar.finish());
+    let tasks = start(&engine, 8);
+    let v = post(
+        &tasks,
+        json!({"image": IMAGE, "cmd": ["exit 1"], "collect": ["/out/report.txt", "/nope"]}),
+    )
+    .await;
+    let files = v.files.expect("files");
+    assert_eq!(files[0].path, "/out/report.txt");
+    assert_eq!(files[0].data_base64.as_deref(), Some("ZG9uZQo="));
+    assert_eq!(files[0].mode.as_deref(), Some("0640"));
+    assert_eq!(files[1].path, "/nope");
+    assert_eq!(files[1].error.as_ref().unwrap().code, collect::NOT_FOUND);
+    // Read out before the removal, even when a command failed.
+    settle().await;
+    let log = engine.call_log();
+    let read = log
+        .iter()
+        .position(|c| c.starts_with("get_archive"))
+        .unwrap();
+    let removed = log.iter().position(|c| c.starts_with("remove")).unwrap();
+    assert!(read < removed, "{log:?}");
+    assert!(engine.containers().is_empty());
+    let got = view_of(tasks.get(&v.id).await.unwrap());
+    assert_eq!(got.files.unwrap(), files);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_collects_nothing_reads_nothing_and_has_no_files() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let tasks = start(&engine, 8);
+    let v = post(&tasks, json!({"image": IMAGE, "cmd": ["true"]})).await;
+    assert!(v.files.is_none());
+    assert_eq!(engine.calls("get_archive"), 0);
+    assert!(!serde_json::to_string(&v).unwrap().contains("files"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn collect_from_a_container_removed_under_the_run_says_so_per_path() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let tasks = start(&engine, 8);
+    let request = spec(json!({"image": IMAGE, "cmd": ["sleep 100"], "collect": ["/a", "/b"]}));
+    let view = tasks.create(request, false).await.unwrap().remove(0);
+    settle().await;
+    engine.remove_behind(&view.id);
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    settle().await;
+    let got = view_of(tasks.get(&view.id).await.unwrap());
+    let files = got.files.expect("files");
+    assert_eq!(files.len(), 2);
+    for f in &files {
+        assert_eq!(
+            f.error.as_ref().unwrap().code,
+            collect::CONTAINER_GONE,
+            "{f:?}"
+        );
+    }
 }

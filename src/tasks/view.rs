@@ -28,6 +28,9 @@ pub struct TaskView {
     /// `state.write`): they are answered now but will not survive a restart of Lessl.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persist_error: Option<RunFailure>,
+    /// What the run's `collect` read out of the container; absent when it named none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<CollectedFile>>,
     /// Where this very view was written in the state directory, when it was: a waited
     /// answer streams that file rather than encoding the results again in memory.
     #[serde(skip)]
@@ -78,6 +81,27 @@ impl TaskState {
             (false, _) => TaskState::Exited,
         }
     }
+}
+
+/// One entry of `files`: a regular file with its content, a symlink (never followed), or a
+/// path left out with the reason (`error`: not found, over the maximum, a special file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectedFile {
+    /// Absolute path in the container.
+    pub path: String,
+    /// Bytes of a regular file (also given when it was left out for its size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Permission bits in octal, as `resources[].mode` takes them (`"0644"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// A symlink's target, as written in the container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunFailure>,
 }
 
 /// A run that Lessl could not complete (not a command exiting non-zero).

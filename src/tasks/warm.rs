@@ -50,6 +50,7 @@ impl Tasks {
             user: None,
             mounts: Vec::new(),
             read_only: false,
+            collect: Vec::new(),
         };
         let quota = self.asks_for_quota();
         self.inner.agent.prepare(&*self.inner.engine).await?;

@@ -15,7 +15,7 @@ use crate::docker::models::{
     ContainerConfig, ContainerInspect, ContainerSummary, CreateResponse, EngineInfo, ExecConfig,
     ExecInspect, IdResponse, Volume, VolumeRemoved,
 };
-use crate::docker::{Cause, DockerError, Removed, Step};
+use crate::docker::{Cause, DockerError, PathStat, Removed, Step};
 
 /// One container of the fake engine.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ struct State {
     /// The fake agent of each attached container; stopped when it is removed, which ends
     /// its attach stream as the real engine does.
     agents: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    /// What `get_archive` serves, by path, in every container.
+    archives: BTreeMap<String, (PathStat, Vec<u8>)>,
     serial: u64,
 }
 
@@ -81,6 +83,17 @@ impl FakeEngine {
     /// Lets a pull of `image` succeed.
     pub fn offer_pull(&self, image: &str) {
         self.state.lock().unwrap().pullable.push(image.to_string());
+    }
+
+    /// Serves `tar` (with `stat`) for `path` in every container that exists.
+    pub fn offer_archive(&self, path: &str, stat: PathStat, tar: Vec<u8>) {
+        let mut state = self.state.lock().unwrap();
+        state.archives.insert(path.to_string(), (stat, tar));
+    }
+
+    /// Every call so far, as `verb id` (`get_archive id path`), in order.
+    pub fn call_log(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
     }
 
     /// Ids of the containers that exist now.
@@ -417,6 +430,26 @@ impl Engine for FakeEngine {
     }
     fn path_size<'a>(&'a self, _id: &'a str, _path: &'a str) -> Call<'a, Option<u64>> {
         Box::pin(async { Ok(None) })
+    }
+    fn get_archive<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, (PathStat, Reader)> {
+        Box::pin(async move {
+            self.log(format!("get_archive {id} {path}"));
+            let state = self.state.lock().unwrap();
+            if !state.containers.contains_key(id) {
+                return Err(status_error(Step::GetArchive, 404, "No such container"));
+            }
+            match state.archives.get(path) {
+                Some((stat, tar)) => Ok((
+                    stat.clone(),
+                    Box::new(std::io::Cursor::new(tar.clone())) as Reader,
+                )),
+                None => Err(status_error(
+                    Step::GetArchive,
+                    404,
+                    "Could not find the file",
+                )),
+            }
+        })
     }
     fn create_exec<'a>(&'a self, _id: &'a str, _config: &'a ExecConfig) -> Call<'a, IdResponse> {
         Box::pin(async { Err(status_error(Step::CreateExec, 500, "the fake runs no exec")) })
