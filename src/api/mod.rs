@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::spec;
 use crate::state::{FileBody, Part};
+use crate::tasks::collect::{PathBody, PathOut};
 use crate::tasks::view::TaskView;
 use crate::tasks::{Answer, Tasks};
 pub use error::ApiError;
@@ -20,8 +21,9 @@ pub use error::ApiError;
 /// The OpenAPI 3.1 document of this API, served as is at `GET /openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// An answer's body: built in memory, or streamed from a result kept in the state directory.
-pub type ApiBody = Either<Full<Bytes>, FileBody>;
+/// An answer's body: built in memory, streamed from a result kept in the state directory, or
+/// streamed out of a task's container (`GET /tasks/{ref}/files/...`).
+pub type ApiBody = Either<Full<Bytes>, Either<FileBody, PathBody>>;
 
 /// What every request handler shares.
 pub struct Api {
@@ -47,6 +49,8 @@ enum Route<'a> {
     ListTasks,
     CreateTask,
     GetTask(&'a str),
+    /// A task's file or directory: the reference, and the path after `/files` (raw).
+    GetPath(&'a str, &'a str),
     PutTask(&'a str),
     DeleteTask(&'a str),
     ListVolumes,
@@ -74,6 +78,10 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         (["tasks"], &Method::POST) => Ok(Route::CreateTask),
         (["tasks"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD, POST")),
         (["tasks", r], &Method::GET) if !r.is_empty() => Ok(Route::GetTask(r)),
+        (["tasks", r, "files", ..], m) if !r.is_empty() => match m {
+            &Method::GET => Ok(Route::GetPath(r, files_path(path, r))),
+            _ => Err(ApiError::MethodNotAllowed("GET, HEAD")),
+        },
         (["tasks", r], &Method::PUT) if !r.is_empty() => Ok(Route::PutTask(r)),
         (["tasks", r], &Method::DELETE) if !r.is_empty() => Ok(Route::DeleteTask(r)),
         (["tasks", r], _) if !r.is_empty() => {
@@ -183,11 +191,19 @@ impl Api {
                     Answer::View(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Json(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Kept(stored) => match FileBody::open(&stored) {
-                        Ok(body) => Ok(json_body(StatusCode::OK, Either::Right(body))),
+                        Ok(body) => Ok(json_body(StatusCode::OK, kept_body(body))),
                         // Removed at its TTL between the lookup and the open: gone, not a 500.
                         Err(_) => Err(crate::tasks::TaskError::NotFound(r.to_string()).into()),
                     },
                 }
+            }
+            Route::GetPath(r, raw) => {
+                query.none()?;
+                let path = percent_decode(raw).ok_or_else(|| ApiError::BadRequest {
+                    field: "path".into(),
+                    message: "the path is not valid percent-encoded UTF-8".into(),
+                })?;
+                Ok(path_answer(self.tasks.read_path(r, &path).await?))
             }
             Route::ListVolumes => {
                 query.none()?;
@@ -431,11 +447,55 @@ fn views_answer(status: StatusCode, views: &[TaskView], is_array: bool) -> Respo
         parts.push(Part::Bytes(Bytes::from_static(b"]")));
     }
     match FileBody::parts(parts) {
-        Ok(body) => json_body(status, Either::Right(body)),
+        Ok(body) => json_body(status, kept_body(body)),
         // A file removed since it was written (the task's TTL, a DELETE): the views still
         // hold the results, so the same bytes are built in memory.
         Err(_) => in_memory(),
     }
+}
+
+fn kept_body(body: FileBody) -> ApiBody {
+    Either::Right(Either::Left(body))
+}
+
+/// What follows `/tasks/{reference}/files` in `path`, its leading '/' kept ("" for none).
+fn files_path<'a>(path: &'a str, reference: &str) -> &'a str {
+    let prefix = format!("/tasks/{reference}/files");
+    path.strip_prefix(&prefix).unwrap_or("")
+}
+
+/// `%XX` escapes decoded; None when one is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A task's file as its raw bytes, or a directory as a tar archive, streamed.
+fn path_answer(out: PathOut) -> Response<ApiBody> {
+    let (body, content_type, length) = match out {
+        PathOut::File { size, body } => (body, "application/octet-stream", Some(size)),
+        PathOut::Tree { body } => (body, "application/x-tar", None),
+    };
+    let mut resp = Response::new(Either::Right(Either::Right(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(n) = length {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    resp
 }
 
 fn empty(status: StatusCode) -> Response<ApiBody> {
@@ -506,6 +566,26 @@ mod tests {
             route(&Method::GET, "/tasks/a/b"),
             Err(ApiError::RouteNotFound(_))
         ));
+        let files = "/tasks/abc/files/out/a%20b.txt";
+        assert_eq!(
+            route(&Method::GET, files),
+            Ok(Route::GetPath("abc", "/out/a%20b.txt"))
+        );
+        assert_eq!(
+            route(&Method::HEAD, files),
+            Ok(Route::GetPath("abc", "/out/a%20b.txt"))
+        );
+        assert_eq!(
+            route(&Method::GET, "/tasks/abc/files"),
+            Ok(Route::GetPath("abc", ""))
+        );
+        assert_eq!(
+            route(&Method::PUT, files),
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(percent_decode("/a%20b/%C3%A9").as_deref(), Some("/a b/é"));
+        assert_eq!(percent_decode("/a%2"), None);
+        assert_eq!(percent_decode("/%ff"), None);
         assert!(matches!(
             route(&Method::GET, "/"),
             Err(ApiError::RouteNotFound(_))

@@ -145,8 +145,8 @@ impl PathFiles<'_> {
                     ),
                 ));
             }
-            // Nothing more is read: the engine's stream is dropped here.
-            *self.left = 0;
+            // Nothing more of this path is read: the engine's stream is dropped here. Later
+            // paths may still fit what is left.
             return Next::Stop;
         }
         *self.left -= cost;
@@ -274,7 +274,6 @@ async fn read_path(
         let mut entry = left_out(path, TOO_LARGE, too_large(max));
         entry.size = Some(stat.size);
         files.push(entry);
-        *left = 0;
         return;
     }
     let mut out = PathFiles {
