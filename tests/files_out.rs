@@ -324,3 +324,103 @@ fn a_50_mib_file_streams_byte_exact_in_bounded_memory() {
     lessl.delete(&name).expect(204);
     no_containers_left(&lessl);
 }
+
+/// Runs `lessl ARGS` as a client of `lessl`.
+fn cli(lessl: &Lessl, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lessl"))
+        .args(args)
+        .env_remove("LESSL_TOKEN_FILE")
+        .env("LESSL_URL", format!("http://{}", lessl.addr))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[track_caller]
+fn ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn the_cli_copies_files_out_and_writes_collected_files_under_a_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let lessl = Lessl::start(&[]);
+    let dir = temp_state_dir("clifiles");
+    let name = unique("cp");
+    let setup = "mkdir -p /out/tree/sub && echo leaf > /out/tree/sub/leaf \
+        && cp /in/bin /out/bin && chmod 0750 /out/bin && ln -s /etc/passwd /out/tree/pw";
+    let task = json!({"image": IMAGE, "daemon": true, "task_name": name,
+        "resources": [{"data": b64(&every_byte()), "dest": "/in/bin",
+                       "content_type": "application/octet-stream"}],
+        "cmd": [setup], "collect": ["/out/bin", "/out/tree", "/out/missing"]});
+    let file = dir.join("task.json");
+    std::fs::write(&file, task.to_string()).unwrap();
+    let to = dir.join("collected");
+    let o = cli(
+        &lessl,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--collect-to",
+            to.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    assert_eq!(std::fs::read(to.join("out/bin")).unwrap(), every_byte());
+    let mode = std::fs::metadata(to.join("out/bin"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750);
+    assert_eq!(
+        std::fs::read(to.join("out/tree/sub/leaf")).unwrap(),
+        b"leaf\n"
+    );
+    assert_eq!(
+        std::fs::read_link(to.join("out/tree/pw")).unwrap(),
+        std::path::Path::new("/etc/passwd")
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/out/missing"));
+
+    // cp: a file, into a new name and into a directory.
+    let local = dir.join("bin.copy");
+    ok(&cli(
+        &lessl,
+        &["cp", &format!("{name}:/out/bin"), local.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read(&local).unwrap(), every_byte());
+    let into = dir.join("into");
+    std::fs::create_dir(&into).unwrap();
+    ok(&cli(
+        &lessl,
+        &["cp", &format!("{name}:/out/bin"), into.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read(into.join("bin")).unwrap(), every_byte());
+    // cp: a directory, through its tar.
+    let tree = dir.join("tree.copy");
+    ok(&cli(
+        &lessl,
+        &["cp", &format!("{name}:/out/tree"), tree.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(tree.join("tree/sub/leaf")).unwrap(),
+        b"leaf\n"
+    );
+    // Errors: a missing path, and a source that is not TASK:/path.
+    let o = cli(
+        &lessl,
+        &["cp", &format!("{name}:/nope"), local.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("task.path_not_found"));
+    let o = cli(&lessl, &["cp", "no-colon", local.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    lessl.delete(&name).expect(204);
+    no_containers_left(&lessl);
+    let _ = std::fs::remove_dir_all(&dir);
+}

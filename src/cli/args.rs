@@ -29,6 +29,20 @@ pub enum Command {
     Rm(RmArgs),
     /// List (`ls`) or remove (`rm NAME...`) this Lessl's named volumes.
     Volume(VolumeArgs),
+    /// Copy a file or directory out of a live task: `lessl cp TASK:/path LOCAL`.
+    Cp(CpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// The task (id, short id or name) and an absolute path in it: `TASK:/path`.
+    #[arg(value_name = "TASK:/PATH")]
+    pub source: String,
+    /// Where to write: a file's new name (or a directory to put it in); for a directory, the
+    /// local directory it is unpacked into (created when missing), keeping its own name.
+    pub dest: PathBuf,
+    #[command(flatten)]
+    pub conn: Connection,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +85,10 @@ pub struct RunArgs {
     /// Print the API's JSON answer (ids and results) instead of the commands' output.
     #[arg(long, conflicts_with = "detach")]
     pub json: bool,
+    /// Write the files the task's `collect` brought back under DIR (their absolute paths
+    /// made relative to it; one subdirectory per task, named after it, for an array).
+    #[arg(long, value_name = "DIR", conflicts_with = "detach")]
+    pub collect_to: Option<PathBuf>,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -149,7 +167,11 @@ impl Command {
     pub fn error_exit_code(&self) -> u8 {
         match self {
             Command::Run(_) | Command::Exec(_) => RUN_FAILED_EXIT,
-            Command::Ps(_) | Command::Status(_) | Command::Rm(_) | Command::Volume(_) => 1,
+            Command::Ps(_)
+            | Command::Status(_)
+            | Command::Rm(_)
+            | Command::Volume(_)
+            | Command::Cp(_) => 1,
         }
     }
 }

@@ -176,6 +176,85 @@ impl Client {
     }
 }
 
+/// A two-way byte stream to the daemon.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl Client {
+    /// A GET whose 2xx body goes to `sink` a frame at a time as it arrives (never held whole),
+    /// with the answer's Content-Type; an error answer is read whole, as [`Client::send`] does.
+    pub(super) async fn get_streamed(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&str, &[u8]) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let what = format!("GET {}", path.split('?').next().unwrap_or(""));
+        let failed = |error: String| CliError::Request {
+            what: what.clone(),
+            error,
+        };
+        let mut req = Request::builder().method(Method::GET).uri(path).header(
+            HOST,
+            match &self.target {
+                Target::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+                Target::Tcp { host, port } => format!("{host}:{port}"),
+                Target::Unix(_) => "localhost".to_string(),
+            },
+        );
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| failed(e.to_string()))?;
+        let connect = |error| CliError::Connect {
+            url: self.url.clone(),
+            error,
+        };
+        let io: Box<dyn Io> = match &self.target {
+            Target::Tcp { host, port } => Box::new(
+                tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect)?,
+            ),
+            Target::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(connect)?),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let driver = tokio::spawn(conn);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let answer = body
+                .collect()
+                .await
+                .map_err(|e| failed(error_chain(&e)))?
+                .to_bytes();
+            return Err(api_error(status, &answer, self.token.is_some()));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| failed(error_chain(&e)))?;
+            if let Ok(data) = frame.into_data() {
+                sink(&content_type, &data)?;
+            }
+        }
+        drop(sender);
+        let _ = driver.await;
+        Ok(())
+    }
+}
+
 async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -4,9 +4,11 @@
 //! - `args`: the subcommands and their flags.
 //! - `client`: one HTTP request to a Lessl over TCP or a Unix socket, and its URL parser.
 //! - `render`: the answer's models and how they are shown (results, the `ps` table, exit codes).
+//! - `extract`: files out of a task written under a local directory, never outside it.
 
 mod args;
 mod client;
+pub mod extract;
 mod render;
 
 use std::fmt;
@@ -55,6 +57,10 @@ pub enum CliError {
     Decode { what: String, error: String },
     /// Output could not be written.
     Output(std::io::Error),
+    /// `lessl cp`'s source is not `TASK:/path`.
+    Source { source: String, message: String },
+    /// A file out of a task could not be written locally (or would land outside its directory).
+    WriteFile { message: String },
 }
 
 impl fmt::Display for CliError {
@@ -93,6 +99,8 @@ impl fmt::Display for CliError {
                 write!(f, "cannot understand Lessl's answer to {what}: {error}")
             }
             CliError::Output(e) => write!(f, "cannot write the output: {e}"),
+            CliError::Source { source, message } => write!(f, "`{source}`: {message}"),
+            CliError::WriteFile { message } => write!(f, "cannot write a file out of the task: {message}"),
         }
     }
 }
@@ -109,6 +117,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
         Command::Status(a) => (&a.conn, None),
         Command::Rm(a) => (&a.conn, None),
         Command::Volume(a) => (&a.conn, None),
+        Command::Cp(a) => (&a.conn, None),
     };
     let client = Client::new(conn)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -117,12 +126,16 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
         match cmd {
-            Command::Run(a) => run(&client, body.unwrap_or_default(), a.detach, a.json).await,
+            Command::Run(a) => {
+                let body = body.unwrap_or_default();
+                run(&client, body, a.detach, a.json, a.collect_to.as_deref()).await
+            }
             Command::Exec(a) => exec(&client, a).await,
             Command::Ps(a) => ps(&client, a).await,
             Command::Status(a) => status(&client, &a.task).await,
             Command::Rm(a) => rm(&client, &a.tasks).await,
             Command::Volume(a) => volume(&client, a.action).await,
+            Command::Cp(a) => cp(&client, &a.source, &a.dest).await,
         }
     })
 }
@@ -141,7 +154,13 @@ fn read_task_file(path: &Path) -> Result<Vec<u8>, CliError> {
     }
 }
 
-async fn run(client: &Client, body: Vec<u8>, detach: bool, json: bool) -> Result<u8, CliError> {
+async fn run(
+    client: &Client,
+    body: Vec<u8>,
+    detach: bool,
+    json: bool,
+    collect_to: Option<&Path>,
+) -> Result<u8, CliError> {
     if detach {
         let answer = client
             .send(Method::POST, "/tasks?wait=false", Some(body))
@@ -155,6 +174,9 @@ async fn run(client: &Client, body: Vec<u8>, detach: bool, json: bool) -> Result
     }
     let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
     let tasks = decode_tasks("POST /tasks", &answer)?;
+    if let Some(dir) = collect_to {
+        write_collected(&answer, dir)?;
+    }
     if json {
         write_out(&mut std::io::stdout().lock(), raw_json(&answer).as_bytes())?;
         return Ok(batch_exit_code(&tasks));
@@ -168,6 +190,137 @@ async fn run(client: &Client, body: Vec<u8>, detach: bool, json: bool) -> Result
         }
     }
     Ok(batch_exit_code(&tasks))
+}
+
+/// The `files` of each task in a POST answer, written under `dir` (a subdirectory per task
+/// for an array); entries left out are named on stderr.
+fn write_collected(answer: &hyper::body::Bytes, dir: &Path) -> Result<(), CliError> {
+    let value: Value = decode("POST /tasks", answer)?;
+    let fail = |message: String| CliError::WriteFile { message };
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let (tasks, per_task) = match &value {
+        Value::Array(items) => (items.clone(), true),
+        one => (vec![one.clone()], false),
+    };
+    for task in &tasks {
+        let Some(files) = task["files"].as_array() else {
+            continue;
+        };
+        let root = if per_task {
+            let name = task["name"]
+                .as_str()
+                .or(task["id"].as_str())
+                .unwrap_or("task");
+            let sub = extract::under_checked(dir, name).map_err(|e| fail(e.to_string()))?;
+            std::fs::create_dir_all(&sub).map_err(|e| fail(e.to_string()))?;
+            sub
+        } else {
+            dir.to_path_buf()
+        };
+        for f in files {
+            write_one(&root, f).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// One entry of `files` under `root`.
+fn write_one(root: &Path, f: &Value) -> Result<(), extract::ExtractError> {
+    use base64::Engine as _;
+    let path = f["path"].as_str().unwrap_or("");
+    let Some(rel) = path.strip_prefix('/') else {
+        return Err(extract::ExtractError(format!(
+            "`{path}`: not an absolute path"
+        )));
+    };
+    if let Some(e) = f.get("error").filter(|e| e.is_object()) {
+        eprintln!(
+            "lessl: {path} not collected: {} ({})",
+            e["message"].as_str().unwrap_or(""),
+            e["code"].as_str().unwrap_or("")
+        );
+        return Ok(());
+    }
+    if let Some(target) = f["link"].as_str() {
+        return extract::create_symlink(root, rel, target);
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(f["data_base64"].as_str().unwrap_or(""))
+        .map_err(|e| extract::ExtractError(format!("`{path}`: {e}")))?;
+    let mode = f["mode"]
+        .as_str()
+        .and_then(|m| u32::from_str_radix(m, 8).ok())
+        .unwrap_or(0o644);
+    let mut file = extract::create_file(root, rel, mode)?;
+    std::io::Write::write_all(&mut file, &data)
+        .map_err(|e| extract::ExtractError(format!("`{path}`: {e}")))
+}
+
+/// `lessl cp TASK:/path LOCAL`: a file's bytes to LOCAL (or into it, when it is a directory),
+/// a directory's archive unpacked into LOCAL, both as they stream in.
+async fn cp(client: &Client, source: &str, dest: &Path) -> Result<u8, CliError> {
+    let bad = |message: &str| CliError::Source {
+        source: source.to_string(),
+        message: message.to_string(),
+    };
+    let (task, path) = source
+        .split_once(':')
+        .ok_or_else(|| bad("expected TASK:/path"))?;
+    if task.is_empty() || !path.starts_with('/') {
+        return Err(bad("expected TASK:/path, the path absolute"));
+    }
+    let encoded: Vec<String> = path.split('/').map(percent_encode).collect();
+    let url = format!("/tasks/{}/files{}", percent_encode(task), encoded.join("/"));
+    let fail = |message: String| CliError::WriteFile { message };
+    enum Sink {
+        File(std::fs::File),
+        Tree(Box<extract::Unpacker>),
+    }
+    let open = |content_type: &str| -> Result<Sink, CliError> {
+        if content_type.starts_with("application/x-tar") {
+            std::fs::create_dir_all(dest).map_err(|e| fail(format!("{}: {e}", dest.display())))?;
+            return Ok(Sink::Tree(Box::new(extract::Unpacker::new(dest))));
+        }
+        let target = if dest.is_dir() {
+            dest.join(path.rsplit('/').next().unwrap_or("file"))
+        } else {
+            dest.to_path_buf()
+        };
+        let file = std::fs::File::create(&target)
+            .map_err(|e| fail(format!("{}: {e}", target.display())))?;
+        Ok(Sink::File(file))
+    };
+    let mut sink = None;
+    let mut write = |content_type: &str, data: &[u8]| -> Result<(), CliError> {
+        if sink.is_none() {
+            sink = Some(open(content_type)?);
+        }
+        match sink.as_mut() {
+            Some(Sink::File(f)) => {
+                std::io::Write::write_all(f, data).map_err(|e| fail(e.to_string()))
+            }
+            Some(Sink::Tree(u)) => u.feed(data).map_err(|e| fail(e.to_string())),
+            None => Ok(()),
+        }
+    };
+    client.get_streamed(&url, &mut write).await?;
+    // An empty file streams nothing: it is created now.
+    let sink = match sink {
+        Some(s) => s,
+        None => open("application/octet-stream")?,
+    };
+    match sink {
+        Sink::Tree(u) => {
+            for note in &u.notes {
+                eprintln!("lessl: {note}");
+            }
+            if !u.finished() {
+                return Err(fail("the archive ended early".into()));
+            }
+        }
+        Sink::File(_) => {}
+    }
+    Ok(0)
 }
 
 async fn exec(client: &Client, a: ExecArgs) -> Result<u8, CliError> {
