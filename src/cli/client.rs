@@ -176,6 +176,9 @@ impl Client {
     }
 }
 
+/// Takes a streamed body a chunk at a time, with the answer's Content-Type.
+pub(super) type Sink<'a> = dyn FnMut(&str, &[u8]) -> Result<(), CliError> + 'a;
+
 /// A two-way byte stream to the daemon.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
@@ -186,7 +189,7 @@ impl Client {
     pub(super) async fn get_streamed(
         &self,
         path: &str,
-        sink: &mut dyn FnMut(&str, &[u8]) -> Result<(), CliError>,
+        sink: &mut Sink<'_>,
     ) -> Result<(), CliError> {
         let what = format!("GET {}", path.split('?').next().unwrap_or(""));
         let failed = |error: String| CliError::Request {
