@@ -428,6 +428,7 @@ fn openapi_document_carries_the_task_schema_and_every_route() {
         ("get", "/tasks/{ref}"),
         ("put", "/tasks/{ref}"),
         ("delete", "/tasks/{ref}"),
+        ("get", "/tasks/{ref}/files/{path}"),
         ("get", "/health"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
@@ -653,6 +654,36 @@ fn examples_run_against_real_containers() {
     );
     assert_eq!(out[1], "hello from a downloaded script\n");
     assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
+
+    // Files out: a report directory in the answer, a link as a link, a missing path named.
+    let v = lessl.post(&example_text("collect.json")).expect(201).json();
+    all_succeeded(&v, 3);
+    let files = v["files"].as_array().expect("files");
+    let by_path = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("no {p} in {v:#}"))
+    };
+    use base64::Engine as _;
+    let data = |p: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(by_path(p)["data_base64"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(data("/work/report/raw.bin"), [1, 2, 255]);
+    assert_eq!(
+        data("/work/report/errors.log"),
+        b"10.0.0.2 GET /missing 404\n10.0.0.3 POST /login 500\n"
+    );
+    assert!(String::from_utf8(data("/work/report/status.txt"))
+        .unwrap()
+        .contains("2 200"));
+    assert_eq!(by_path("/work/report/passwd")["link"], "/etc/passwd");
+    assert_eq!(
+        by_path("/work/missing.txt")["error"]["code"],
+        "collect.not_found"
+    );
 
     lessl.get("/tasks").expect(200);
     lessl.finish();
