@@ -14,6 +14,7 @@ use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::engine::{Engine, Reader};
+use super::record::Container;
 use super::view::{CollectedFile, RunFailure, TaskState};
 use super::{Shared, TaskError, Tasks};
 use crate::docker::PathStat;
@@ -360,24 +361,28 @@ impl Tasks {
         if paths.is_empty() {
             return None;
         }
-        let (id, ended) = {
+        let (id, gone) = {
             let r = record.lock().unwrap();
-            (r.id.clone(), r.ended)
+            (
+                r.id.clone(),
+                r.ended.is_some() || r.container == Container::Gone,
+            )
         };
         let max = self.inner.settings.max_collect_bytes;
-        let files = match ended {
-            // Deleted or expired under the run: its container is on its way out.
-            Some(_) => paths
+        let files = if gone {
+            // Deleted, expired or removed under the run: nothing is asked of the engine.
+            paths
                 .iter()
                 .map(|p| {
                     left_out(
                         p,
                         CONTAINER_GONE,
-                        "not read: the task was removed during its run".into(),
+                        "not read: the task's container was removed during its run".into(),
                     )
                 })
-                .collect(),
-            None => collect(&*self.inner.engine, &id, paths, max).await,
+                .collect()
+        } else {
+            collect(&*self.inner.engine, &id, paths, max).await
         };
         let mut r = record.lock().unwrap();
         if r.seq == seq {

@@ -389,4 +389,23 @@ async fn collect_from_a_container_removed_under_the_run_says_so_per_path() {
             "{f:?}"
         );
     }
+    assert_eq!(
+        engine.calls("get_archive"),
+        0,
+        "a container known gone is not asked"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_deleted_during_its_run_collects_nothing() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let tasks = start(&engine, 8);
+    let request = spec(json!({"image": IMAGE, "cmd": ["sleep 100"], "collect": ["/a"]}));
+    let view = tasks.create(request, false).await.unwrap().remove(0);
+    settle().await;
+    tasks.delete(&view.id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    settle().await;
+    assert_eq!(engine.calls("get_archive"), 0);
+    assert!(engine.containers().is_empty());
 }
