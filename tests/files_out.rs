@@ -424,3 +424,47 @@ fn the_cli_copies_files_out_and_writes_collected_files_under_a_directory() {
     no_containers_left(&lessl);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn files_need_the_token_like_every_endpoint() {
+    let token = "files-out-token-of-the-operator";
+    let file = temp_state_dir("filestoken").join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let lessl = Lessl::start(&["--token-file", file.to_str().unwrap()]);
+    let bearer = format!("Bearer {token}");
+    let name = unique("auth");
+    let body = json!({"image": IMAGE, "daemon": true, "task_name": name,
+                      "cmd": ["echo secret > /s"]})
+    .to_string();
+    lessl
+        .request_with(
+            "POST",
+            "/tasks",
+            Some(&body),
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &bearer),
+            ],
+        )
+        .expect(201);
+    let path = format!("/tasks/{name}/files/s");
+    for auth in [None, Some("Bearer wrong")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let r = lessl.request_with("GET", &path, None, &headers).expect(401);
+        assert!(!String::from_utf8_lossy(&r.body).contains("secret"));
+    }
+    let r = lessl
+        .request_with("GET", &path, None, &[("Authorization", &bearer)])
+        .expect(200);
+    assert_eq!(r.body, b"secret\n");
+    lessl
+        .request_with(
+            "DELETE",
+            &format!("/tasks/{name}"),
+            None,
+            &[("Authorization", &bearer)],
+        )
+        .expect(204);
+    no_containers_left(&lessl);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
