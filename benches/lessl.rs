@@ -335,6 +335,7 @@ fn main() {
     );
 
     kept_output(&lessl);
+    files_out(&lessl);
 
     let ids = ids.into_inner().unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -419,6 +420,63 @@ fn kept_output(lessl: &Lessl) {
     for id in ids {
         lessl.delete(&id).expect(204);
     }
+}
+
+/// Files out: a 64 MiB file read from a live task by `GET .../files/...` (throughput, and the
+/// RSS peak while it streams), and a run that collects 8 MiB (its POST against one that does
+/// not collect).
+fn files_out(lessl: &Lessl) {
+    let size = 64 << 20;
+    let name = format!("bench-files-{}", std::process::id());
+    let body = json!({"image": BUSYBOX, "daemon": true, "task_name": name,
+        "limits": {"disk_mb": 512},
+        "cmd": [format!("yes | head -c {size} > /big && head -c {} /big > /eight", 8 << 20)]})
+    .to_string();
+    lessl.post(&body).expect(201);
+    let before = rss_kib(lessl.pid());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut get = Series::default();
+    let peak = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(rss_kib(lessl.pid()));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        for _ in 0..3 {
+            let r = get.time(|| lessl.get(&format!("/tasks/{name}/files/big")).expect(200));
+            assert_eq!(r.body.len(), size);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        sampler.join().unwrap()
+    });
+    let put = |collect: bool| {
+        let mut b = json!({"cmd": ["true"]});
+        if collect {
+            b["collect"] = json!(["/eight"]);
+        }
+        lessl.put(&name, &b.to_string()).expect(200)
+    };
+    let (mut plain, mut collecting) = (Series::default(), Series::default());
+    for _ in 0..5 {
+        plain.time(|| put(false));
+        collecting.time(|| put(true));
+    }
+    println!("\nfiles out:");
+    println!(
+        "  GET of a 64 MiB file             median {:>7.0} ms ({:.0} MiB/s); RSS peak +{:.1} MiB",
+        get.median(),
+        64.0 / (get.median() / 1000.0),
+        peak.saturating_sub(before) as f64 / 1024.0
+    );
+    println!(
+        "  PUT `true`                       median {:>7.1} ms; collecting 8 MiB median {:>7.1} ms",
+        plain.median(),
+        collecting.median()
+    );
+    lessl.delete(&name).expect(204);
 }
 
 /// Idle pooled containers of a Lessl.

@@ -174,14 +174,18 @@ async fn run(
     }
     let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
     let tasks = decode_tasks("POST /tasks", &answer)?;
+    if json {
+        write_out(&mut std::io::stdout().lock(), raw_json(&answer).as_bytes())?;
+    } else {
+        print_results(&tasks)?;
+    }
+    // After the output, which a failure to write a file must not hide.
     if let Some(dir) = collect_to {
         write_collected(&answer, dir)?;
     }
     if json {
-        write_out(&mut std::io::stdout().lock(), raw_json(&answer).as_bytes())?;
         return Ok(batch_exit_code(&tasks));
     }
-    print_results(&tasks)?;
     // The id reads the results again (`lessl status ID`) until the TTL. Only for a person at
     // a terminal: piped stderr carries the commands' own stderr and nothing else.
     if std::io::stderr().is_terminal() {
