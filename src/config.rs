@@ -722,6 +722,17 @@ mod tests {
     }
 
     #[test]
+    fn collect_bytes_are_bounded() {
+        assert_eq!(config(&[]).unwrap().tasks.max_collect_bytes, 16 << 20);
+        for bad in ["0", "1073741825"] {
+            let e = config(&["--max-collect-bytes", bad]).unwrap_err();
+            assert_eq!(e.flag, "max-collect-bytes", "{bad}");
+        }
+        let c = config(&["--max-collect-bytes", "4096"]).unwrap();
+        assert_eq!(c.tasks.max_collect_bytes, 4096);
+    }
+
+    #[test]
     fn non_loopback_needs_a_token() {
         let e = config(&["--listen", "0.0.0.0:8734"]).unwrap_err();
         assert_eq!(e.flag, "listen");
