@@ -422,3 +422,41 @@ async fn volume(client: &Client, action: VolumeAction) -> Result<u8, CliError> {
     };
     delete_each(client, "/volumes", &names).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collected_files_from_a_hostile_answer_never_leave_the_directory() {
+        let outer = std::env::temp_dir().join(format!("lessl-collect-to-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&outer);
+        let dir = outer.join("to");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = serde_json::json!({"files": [
+            {"path": "/out/a.txt", "size": 2, "mode": "0640", "data_base64": "aGk="},
+            {"path": "/out/link", "link": outer.display().to_string()},
+            {"path": "/gone", "error": {"code": "collect.not_found", "message": "no"}},
+        ]});
+        write_collected(&ok.to_string().into(), &dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("out/a.txt")).unwrap(), b"hi");
+        assert!(!dir.join("gone").exists());
+        for hostile in [
+            serde_json::json!({"path": "/../escape", "data_base64": "aGk="}),
+            serde_json::json!({"path": "/out/../../escape", "data_base64": "aGk="}),
+            serde_json::json!({"path": "relative/../../escape", "data_base64": "aGk="}),
+            // Through the symlink the first answer planted.
+            serde_json::json!({"path": "/out/link/escape", "data_base64": "aGk="}),
+            // Over it.
+            serde_json::json!({"path": "/out/link", "data_base64": "aGk="}),
+        ] {
+            let answer = serde_json::json!({"files": [hostile]}).to_string();
+            assert!(write_collected(&answer.into(), &dir).is_err(), "{hostile}");
+        }
+        // A batch names its subdirectories after the tasks: a hostile name is refused too.
+        let batch = serde_json::json!([{"name": "../escape", "files": []}]).to_string();
+        assert!(write_collected(&batch.into(), &dir).is_err());
+        assert!(!outer.join("escape").exists());
+        let _ = std::fs::remove_dir_all(&outer);
+    }
+}
