@@ -277,7 +277,8 @@ async fn cp(client: &Client, source: &str, dest: &Path) -> Result<u8, CliError> 
     let url = format!("/tasks/{}/files{}", percent_encode(task), encoded.join("/"));
     let fail = |message: String| CliError::WriteFile { message };
     enum Sink {
-        File(std::fs::File),
+        /// The file being written, its temporary name, and the name it gets once whole.
+        File(std::fs::File, PathBuf, PathBuf),
         Tree(Box<extract::Unpacker>),
     }
     let open = |content_type: &str| -> Result<Sink, CliError> {
@@ -290,9 +291,13 @@ async fn cp(client: &Client, source: &str, dest: &Path) -> Result<u8, CliError> 
         } else {
             dest.to_path_buf()
         };
-        let file = std::fs::File::create(&target)
-            .map_err(|e| fail(format!("{}: {e}", target.display())))?;
-        Ok(Sink::File(file))
+        // Written aside and renamed once whole: a broken transfer leaves no partial file.
+        let mut temp = target.clone().into_os_string();
+        temp.push(format!(".lessl-cp-{}", std::process::id()));
+        let temp = PathBuf::from(temp);
+        let file =
+            std::fs::File::create(&temp).map_err(|e| fail(format!("{}: {e}", temp.display())))?;
+        Ok(Sink::File(file, temp, target))
     };
     let mut sink = None;
     let mut write = |content_type: &str, data: &[u8]| -> Result<(), CliError> {
@@ -300,14 +305,18 @@ async fn cp(client: &Client, source: &str, dest: &Path) -> Result<u8, CliError> 
             sink = Some(open(content_type)?);
         }
         match sink.as_mut() {
-            Some(Sink::File(f)) => {
+            Some(Sink::File(f, _, _)) => {
                 std::io::Write::write_all(f, data).map_err(|e| fail(e.to_string()))
             }
             Some(Sink::Tree(u)) => u.feed(data).map_err(|e| fail(e.to_string())),
             None => Ok(()),
         }
     };
-    client.get_streamed(&url, &mut write).await?;
+    let streamed = client.get_streamed(&url, &mut write).await;
+    if let (Err(_), Some(Sink::File(_, temp, _))) = (&streamed, &sink) {
+        let _ = std::fs::remove_file(temp);
+    }
+    streamed?;
     // An empty file streams nothing: it is created now.
     let sink = match sink {
         Some(s) => s,
@@ -322,7 +331,13 @@ async fn cp(client: &Client, source: &str, dest: &Path) -> Result<u8, CliError> 
                 return Err(fail("the archive ended early".into()));
             }
         }
-        Sink::File(_) => {}
+        Sink::File(file, temp, target) => {
+            drop(file);
+            std::fs::rename(&temp, &target).map_err(|e| {
+                let _ = std::fs::remove_file(&temp);
+                fail(format!("{}: {e}", target.display()))
+            })?;
+        }
     }
     Ok(0)
 }
