@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::engine::{Engine, Reader};
 use super::record::Container;
-use super::view::{CollectedFile, RunFailure, TaskState};
+use super::view::{CollectedFile, Files, RunFailure, TaskState};
 use super::{Shared, TaskError, Tasks};
 use crate::docker::PathStat;
 use crate::spec;
@@ -357,7 +357,7 @@ impl Tasks {
         record: &Shared,
         seq: u64,
         paths: &[String],
-    ) -> Option<Vec<CollectedFile>> {
+    ) -> Option<Files> {
         if paths.is_empty() {
             return None;
         }
@@ -384,6 +384,7 @@ impl Tasks {
         } else {
             collect(&*self.inner.engine, &id, paths, max).await
         };
+        let files = Files::new(files);
         let mut r = record.lock().unwrap();
         if r.seq == seq {
             r.files = Some(files.clone());

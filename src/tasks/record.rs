@@ -8,7 +8,7 @@ use crate::state::{Stored, Summary};
 
 use super::channel;
 use super::run::CmdResult;
-use super::view::{rfc3339, CollectedFile, RunFailure, TaskState, TaskView};
+use super::view::{rfc3339, Files, RunFailure, TaskState, TaskView};
 
 /// Why a task's record was dropped; a run still using it reports this as its error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ pub struct Record {
     /// Why the newest run's results could not be kept on disk.
     pub persist_error: Option<RunFailure>,
     /// What the newest run collected, until its view is kept on disk.
-    pub files: Option<Vec<CollectedFile>>,
+    pub files: Option<Files>,
 }
 
 impl Record {

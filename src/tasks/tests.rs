@@ -382,7 +382,7 @@ async fn collect_from_a_container_removed_under_the_run_says_so_per_path() {
     let got = view_of(tasks.get(&view.id).await.unwrap());
     let files = got.files.expect("files");
     assert_eq!(files.len(), 2);
-    for f in &files {
+    for f in files.iter() {
         assert_eq!(
             f.error.as_ref().unwrap().code,
             collect::CONTAINER_GONE,

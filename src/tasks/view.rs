@@ -30,7 +30,7 @@ pub struct TaskView {
     pub persist_error: Option<RunFailure>,
     /// What the run's `collect` read out of the container; absent when it named none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<Vec<CollectedFile>>,
+    pub files: Option<Files>,
     /// Where this very view was written in the state directory, when it was: a waited
     /// answer streams that file rather than encoding the results again in memory.
     #[serde(skip)]
@@ -80,6 +80,30 @@ impl TaskState {
             (false, "created") => TaskState::Starting,
             (false, _) => TaskState::Exited,
         }
+    }
+}
+
+/// A run's `files`, shared: the record, the run's answer and the state writer hold the same
+/// bytes (up to `--max-collect-bytes`, as base64) rather than a copy each.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Files(std::sync::Arc<Vec<CollectedFile>>);
+
+impl Files {
+    pub fn new(files: Vec<CollectedFile>) -> Files {
+        Files(std::sync::Arc::new(files))
+    }
+}
+
+impl std::ops::Deref for Files {
+    type Target = [CollectedFile];
+    fn deref(&self) -> &[CollectedFile] {
+        &self.0
+    }
+}
+
+impl Serialize for Files {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
