@@ -61,7 +61,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
 use crate::docker::{DockerError, Removed};
 use crate::fetch;
-use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
+use crate::spec::{self, Bounds, Cmd, Limits, TaskSpec};
 use crate::state::{self, Store, Stored, Summary};
 use crate::{log, task_log};
 use engine::Engine;

@@ -281,7 +281,7 @@ impl Tasks {
         &self,
         record: &Shared,
         seq: u64,
-        cmds: &[Command],
+        cmds: &[Cmd],
         env: &[(String, String)],
         pwd: Option<&str>,
         limits: &Limits,
