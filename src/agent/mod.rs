@@ -410,8 +410,7 @@ async fn supervise_input(reaper: &Reaper, req: &Request, input: Input, sink: &Si
     let pgid = child.id() as i32;
     let out = child.stdout.take().map(OwnedFd::from);
     let err = child.stderr.take().map(OwnedFd::from);
-    let feeding = feed(child.stdin.take().map(OwnedFd::from), input);
-    tokio::pin!(feeding);
+    let mut feeding = Box::pin(feed(child.stdin.take().map(OwnedFd::from), input));
     let mut fed = false;
     let cap = req.output_bytes;
     let forwarding = async {
