@@ -461,6 +461,7 @@ impl ServeArgs {
             volume_idle: Duration::from_secs(self.volume_idle),
             state_dir: Some(self.state_dir.clone()),
             state_max_bytes: self.state_max_mb.saturating_mul(1 << 20),
+            callback_token: self.token_file.as_deref().map(read_token).transpose()?,
         })
     }
 

@@ -8,6 +8,7 @@
 //! followed by hand, each `Location` parsed and checked like the first URL before anything is
 //! contacted. Sizes are capped on the declared `Content-Length` and again on the bytes
 //! actually streamed; one deadline covers the whole download, all hops included.
+//! [`post`] sends a body (callbacks) through the same checks.
 
 mod addr;
 mod tls;
@@ -279,6 +280,29 @@ async fn request(
     addrs: &[SocketAddr],
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Conn), FetchError> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(url.path_and_query.as_str())
+        .header(HOST, url.authority())
+        .header(USER_AGENT, "lessl")
+        .header(ACCEPT_ENCODING, "identity")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| FetchError::Request(format!("{url}: {e}")))?;
+    send(url, addrs, connect_timeout, req).await
+}
+
+/// Connects to one of the checked `addrs` (TLS for https) and sends `req` on it.
+async fn send<B>(
+    url: &Url,
+    addrs: &[SocketAddr],
+    connect_timeout: Duration,
+    req: Request<B>,
+) -> Result<(Response<Incoming>, Conn), FetchError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = connect_any(addrs, connect_timeout).await?;
     let (mut sender, conn) = match url.scheme {
         Scheme::Http => handshake(tcp).await?,
@@ -292,14 +316,6 @@ async fn request(
             handshake(tls).await?
         }
     };
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(url.path_and_query.as_str())
-        .header(HOST, url.authority())
-        .header(USER_AGENT, "lessl")
-        .header(ACCEPT_ENCODING, "identity")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::Request(format!("{url}: {e}")))?;
     sender
         .ready()
         .await
@@ -311,9 +327,12 @@ async fn request(
     Ok((response, conn))
 }
 
-async fn handshake<T>(io: T) -> Result<(http1::SendRequest<Empty<Bytes>>, Conn), FetchError>
+async fn handshake<T, B>(io: T) -> Result<(http1::SendRequest<B>, Conn), FetchError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
@@ -323,6 +342,70 @@ where
         let _ = connection.await;
     });
     Ok((sender, Conn(task)))
+}
+
+/// POSTs `body` (JSON) to `url` with the same checks as a download, and returns the 2xx
+/// status it was answered with. Only 307 and 308 are followed (each hop checked like the
+/// first URL): they repeat the POST with its body, where 301, 302 and 303 would turn it into
+/// a GET without one, which is never what the receiver of a POST wants; those are failures
+/// ([`FetchError::Status`]). `policy.total_timeout` covers every hop; the answer's body is
+/// not read.
+pub async fn post(
+    url: &str,
+    body: Bytes,
+    headers: &[(&'static str, String)],
+    policy: &Policy,
+) -> Result<u16, FetchError> {
+    let first = parse_url(url)?;
+    let posting = async {
+        let mut url = first;
+        let mut redirects = 0;
+        loop {
+            let addrs = destinations(&url, policy).await?;
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(url.path_and_query.as_str())
+                .header(HOST, url.authority())
+                .header(USER_AGENT, "lessl")
+                .header(hyper::header::CONTENT_TYPE, "application/json");
+            for (name, value) in headers {
+                req = req.header(*name, value.as_str());
+            }
+            let req = req
+                .body(http_body_util::Full::new(body.clone()))
+                .map_err(|e| FetchError::Request(format!("{url}: {e}")))?;
+            let (response, conn) = send(&url, &addrs, policy.connect_timeout, req).await?;
+            let code = response.status().as_u16();
+            if matches!(code, 307 | 308) {
+                if redirects >= policy.max_redirects {
+                    return Err(FetchError::Redirect(format!(
+                        "more than {} redirects (the last from {url})",
+                        policy.max_redirects
+                    )));
+                }
+                redirects += 1;
+                let next = next_hop(&url, response.headers())?;
+                drop((response, conn));
+                url = next;
+                continue;
+            }
+            drop((response, conn));
+            if !(200..300).contains(&code) {
+                return Err(FetchError::Status {
+                    code,
+                    url: url.to_string(),
+                });
+            }
+            return Ok(code);
+        }
+    };
+    match timeout(policy.total_timeout, posting).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::Timeout {
+            what: "the POST",
+            limit: policy.total_timeout,
+        }),
+    }
 }
 
 /// Tries the checked addresses in resolver order, each within `connect_timeout`.

@@ -120,6 +120,14 @@ fn env_entry((k, v): (String, String)) -> Result<(String, String), SpecError> {
     Ok((k, v))
 }
 
+/// A callback URL parses like a `src` URL (http or https, no credentials); where it leads
+/// is checked only when it is called.
+pub(super) fn callback_url(raw: Option<String>) -> Result<Option<String>, SpecError> {
+    let Some(url) = raw else { return Ok(None) };
+    crate::fetch::parse_url(&url).map_err(|e| SpecError::invalid("callback_url", e.to_string()))?;
+    Ok(Some(url))
+}
+
 /// The commands, at most the server's maximum, each one runnable, their stdin together
 /// within the size cap of one resource (what a body could otherwise smuggle in past it).
 pub(super) fn commands(raw: Option<RawCommands>, bounds: &Bounds) -> Result<Vec<Cmd>, SpecError> {

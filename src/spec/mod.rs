@@ -102,6 +102,9 @@ pub struct TaskSpec {
     pub mounts: Vec<Mount>,
     /// Read-only root filesystem; resources, `pwd` and `/tmp` get writable volumes.
     pub read_only: bool,
+    /// Where the final view of each run is POSTed (http or https, parsed like `src`; its
+    /// destination is checked when it is called, since DNS may change).
+    pub callback_url: Option<String>,
 }
 
 /// A mount, checked for syntax and against the allowed host directories. What it names on
@@ -287,6 +290,7 @@ struct RawTask {
     limits: Option<RawLimits>,
     user: Option<String>,
     read_only: Option<bool>,
+    callback_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -637,6 +641,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         user: fields::user(raw.user)?,
         mounts,
         read_only: raw.read_only.unwrap_or(false),
+        callback_url: fields::callback_url(raw.callback_url)?,
     })
 }
 
@@ -1047,6 +1052,27 @@ mod tests {
         }
         let e = err(r#"{"image":"i","resources":[{"mnt":"a:/x"},{"mnt":"b:/x"}]}"#);
         assert_eq!(e.field(), "resources[1].mnt");
+    }
+
+    #[test]
+    fn callback_urls() {
+        let t = one(r#"{"image":"i","callback_url":"https://example.com/hook?x=1"}"#).unwrap();
+        assert_eq!(
+            t.callback_url.as_deref(),
+            Some("https://example.com/hook?x=1")
+        );
+        assert_eq!(one(r#"{"image":"i"}"#).unwrap().callback_url, None);
+        for bad in [
+            r#""ftp://h/x""#,
+            r#""file:///etc/passwd""#,
+            r#""http://user:pw@h/""#,
+            r#""not a url""#,
+            r#"" ""#,
+            r#"1"#,
+        ] {
+            let e = err(&format!(r#"{{"image":"i","callback_url":{bad}}}"#));
+            assert_eq!(e.field(), "callback_url", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn settings(max_daemons: usize) -> Settings {
         volume_idle: Duration::from_secs(3600),
         state_dir: None,
         state_max_bytes: 0,
+        callback_token: None,
     }
 }
 
