@@ -291,11 +291,6 @@ pub fn supervise(opts: RunOptions) -> i32 {
         output_bytes: opts.output_bytes,
         stdin_base64: None,
     };
-    let input = if opts.stdin {
-        Input::Inherit
-    } else {
-        Input::Null
-    };
     let run = async {
         let mut child = signal(SignalKind::child())?;
         // Orphans go to PID 1, not here: only our own command needs reaping.
@@ -310,7 +305,16 @@ pub fn supervise(opts: RunOptions) -> i32 {
             tokio::sync::Mutex::new(async_out(std::io::stdout().as_fd())),
             tokio::sync::Mutex::new(async_out(std::io::stderr().as_fd())),
         );
-        Ok::<_, std::io::Error>(supervise_input(&reaper, &request, input, &sink).await)
+        let input = match (opts.stdin, own_stdin()) {
+            (false, _) => Input::Null,
+            (true, Some(pipe)) => Input::Relay(pipe),
+            (true, None) => Input::Inherit,
+        };
+        let exit = supervise_input(&reaper, &request, input, &sink).await;
+        if opts.stdin {
+            drain_own_stdin().await;
+        }
+        Ok::<_, std::io::Error>(exit)
     };
     match current_thread_runtime().and_then(|rt| rt.block_on(run)) {
         Ok(exit) => exit.exit_code,
@@ -327,8 +331,37 @@ enum Input {
     Null,
     /// These bytes, written by the supervisor while the command runs, then end of file.
     Bytes(Vec<u8>),
-    /// The supervisor's own stdin (the exec path, where Docker carries the bytes).
+    /// The supervisor's own stdin (the exec path, where the engine carries the bytes),
+    /// copied into the command's pipe: the supervisor, not the command, reads it, so it can
+    /// read the rest once the command is done with it (see [`drain_own_stdin`]).
+    Relay(tokio::net::unix::pipe::Receiver),
+    /// The supervisor's own stdin when it is not a pipe, handed to the command as it is.
     Inherit,
+}
+
+/// Our stdin as an async pipe, when it is one.
+fn own_stdin() -> Option<tokio::net::unix::pipe::Receiver> {
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
+}
+
+/// How long `agent-run` reads (and drops) what is left of its stdin after the command ended.
+const STDIN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Reads our stdin to its end (within [`STDIN_DRAIN`]) after the command is done: an engine
+/// still writing a command's unread input when the exec's process exits breaks the whole
+/// exec stream (Podman resets it and loses the exit), so the exec ends only after Lessl has
+/// written all of it and closed it.
+async fn drain_own_stdin() {
+    let Some(mut pipe) = own_stdin() else { return };
+    let mut buf = vec![0u8; CHUNK];
+    let _ = tokio::time::timeout(STDIN_DRAIN, async {
+        while let Ok(1..) = pipe.read(&mut buf).await {}
+    })
+    .await;
 }
 
 /// [`supervise_input`] with the stdin the request carries.
@@ -371,7 +404,7 @@ async fn supervise_input(reaper: &Reaper, req: &Request, input: Input, sink: &Si
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .stdin(match input {
             Input::Null => Stdio::null(),
-            Input::Bytes(_) => Stdio::piped(),
+            Input::Bytes(_) | Input::Relay(_) => Stdio::piped(),
             Input::Inherit => Stdio::inherit(),
         })
         .stdout(Stdio::piped())
@@ -516,17 +549,28 @@ fn oom_kills() -> u64 {
     .unwrap_or(0)
 }
 
-/// Writes the command's stdin into its pipe, then closes it. A command that exits without
-/// reading it all breaks the pipe (EPIPE: Rust ignores SIGPIPE): not an error, the rest is
-/// simply not wanted.
+/// Writes the command's stdin (given bytes, or relayed from ours) into its pipe, then closes
+/// it. A command that exits without reading it all breaks the pipe (EPIPE: Rust ignores
+/// SIGPIPE): not an error, the rest is simply not wanted.
 async fn feed(fd: Option<OwnedFd>, input: Input) {
-    let (Some(fd), Input::Bytes(bytes)) = (fd, input) else {
-        return;
-    };
+    let Some(fd) = fd else { return };
     let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) else {
         return;
     };
-    let _ = pipe.write_all(&bytes).await;
+    match input {
+        Input::Bytes(bytes) => {
+            let _ = pipe.write_all(&bytes).await;
+        }
+        Input::Relay(mut from) => {
+            let mut buf = vec![0u8; CHUNK];
+            while let Ok(n @ 1..) = from.read(&mut buf).await {
+                if pipe.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Input::Null | Input::Inherit => {}
+    }
 }
 
 /// Copies up to `cap` bytes from one of the command's pipes to the sink, then keeps reading
