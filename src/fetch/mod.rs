@@ -619,6 +619,67 @@ mod tests {
     const LOCAL: &str = "127.0.0.1/32";
 
     #[tokio::test]
+    async fn posts_follow_only_307_and_308_each_hop_checked() {
+        let server = serve("127.0.0.1", |path, port| match path {
+            "/temp" => raw(&format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}/perm\r\nContent-Length: 0\r\n\r\n"
+            )),
+            "/perm" => raw("HTTP/1.1 308 Permanent Redirect\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n"),
+            "/done" => raw("HTTP/1.1 204 No Content\r\n\r\n"),
+            "/see-other" => raw("HTTP/1.1 303 See Other\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n"),
+            "/away" => raw(&format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.2:{port}/done\r\nContent-Length: 0\r\n\r\n"
+            )),
+            _ => raw("HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"),
+        })
+        .await;
+        let body = Bytes::from_static(b"{\"a\":1}");
+        let headers = [("Lessl-Signature", "sha256=ab".to_string())];
+        let code = post(&server.url("/temp"), body.clone(), &headers, &policy(LOCAL))
+            .await
+            .unwrap();
+        assert_eq!(code, 204);
+        let heads = server.heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 3, "{heads:?}");
+        for (head, path) in heads.iter().zip(["/temp", "/perm", "/done"]) {
+            assert!(
+                head.starts_with(&format!("post {path} http/1.1\r\n")),
+                "{head}"
+            );
+            assert!(
+                head.contains("\r\ncontent-type: application/json\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("\r\ncontent-length: 7\r\n"), "{head}");
+            assert!(
+                head.contains("\r\nlessl-signature: sha256=ab\r\n"),
+                "{head}"
+            );
+        }
+        // 303 would turn the POST into a GET without its body: a failure, not followed.
+        let e = post(&server.url("/see-other"), body.clone(), &[], &policy(LOCAL))
+            .await
+            .unwrap_err();
+        assert_eq!(e.upstream_status(), Some(303), "{e}");
+        // A hop to an address the policy refuses is refused before it is contacted.
+        let e = post(&server.url("/away"), body.clone(), &[], &policy(LOCAL))
+            .await
+            .unwrap_err();
+        assert!(e.is_refused(), "{e}");
+        let e = post(&server.url("/busy"), body.clone(), &[], &policy(LOCAL))
+            .await
+            .unwrap_err();
+        assert_eq!(e.upstream_status(), Some(503), "{e}");
+        assert_eq!(server.accepted(), 6);
+        // Without the allowance, loopback is never contacted.
+        let e = post(&server.url("/done"), body, &[], &policy(""))
+            .await
+            .unwrap_err();
+        assert!(e.is_refused(), "{e}");
+        assert_eq!(server.accepted(), 6);
+    }
+
+    #[tokio::test]
     async fn downloads_from_an_allowed_server() {
         let server = serve("127.0.0.1", |_, _| {
             raw("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
