@@ -321,3 +321,35 @@ async fn a_pulled_image_is_created_without_a_quota_the_engine_refuses() {
     .await;
     assert_eq!(v.results[0].stdout.to_string_lossy().unwrap(), "pulled\n");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_daemon_s_callback_url_is_kept_in_its_labels_across_a_restart() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let tasks = start(&engine, 8);
+    // Loopback without --src-allow: each call back is refused before any connection.
+    let url = "http://127.0.0.1:9/hook";
+    let v = post(
+        &tasks,
+        json!({"image": IMAGE, "daemon": true, "callback_url": url}),
+    )
+    .await;
+    let callback_of = |t: &Tasks| {
+        t.record(&v.id)
+            .and_then(|r| r.lock().unwrap().callback_url.clone())
+    };
+    assert_eq!(callback_of(&tasks).as_deref(), Some(url));
+    // A second process on the same engine adopts the daemon from its labels.
+    let restarted = start(&engine, 8);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    settle().await;
+    view_of(restarted.get(&v.id).await.unwrap());
+    assert_eq!(callback_of(&restarted).as_deref(), Some(url));
+    // A task that names none has none.
+    let plain = post(&tasks, json!({"image": IMAGE, "daemon": true})).await;
+    assert_eq!(
+        tasks
+            .record(&plain.id)
+            .and_then(|r| r.lock().unwrap().callback_url.clone()),
+        None
+    );
+}
