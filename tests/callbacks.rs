@@ -243,10 +243,16 @@ fn an_internal_callback_is_refused_without_a_connection() {
 fn a_5xx_is_retried_and_a_4xx_is_not() {
     let hook = Hook::start(&[500, 200], None);
     let lessl = Lessl::start(&["--src-allow", "127.0.0.1/32"]);
-    let body = json!({"image": BUSYBOX, "cmd": ["true"], "callback_url": hook.url("/x")});
+    let body =
+        json!({"image": BUSYBOX, "cmd": ["true"], "callback_url": hook.url("/x?key=hunter2")});
     lessl.post(&body.to_string()).expect(201);
     let got = hook.wait_for(2);
     assert_eq!(got[0].body, got[1].body, "a retry sends the same body");
+    assert_eq!(got[1].line, "POST /x?key=hunter2 HTTP/1.1");
+    // The failure is logged, without the query that may hold the receiver's secret.
+    let log = lessl.log();
+    assert!(log.contains("attempt 1 failed"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
     assert!(wait_until(Duration::from_secs(10), || metric(
         &lessl,
         "lessl_callbacks_total{outcome=\"delivered\"}",

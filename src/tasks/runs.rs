@@ -164,6 +164,14 @@ impl Tasks {
             let _guard = guard;
             let (id, name) = (view.id.clone(), view.name.clone());
             let shown = url.split(['?', '#']).next().unwrap_or_default().to_string();
+            // Error texts name the URL too: its query is cut out of them the same way.
+            let query = url
+                .find('?')
+                .map(|at| url[at..].split('#').next().unwrap_or_default());
+            let redact = move |text: String| match query {
+                Some(q) if q.len() > 1 => text.replace(q, "?…"),
+                _ => text,
+            };
             // The answer's own encoding; spilled output is read from its files.
             let body = match tokio::task::spawn_blocking(move || serde_json::to_vec(&view)).await {
                 Ok(Ok(body)) => body,
@@ -181,6 +189,7 @@ impl Tasks {
             let failed = |attempt: u32, e: &crate::fetch::FetchError, again: bool| {
                 METRICS.callback_attempt_failed();
                 let next = if again { "; retrying" } else { "" };
+                let e = redact(e.to_string());
                 task_log!(Warn, &id, name.as_deref(); "callback to {shown}: attempt {attempt} failed: {e}{next}");
             };
             use crate::callback::CallbackError;
@@ -195,6 +204,7 @@ impl Tasks {
                         CallbackError::Rejected(_) => CallbackOutcome::Rejected,
                         CallbackError::GaveUp { .. } => CallbackOutcome::GaveUp,
                     });
+                    let e = redact(e.to_string());
                     task_log!(Warn, &id, name.as_deref(); "callback to {shown} failed: {e}");
                 }
             }
