@@ -336,6 +336,7 @@ fn main() {
 
     kept_output(&lessl);
     files_out(&lessl);
+    stdin_cost(&lessl);
 
     let ids = ids.into_inner().unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -477,6 +478,49 @@ fn files_out(lessl: &Lessl) {
         collecting.median()
     );
     lessl.delete(&name).expect(204);
+}
+
+/// What a command's stdin costs: PUTs into a daemon task of `wc -c` given 0, 1 and 8 MiB
+/// of stdin, over the attach stream and by exec (a second Lessl with `--runner exec`).
+fn stdin_cost(lessl: &Lessl) {
+    use base64::Engine as _;
+    let exec = Lessl::start(&["--runner", "exec"]);
+    println!("\ncommands with stdin (PUT of `wc -c` into a daemon, 7 rounds each):");
+    for (path, l) in [("attach", lessl), ("exec", &exec)] {
+        let d = l
+            .post(
+                &json!({"image": BUSYBOX, "daemon": true, "limits": {"memory_mb": 256}})
+                    .to_string(),
+            )
+            .expect(201)
+            .json();
+        let id = d["id"].as_str().unwrap().to_string();
+        for mib in [0usize, 1, 8] {
+            let size = mib << 20;
+            let cmd = if size == 0 {
+                json!("wc -c")
+            } else {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; size]);
+                json!({"run": "wc -c", "stdin_base64": b64})
+            };
+            let body = json!({ "cmd": [cmd] }).to_string();
+            let mut put = Series::default();
+            for _ in 0..7 {
+                let v = put.time(|| l.put(&id, &body).expect(200).json());
+                assert_eq!(
+                    v["results"][0]["stdout"].as_str().map(str::trim),
+                    Some(size.to_string().as_str())
+                );
+            }
+            println!(
+                "  {path:<6} stdin {mib} MiB                median {:>7.1} ms, p90 {:>7.1} ms",
+                put.median(),
+                put.pct(0.9)
+            );
+        }
+        l.delete(&id).expect(204);
+    }
+    exec.finish();
 }
 
 /// Idle pooled containers of a Lessl.

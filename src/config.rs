@@ -137,8 +137,8 @@ pub struct ServeArgs {
     /// Live daemon tasks at most; past it, creating one is a 429.
     #[arg(long, env = "LESSL_MAX_DAEMONS", default_value_t = 256)]
     pub max_daemons: usize,
-    /// Hosts or CIDR ranges `src` downloads may reach although they are loopback, private,
-    /// link-local or otherwise internal (comma-separated); default: none.
+    /// Hosts or CIDR ranges `src` downloads and callbacks may reach although they are
+    /// loopback, private, link-local or otherwise internal (comma-separated); default: none.
     #[arg(long, env = "LESSL_SRC_ALLOW", default_value = "")]
     pub src_allow: String,
     /// Largest `src` download, bytes (413 past it).
@@ -467,6 +467,7 @@ impl ServeArgs {
             state_dir: Some(self.state_dir.clone()),
             state_max_bytes: self.state_max_mb.saturating_mul(1 << 20),
             max_collect_bytes: self.max_collect_bytes,
+            callback_token: self.token_file.as_deref().map(read_token).transpose()?,
         })
     }
 

@@ -12,8 +12,8 @@
 //! - [`api`]: routing, auth, body limits, the one error-to-status `match`. Imports `tasks`,
 //!   `spec`, `state` (kept files), `docker` and `fetch` (their errors), `metrics`, `log`.
 //! - [`tasks`]: task lifecycle, command runs, TTLs, reconciliation after restarts, behind an
-//!   engine seam (`tasks::engine`). Imports `docker`, `spec`, `fetch`, `state`, `spill`,
-//!   `tar`, `agent` (its protocol), `metrics`, `log`, `util`.
+//!   engine seam (`tasks::engine`). Imports `docker`, `spec`, `fetch`, `callback`, `state`,
+//!   `spill`, `tar`, `agent` (its protocol), `metrics`, `log`, `util`.
 //! - [`state`]: the state directory where finished runs' results survive restarts. Imports
 //!   `log`, `spill`, `json_stream` and, against the grain, `tasks::view` (the view it
 //!   stores).
@@ -27,6 +27,8 @@
 //!   demultiplexing. Imports `metrics` (each call's time) and `util`.
 //! - [`fetch`]: `src` downloads over http(s), refusing internal destinations (SSRF). Imports
 //!   `util`.
+//! - [`callback`]: delivery of a run's final view to the task's `callback_url`: signed,
+//!   SSRF-checked (through `fetch`), retried. Imports `fetch`.
 //! - [`metrics`]: counters and histograms for `GET /metrics` (Prometheus text format). Imports
 //!   `docker::Step`, pure data, for its one slot per Docker step: the one pair of modules
 //!   that name each other.
@@ -43,6 +45,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod docker;

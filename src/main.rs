@@ -35,6 +35,9 @@ enum Cmd {
         output_bytes: u64,
         #[arg(long)]
         cwd: Option<String>,
+        /// The command reads this process's stdin (the exec's attached one).
+        #[arg(long)]
+        stdin: bool,
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
@@ -63,12 +66,14 @@ fn main() -> ExitCode {
             timeout_ms,
             output_bytes,
             cwd,
+            stdin,
             argv,
         } => {
             let code = lessl::agent::supervise(lessl::agent::RunOptions {
                 timeout: Duration::from_millis(timeout_ms),
                 output_bytes,
                 cwd,
+                stdin,
                 argv,
             });
             ExitCode::from(u8::try_from(code).unwrap_or(255))

@@ -81,6 +81,26 @@ const OUTCOMES: [(Outcome, &str); 3] = [
     (Outcome::Errored, "error"),
 ];
 
+/// How a callback ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The URL or its address was refused (internal, not opened by the operator).
+    Refused,
+    /// The receiver answered 4xx or an unfollowed redirect: not retried.
+    Rejected,
+    /// Every attempt failed on a connection error, a timeout or a 5xx.
+    GaveUp,
+}
+
+const CALLBACK_OUTCOMES: [(CallbackOutcome, &str); 4] = [
+    (CallbackOutcome::Delivered, "delivered"),
+    (CallbackOutcome::Refused, "refused"),
+    (CallbackOutcome::Rejected, "rejected"),
+    (CallbackOutcome::GaveUp, "gave_up"),
+];
+
 /// Every metric Lessl keeps.
 pub struct Metrics {
     runs: [AtomicU64; 3],
@@ -95,6 +115,10 @@ pub struct Metrics {
     cold_started: AtomicU64,
     /// Runs whose results could not be written to the state directory (full, or failing).
     results_not_kept: AtomicU64,
+    /// Callbacks by how they ended, in the order of `CALLBACK_OUTCOMES`.
+    callbacks: [AtomicU64; 4],
+    /// Callback attempts that failed, retried or not.
+    callback_attempts_failed: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics::new();
@@ -119,7 +143,22 @@ impl Metrics {
             warm_taken: AtomicU64::new(0),
             cold_started: AtomicU64::new(0),
             results_not_kept: AtomicU64::new(0),
+            callbacks: [const { AtomicU64::new(0) }; 4],
+            callback_attempts_failed: AtomicU64::new(0),
         }
+    }
+
+    pub fn callback_ended(&self, outcome: CallbackOutcome) {
+        let i = CALLBACK_OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
+        self.callbacks[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn callback_attempt_failed(&self) {
+        self.callback_attempts_failed
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn run_ended(&self, outcome: Outcome, took: Duration) {
@@ -196,6 +235,24 @@ impl Metrics {
         );
         let n = self.results_not_kept.load(Ordering::Relaxed);
         let _ = writeln!(out, "lessl_results_not_kept_total {n}");
+        help(
+            &mut out,
+            "lessl_callbacks_total",
+            "counter",
+            "Callbacks (a run's final view POSTed to its callback_url) by how they ended.",
+        );
+        for (i, (_, label)) in CALLBACK_OUTCOMES.iter().enumerate() {
+            let n = self.callbacks[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "lessl_callbacks_total{{outcome=\"{label}\"}} {n}");
+        }
+        help(
+            &mut out,
+            "lessl_callback_attempts_failed_total",
+            "counter",
+            "Callback attempts that failed (connection error, timeout, refusal or non-2xx).",
+        );
+        let n = self.callback_attempts_failed.load(Ordering::Relaxed);
+        let _ = writeln!(out, "lessl_callback_attempts_failed_total {n}");
         help(
             &mut out,
             "lessl_run_duration_seconds",
@@ -320,6 +377,8 @@ mod tests {
         m.docker_call(Step::CreateContainer, Duration::from_millis(40), true);
         m.http_answered(201);
         m.http_answered(503);
+        m.callback_ended(CallbackOutcome::GaveUp);
+        m.callback_attempt_failed();
         let text = m.render(Gauges {
             live_tasks: 2,
             running_tasks: 1,
@@ -334,6 +393,9 @@ mod tests {
             "lessl_live_tasks 2",
             "lessl_running_tasks 1",
             "lessl_pooled_containers 3",
+            "lessl_callbacks_total{outcome=\"gave_up\"} 1",
+            "lessl_callbacks_total{outcome=\"delivered\"} 0",
+            "lessl_callback_attempts_failed_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

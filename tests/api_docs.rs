@@ -227,6 +227,7 @@ fn examples_validate_against_the_task_schema() {
         "daemon-put.json",
         "tar-archive.json",
         "download.json",
+        "stdin.json",
     ] {
         assert!(
             examples.contains_key(expected),
@@ -281,6 +282,9 @@ fn examples_validate_against_the_task_schema() {
         json!({"image": "i", "resources": [{"content_type": "application/x-tar", "data": "", "dest": "/"}]}),
         json!({"cmd": ["cat /srv/greeting"]}),
         json!([{"image": "i"}, {"image": "i", "user": "1000:1000"}]),
+        json!({"image": "i", "cmd": [{"run": "cat", "stdin": "x"}, {"run": ["cat"], "stdin_base64": "AA==\n"}]}),
+        json!({"image": "i", "cmd": [{"run": "cat", "stdin": "x", "stdin_base64": null}, {"run": "true"}]}),
+        json!({"image": "i", "callback_url": "https://example.com/hook?x=1"}),
     ];
     // ...and bodies it refuses for reasons the schema states.
     let refused = [
@@ -318,6 +322,11 @@ fn examples_validate_against_the_task_schema() {
         json!({"image": "i", "limits": {"swap": 1}}),
         json!({"image": "i", "user": "a:b:c"}),
         json!([{"image": "i"}, {"image": "i", "bogus": 1}]),
+        json!({"image": "i", "cmd": [{"run": "cat", "stdin": "x", "stdin_base64": "eA=="}]}),
+        json!({"image": "i", "cmd": [{"run": "cat", "stdin_base64": "%%"}]}),
+        json!({"image": "i", "cmd": [{"run": "cat", "input": "x"}]}),
+        json!({"image": "i", "cmd": [{"stdin": "x"}]}),
+        json!({"image": "i", "callback_url": "ftp://example.com/x"}),
     ];
     for (i, v) in accepted.into_iter().enumerate() {
         cases.push((format!("accepted edge case {i}: {v}"), v, true));
@@ -684,6 +693,16 @@ fn examples_run_against_real_containers() {
         by_path("/work/missing.txt")["error"]["code"],
         "collect.not_found"
     );
+    // Commands with stdin, as text and as bytes; one without reads end of file at once.
+    let v = lessl.post(&example_text("stdin.json")).expect(201).json();
+    let out = all_succeeded(&v, 3);
+    let counted: Vec<String> = out[0]
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(counted, ["1 apple", "2 pear"]);
+    assert_eq!(out[1].trim(), "4");
+    assert_eq!(out[2], "");
 
     lessl.get("/tasks").expect(200);
     lessl.finish();

@@ -87,6 +87,33 @@ fn core(flags: &[&str]) {
     assert_eq!(results(&v)[0]["stdout"], "kept\nlater\n", "{v}");
     assert_eq!(results(&v)[1]["stdout"], "exec form\n", "{v}");
 
+    // Commands with stdin (over the attach stream, or the exec's hijacked stdin): text, every
+    // byte, none (end of file at once), and a large one the command never reads.
+    let every: Vec<u8> = (0..=255u8).collect();
+    let hex: String = every.iter().map(|b| format!("{b:02x}")).collect();
+    let every_b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&every)
+    };
+    let v = lessl
+        .put(
+            "d",
+            &json!({"cmd": [
+                {"run": "cat", "stdin": "from stdin\n"},
+                {"run": "od -An -v -tx1 | tr -d ' \\n'", "stdin_base64": every_b64},
+                "cat",
+                {"run": ["true"], "stdin": "y".repeat(1 << 20)}]})
+            .to_string(),
+        )
+        .expect(200)
+        .json();
+    let r = results(&v);
+    assert_eq!(r.len(), 4, "{v}");
+    assert_eq!(r[0]["stdout"], "from stdin\n", "{v}");
+    assert_eq!(r[1]["stdout"], hex.as_str(), "{v}");
+    assert_eq!(r[2]["stdout"], "", "{v}");
+    assert_eq!(r[3]["exit_code"], 0, "{v}");
+
     let v = lessl.get("/tasks/d").expect(200).json();
     assert_eq!(v["id"], id.as_str());
     assert_eq!(v["state"], "idle");

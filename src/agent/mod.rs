@@ -269,6 +269,8 @@ pub struct RunOptions {
     pub output_bytes: u64,
     /// Directory to run in, created if missing.
     pub cwd: Option<String>,
+    /// The command reads our own stdin (the exec's attached stdin); otherwise end of file.
+    pub stdin: bool,
     /// The command.
     pub argv: Vec<String>,
 }
@@ -287,6 +289,7 @@ pub fn supervise(opts: RunOptions) -> i32 {
         cwd: opts.cwd,
         timeout_ms: opts.timeout.as_millis() as u64,
         output_bytes: opts.output_bytes,
+        stdin_base64: None,
     };
     let run = async {
         let mut child = signal(SignalKind::child())?;
@@ -302,7 +305,16 @@ pub fn supervise(opts: RunOptions) -> i32 {
             tokio::sync::Mutex::new(async_out(std::io::stdout().as_fd())),
             tokio::sync::Mutex::new(async_out(std::io::stderr().as_fd())),
         );
-        Ok::<_, std::io::Error>(supervise_one(&reaper, &request, &sink).await)
+        let input = match (opts.stdin, own_stdin()) {
+            (false, _) => Input::Null,
+            (true, Some(pipe)) => Input::Relay(pipe),
+            (true, None) => Input::Inherit,
+        };
+        let exit = supervise_input(&reaper, &request, input, &sink).await;
+        if opts.stdin {
+            drain_own_stdin().await;
+        }
+        Ok::<_, std::io::Error>(exit)
     };
     match current_thread_runtime().and_then(|rt| rt.block_on(run)) {
         Ok(exit) => exit.exit_code,
@@ -313,9 +325,70 @@ pub fn supervise(opts: RunOptions) -> i32 {
     }
 }
 
-/// Runs one command to its end: spawns it in its own process group, forwards its output
-/// up to the cap, kills the group at the limit, and says how it ended.
+/// What a supervised command reads on its stdin.
+enum Input {
+    /// End of file at once.
+    Null,
+    /// These bytes, written by the supervisor while the command runs, then end of file.
+    Bytes(Vec<u8>),
+    /// The supervisor's own stdin (the exec path, where the engine carries the bytes),
+    /// copied into the command's pipe: the supervisor, not the command, reads it, so it can
+    /// read the rest once the command is done with it (see [`drain_own_stdin`]).
+    Relay(tokio::net::unix::pipe::Receiver),
+    /// The supervisor's own stdin when it is not a pipe, handed to the command as it is.
+    Inherit,
+}
+
+/// Our stdin as an async pipe, when it is one.
+fn own_stdin() -> Option<tokio::net::unix::pipe::Receiver> {
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
+}
+
+/// How long `agent-run` reads (and drops) what is left of its stdin after the command ended.
+const STDIN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Reads our stdin to its end (within [`STDIN_DRAIN`]) after the command is done: an engine
+/// still writing a command's unread input when the exec's process exits breaks the whole
+/// exec stream (Podman resets it and loses the exit), so the exec ends only after Lessl has
+/// written all of it and closed it.
+async fn drain_own_stdin() {
+    let Some(mut pipe) = own_stdin() else { return };
+    let mut buf = vec![0u8; CHUNK];
+    let _ = tokio::time::timeout(STDIN_DRAIN, async {
+        while let Ok(1..) = pipe.read(&mut buf).await {}
+    })
+    .await;
+}
+
+/// [`supervise_input`] with the stdin the request carries.
 async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
+    use base64::Engine as _;
+    let input = match &req.stdin_base64 {
+        None => Input::Null,
+        Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(bytes) => Input::Bytes(bytes),
+            Err(e) => {
+                sink.started();
+                let msg = format!("lessl: the request's stdin is not base64: {e}\n");
+                sink.write(Stream::Err, msg.as_bytes()).await;
+                return Exit {
+                    exit_code: CANNOT_RUN_EXIT,
+                    timed_out: false,
+                    oom_killed: false,
+                };
+            }
+        },
+    };
+    supervise_input(reaper, req, input, sink).await
+}
+
+/// Runs one command to its end: spawns it in its own process group, feeds its stdin,
+/// forwards its output up to the cap, kills the group at the limit, and says how it ended.
+async fn supervise_input(reaper: &Reaper, req: &Request, input: Input, sink: &Sink) -> Exit {
     let fail = |code| Exit {
         exit_code: code,
         timed_out: false,
@@ -329,7 +402,11 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(match input {
+            Input::Null => Stdio::null(),
+            Input::Bytes(_) | Input::Relay(_) => Stdio::piped(),
+            Input::Inherit => Stdio::inherit(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -366,6 +443,8 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
     let pgid = child.id() as i32;
     let out = child.stdout.take().map(OwnedFd::from);
     let err = child.stderr.take().map(OwnedFd::from);
+    let mut feeding = Box::pin(feed(child.stdin.take().map(OwnedFd::from), input));
+    let mut fed = false;
     let cap = req.output_bytes;
     let forwarding = async {
         tokio::join!(
@@ -389,8 +468,14 @@ async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
                 break None;
             }
             _ = &mut forwarding, if !drained => drained = true,
+            // Written alongside, so a command that reads its input only after printing (or
+            // never) blocks neither way; the pipe closes when it is all written.
+            _ = &mut feeding, if !fed => fed = true,
         }
     };
+    // A command that exited without reading it all (or left a child holding the pipe):
+    // the rest is dropped here, which closes our end.
+    drop(feeding);
     if timed_out {
         // SAFETY: plain syscall; a negative pid addresses the whole process group.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
@@ -464,6 +549,30 @@ fn oom_kills() -> u64 {
     .unwrap_or(0)
 }
 
+/// Writes the command's stdin (given bytes, or relayed from ours) into its pipe, then closes
+/// it. A command that exits without reading it all breaks the pipe (EPIPE: Rust ignores
+/// SIGPIPE): not an error, the rest is simply not wanted.
+async fn feed(fd: Option<OwnedFd>, input: Input) {
+    let Some(fd) = fd else { return };
+    let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) else {
+        return;
+    };
+    match input {
+        Input::Bytes(bytes) => {
+            let _ = pipe.write_all(&bytes).await;
+        }
+        Input::Relay(mut from) => {
+            let mut buf = vec![0u8; CHUNK];
+            while let Ok(n @ 1..) = from.read(&mut buf).await {
+                if pipe.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Input::Null | Input::Inherit => {}
+    }
+}
+
 /// Copies up to `cap` bytes from one of the command's pipes to the sink, then keeps reading
 /// (and dropping) so the command never blocks on a full pipe.
 async fn forward(fd: Option<OwnedFd>, stream: Stream, sink: &Sink, cap: u64) {
@@ -511,6 +620,7 @@ mod tests {
             cwd: None,
             timeout_ms,
             output_bytes,
+            stdin_base64: None,
         }
     }
 
@@ -584,6 +694,44 @@ mod tests {
         let (_, err, exit) = run(request(&["/no/such/program"], 5000, 100)).await;
         assert_eq!(exit.exit_code, NOT_FOUND_EXIT);
         assert!(String::from_utf8_lossy(&err).contains("/no/such/program"));
+    }
+
+    #[tokio::test]
+    async fn stdin_arrives_whole_and_unread_stdin_blocks_nothing() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| Some(base64::engine::general_purpose::STANDARD.encode(b));
+        let every: Vec<u8> = (0..=255u8).collect();
+        let mut req = request(&["cat"], 5000, 1000);
+        req.stdin_base64 = b64(&every);
+        let (out, _, exit) = run(req).await;
+        assert_eq!(out, every);
+        assert_eq!(exit.exit_code, 0);
+
+        // Without stdin, `cat` reads end of file at once.
+        let (out, _, exit) = run(request(&["cat"], 5000, 100)).await;
+        assert_eq!((out.as_slice(), exit.exit_code), (&b""[..], 0));
+
+        // 4 MiB, far over a pipe's buffer, to a command that reads none of it and exits,
+        // and to one that leaves a sleeping child holding the pipe.
+        let big = vec![b'x'; 4 << 20];
+        for script in ["exit 7", "sleep 3 & exit 7"] {
+            let t = std::time::Instant::now();
+            let mut req = request(&["/bin/sh", "-c", script], 10_000, 100);
+            req.stdin_base64 = b64(&big);
+            let (_, _, exit) = run(req).await;
+            assert_eq!(exit.exit_code, 7, "{script}");
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{script}: {:?}",
+                t.elapsed()
+            );
+        }
+
+        // All of it reaches a command that reads it all.
+        let mut req = request(&["/bin/sh", "-c", "wc -c"], 10_000, 100);
+        req.stdin_base64 = b64(&big);
+        let (out, _, _) = run(req).await;
+        assert_eq!(String::from_utf8_lossy(&out).trim(), (4 << 20).to_string());
     }
 
     #[tokio::test]

@@ -34,6 +34,11 @@ pub struct Request {
     /// Bytes forwarded per stream; the rest is read and dropped.
     #[serde(default)]
     pub output_bytes: u64,
+    /// Base64 of the bytes the command reads on stdin, then end of file; absent: end of
+    /// file at once. Never sent when absent, so an older agent still reads every request
+    /// without stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
 }
 
 impl Request {
@@ -47,6 +52,7 @@ impl Request {
             cwd: None,
             timeout_ms: 0,
             output_bytes: 0,
+            stdin_base64: None,
         }
     }
 
@@ -460,6 +466,7 @@ mod tests {
             cwd: Some("/opt".into()),
             timeout_ms: 1000,
             output_bytes: 11,
+            stdin_base64: Some("AAEC/w==".into()),
         };
         let line = r.to_line();
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);

@@ -39,6 +39,8 @@ pub enum CliError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// `exec` could not read the stdin it passes on.
+    ReadStdin(std::io::Error),
     /// The async runtime could not be built.
     Runtime(std::io::Error),
     /// Nothing answered at the daemon's address.
@@ -73,6 +75,7 @@ impl fmt::Display for CliError {
             CliError::ReadTaskFile { path, error } => {
                 write!(f, "cannot read task file {}: {error}", path.display())
             }
+            CliError::ReadStdin(e) => write!(f, "cannot read stdin for the command: {e}"),
             CliError::Runtime(e) => write!(f, "cannot start the client runtime: {e}"),
             CliError::Connect { url, error } => write!(
                 f,
@@ -343,9 +346,20 @@ async fn cp(client: &Client, source: &str, dest: &Path) -> Result<u8, CliError> 
 }
 
 async fn exec(client: &Client, a: ExecArgs) -> Result<u8, CliError> {
-    let cmd = match a.shell {
-        Some(s) => serde_json::json!([s]),
-        None => serde_json::json!([a.argv]),
+    let run = match a.shell {
+        Some(s) => serde_json::json!(s),
+        None => serde_json::json!(a.argv),
+    };
+    // Our own stdin goes to the command when it is a pipe or a file (`echo hi | lessl exec
+    // box -- cat`), as bytes; from a terminal it would wait for a person, so never.
+    let input = piped_stdin()?;
+    let cmd = match input {
+        Some(bytes) if !bytes.is_empty() => {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            serde_json::json!([{ "run": run, "stdin_base64": b64 }])
+        }
+        _ => serde_json::json!([run]),
     };
     let mut body = serde_json::json!({ "cmd": cmd });
     if !a.env.is_empty() {
@@ -367,6 +381,20 @@ async fn exec(client: &Client, a: ExecArgs) -> Result<u8, CliError> {
     let tasks = [task];
     print_results(&tasks)?;
     Ok(batch_exit_code(&tasks))
+}
+
+/// All of our stdin when it is not a terminal.
+fn piped_stdin() -> Result<Option<Vec<u8>>, CliError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .read_to_end(&mut buf)
+        .map_err(CliError::ReadStdin)?;
+    Ok(Some(buf))
 }
 
 async fn ps(client: &Client, a: PsArgs) -> Result<u8, CliError> {

@@ -196,6 +196,8 @@ pub(super) fn print_results(tasks: &[Task]) -> Result<(), CliError> {
 }
 
 pub(super) fn show_cmd(cmd: &Value) -> String {
+    // The object form (a command given with stdin) shows what it runs.
+    let cmd = cmd.get("run").unwrap_or(cmd);
     let text = match cmd {
         Value::String(s) => s.clone(),
         Value::Array(a) => a
@@ -352,6 +354,10 @@ def            -      i                    exited    no       garbled
     #[test]
     fn commands_are_shown_short() {
         assert_eq!(show_cmd(&serde_json::json!("echo hi")), "`echo hi`");
+        assert_eq!(
+            show_cmd(&serde_json::json!({"run": ["cat", "-"], "stdin_bytes": 3})),
+            "`cat -`"
+        );
         assert_eq!(show_cmd(&serde_json::json!(["ls", "-l"])), "`ls -l`");
         let long = "x".repeat(100);
         assert_eq!(

@@ -260,10 +260,10 @@ impl Docker {
         let uri: hyper::Uri = format!("http://engine{path_and_query}")
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| fail(Cause::Decode(e.to_string())))?;
-        let upgrade = matches!(body, Body::Upgrade);
+        let upgrade = matches!(body, Body::Upgrade | Body::UpgradeJson(_));
         let (content_type, bytes) = match body {
             Body::Empty | Body::Upgrade => (None, Bytes::new()),
-            Body::Json(b) => (Some("application/json"), b),
+            Body::Json(b) | Body::UpgradeJson(b) => (Some("application/json"), b),
             Body::Tar(b) => (Some("application/x-tar"), b),
         };
         let mut req = Request::builder().method(method).uri(uri);
@@ -551,6 +551,46 @@ impl Docker {
         Ok(resp.into_body())
     }
 
+    /// Starts an exec created with `AttachStdin` and returns the hijacked two-way stream:
+    /// Docker's multiplexed output comes out, the exec's stdin goes in, and shutting down
+    /// the write side (a half-close) is its end of file.
+    pub async fn start_exec_with_stdin(
+        &self,
+        exec_id: &str,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, DockerError> {
+        let path = format!("/exec/{exec_id}/start");
+        let body = serde_json::to_vec(&serde_json::json!({"Detach": false, "Tty": false}))
+            .expect("a literal serializes");
+        let resp = self
+            .send(
+                Step::StartExec,
+                Method::POST,
+                &path,
+                Body::UpgradeJson(body.into()),
+            )
+            .await?;
+        self.upgraded(Step::StartExec, resp).await
+    }
+
+    /// The raw stream a 101 answer switched the connection to.
+    async fn upgraded(
+        &self,
+        step: Step,
+        resp: Response<Incoming>,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, DockerError> {
+        match tokio::time::timeout(self.timeout, hyper::upgrade::on(resp)).await {
+            Err(_) => Err(DockerError {
+                step,
+                cause: Cause::Timeout(self.timeout),
+            }),
+            Ok(Err(e)) => Err(DockerError {
+                step,
+                cause: Cause::Unreachable(error_chain(&e)),
+            }),
+            Ok(Ok(upgraded)) => Ok(TokioIo::new(upgraded)),
+        }
+    }
+
     pub async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspect, DockerError> {
         let path = format!("/exec/{exec_id}/json");
         self.call(Step::InspectExec, Method::GET, &path, Body::Empty)
@@ -576,17 +616,7 @@ impl Docker {
         let resp = self
             .send(Step::Attach, Method::POST, &path, Body::Upgrade)
             .await?;
-        match tokio::time::timeout(self.timeout, hyper::upgrade::on(resp)).await {
-            Err(_) => Err(DockerError {
-                step: Step::Attach,
-                cause: Cause::Timeout(self.timeout),
-            }),
-            Ok(Err(e)) => Err(DockerError {
-                step: Step::Attach,
-                cause: Cause::Unreachable(error_chain(&e)),
-            }),
-            Ok(Ok(upgraded)) => Ok(TokioIo::new(upgraded)),
-        }
+        self.upgraded(Step::Attach, resp).await
     }
 
     /// Docker's event stream for containers carrying every one of `labels`: one JSON object
@@ -755,6 +785,8 @@ enum Body {
     Empty,
     /// No body; asks Docker to switch the connection to a raw stream.
     Upgrade,
+    /// A JSON body, and asks Docker to switch the connection to a raw stream.
+    UpgradeJson(Bytes),
     Json(Bytes),
     Tar(Bytes),
 }

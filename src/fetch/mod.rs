@@ -8,6 +8,7 @@
 //! followed by hand, each `Location` parsed and checked like the first URL before anything is
 //! contacted. Sizes are capped on the declared `Content-Length` and again on the bytes
 //! actually streamed; one deadline covers the whole download, all hops included.
+//! [`post`] sends a body (callbacks) through the same checks.
 
 mod addr;
 mod tls;
@@ -279,6 +280,29 @@ async fn request(
     addrs: &[SocketAddr],
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Conn), FetchError> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(url.path_and_query.as_str())
+        .header(HOST, url.authority())
+        .header(USER_AGENT, "lessl")
+        .header(ACCEPT_ENCODING, "identity")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| FetchError::Request(format!("{url}: {e}")))?;
+    send(url, addrs, connect_timeout, req).await
+}
+
+/// Connects to one of the checked `addrs` (TLS for https) and sends `req` on it.
+async fn send<B>(
+    url: &Url,
+    addrs: &[SocketAddr],
+    connect_timeout: Duration,
+    req: Request<B>,
+) -> Result<(Response<Incoming>, Conn), FetchError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = connect_any(addrs, connect_timeout).await?;
     let (mut sender, conn) = match url.scheme {
         Scheme::Http => handshake(tcp).await?,
@@ -292,14 +316,6 @@ async fn request(
             handshake(tls).await?
         }
     };
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(url.path_and_query.as_str())
-        .header(HOST, url.authority())
-        .header(USER_AGENT, "lessl")
-        .header(ACCEPT_ENCODING, "identity")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::Request(format!("{url}: {e}")))?;
     sender
         .ready()
         .await
@@ -311,9 +327,12 @@ async fn request(
     Ok((response, conn))
 }
 
-async fn handshake<T>(io: T) -> Result<(http1::SendRequest<Empty<Bytes>>, Conn), FetchError>
+async fn handshake<T, B>(io: T) -> Result<(http1::SendRequest<B>, Conn), FetchError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
@@ -323,6 +342,70 @@ where
         let _ = connection.await;
     });
     Ok((sender, Conn(task)))
+}
+
+/// POSTs `body` (JSON) to `url` with the same checks as a download, and returns the 2xx
+/// status it was answered with. Only 307 and 308 are followed (each hop checked like the
+/// first URL): they repeat the POST with its body, where 301, 302 and 303 would turn it into
+/// a GET without one, which is never what the receiver of a POST wants; those are failures
+/// ([`FetchError::Status`]). `policy.total_timeout` covers every hop; the answer's body is
+/// not read.
+pub async fn post(
+    url: &str,
+    body: Bytes,
+    headers: &[(&'static str, String)],
+    policy: &Policy,
+) -> Result<u16, FetchError> {
+    let first = parse_url(url)?;
+    let posting = async {
+        let mut url = first;
+        let mut redirects = 0;
+        loop {
+            let addrs = destinations(&url, policy).await?;
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(url.path_and_query.as_str())
+                .header(HOST, url.authority())
+                .header(USER_AGENT, "lessl")
+                .header(hyper::header::CONTENT_TYPE, "application/json");
+            for (name, value) in headers {
+                req = req.header(*name, value.as_str());
+            }
+            let req = req
+                .body(http_body_util::Full::new(body.clone()))
+                .map_err(|e| FetchError::Request(format!("{url}: {e}")))?;
+            let (response, conn) = send(&url, &addrs, policy.connect_timeout, req).await?;
+            let code = response.status().as_u16();
+            if matches!(code, 307 | 308) {
+                if redirects >= policy.max_redirects {
+                    return Err(FetchError::Redirect(format!(
+                        "more than {} redirects (the last from {url})",
+                        policy.max_redirects
+                    )));
+                }
+                redirects += 1;
+                let next = next_hop(&url, response.headers())?;
+                drop((response, conn));
+                url = next;
+                continue;
+            }
+            drop((response, conn));
+            if !(200..300).contains(&code) {
+                return Err(FetchError::Status {
+                    code,
+                    url: url.to_string(),
+                });
+            }
+            return Ok(code);
+        }
+    };
+    match timeout(policy.total_timeout, posting).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::Timeout {
+            what: "the POST",
+            limit: policy.total_timeout,
+        }),
+    }
 }
 
 /// Tries the checked addresses in resolver order, each within `connect_timeout`.
@@ -534,6 +617,67 @@ mod tests {
     }
 
     const LOCAL: &str = "127.0.0.1/32";
+
+    #[tokio::test]
+    async fn posts_follow_only_307_and_308_each_hop_checked() {
+        let server = serve("127.0.0.1", |path, port| match path {
+            "/temp" => raw(&format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}/perm\r\nContent-Length: 0\r\n\r\n"
+            )),
+            "/perm" => raw("HTTP/1.1 308 Permanent Redirect\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n"),
+            "/done" => raw("HTTP/1.1 204 No Content\r\n\r\n"),
+            "/see-other" => raw("HTTP/1.1 303 See Other\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n"),
+            "/away" => raw(&format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.2:{port}/done\r\nContent-Length: 0\r\n\r\n"
+            )),
+            _ => raw("HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"),
+        })
+        .await;
+        let body = Bytes::from_static(b"{\"a\":1}");
+        let headers = [("Lessl-Signature", "sha256=ab".to_string())];
+        let code = post(&server.url("/temp"), body.clone(), &headers, &policy(LOCAL))
+            .await
+            .unwrap();
+        assert_eq!(code, 204);
+        let heads = server.heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 3, "{heads:?}");
+        for (head, path) in heads.iter().zip(["/temp", "/perm", "/done"]) {
+            assert!(
+                head.starts_with(&format!("post {path} http/1.1\r\n")),
+                "{head}"
+            );
+            assert!(
+                head.contains("\r\ncontent-type: application/json\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("\r\ncontent-length: 7\r\n"), "{head}");
+            assert!(
+                head.contains("\r\nlessl-signature: sha256=ab\r\n"),
+                "{head}"
+            );
+        }
+        // 303 would turn the POST into a GET without its body: a failure, not followed.
+        let e = post(&server.url("/see-other"), body.clone(), &[], &policy(LOCAL))
+            .await
+            .unwrap_err();
+        assert_eq!(e.upstream_status(), Some(303), "{e}");
+        // A hop to an address the policy refuses is refused before it is contacted.
+        let e = post(&server.url("/away"), body.clone(), &[], &policy(LOCAL))
+            .await
+            .unwrap_err();
+        assert!(e.is_refused(), "{e}");
+        let e = post(&server.url("/busy"), body.clone(), &[], &policy(LOCAL))
+            .await
+            .unwrap_err();
+        assert_eq!(e.upstream_status(), Some(503), "{e}");
+        assert_eq!(server.accepted(), 6);
+        // Without the allowance, loopback is never contacted.
+        let e = post(&server.url("/done"), body, &[], &policy(""))
+            .await
+            .unwrap_err();
+        assert!(e.is_refused(), "{e}");
+        assert_eq!(server.accepted(), 6);
+    }
 
     #[tokio::test]
     async fn downloads_from_an_allowed_server() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{is_reserved, reserved, Bounds, Command, RawCommands, SpecError};
+use super::{is_reserved, reserved, Bounds, Cmd, Command, RawCommand, RawCommands, SpecError};
 
 /// Linux's `MAX_ARG_STRLEN`: the longest single argument or environment string `execve`
 /// takes, its NUL included. Longer ones fail only when the command starts (E2BIG), after the
@@ -120,32 +120,90 @@ fn env_entry((k, v): (String, String)) -> Result<(String, String), SpecError> {
     Ok((k, v))
 }
 
-/// The commands, at most the server's maximum, each one runnable.
-pub(super) fn commands(
-    raw: Option<RawCommands>,
-    bounds: &Bounds,
-) -> Result<Vec<Command>, SpecError> {
-    let cmds = match raw {
+/// A callback URL parses like a `src` URL (http or https, no credentials); where it leads
+/// is checked only when it is called.
+pub(super) fn callback_url(raw: Option<String>) -> Result<Option<String>, SpecError> {
+    let Some(url) = raw else { return Ok(None) };
+    crate::fetch::parse_url(&url).map_err(|e| SpecError::invalid("callback_url", e.to_string()))?;
+    Ok(Some(url))
+}
+
+/// The commands, at most the server's maximum, each one runnable, their stdin together
+/// within the size cap of one resource (what a body could otherwise smuggle in past it).
+pub(super) fn commands(raw: Option<RawCommands>, bounds: &Bounds) -> Result<Vec<Cmd>, SpecError> {
+    let raws = match raw {
         None => Vec::new(),
-        Some(RawCommands::One(s)) => vec![Command::Shell(s)],
-        Some(RawCommands::Many(list)) => list.into_iter().map(|c| c.0).collect(),
+        Some(RawCommands::One(s)) => vec![RawCommand::bare(Command::Shell(s))],
+        Some(RawCommands::Many(list)) => list,
     };
-    if cmds.len() > bounds.max_commands {
+    if raws.len() > bounds.max_commands {
         return Err(SpecError::invalid(
             "cmd",
             format!(
                 "{} commands is over this server's maximum of {}",
-                cmds.len(),
+                raws.len(),
                 bounds.max_commands
             ),
         ));
     }
-    for (i, c) in cmds.iter().enumerate() {
+    let mut stdin_total = 0usize;
+    let mut cmds = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.into_iter().enumerate() {
         let field = format!("cmd[{i}]");
-        check_command(&field, c)?;
-        check_argv_size(&field, c)?;
+        let run_field = if raw.object {
+            format!("{field}.run")
+        } else {
+            field.clone()
+        };
+        check_command(&run_field, &raw.run)?;
+        check_argv_size(&run_field, &raw.run)?;
+        let (stdin, stdin_field) = stdin(&field, raw.stdin, raw.stdin_base64)?;
+        if let Some(bytes) = &stdin {
+            stdin_total += bytes.len();
+            if stdin_total > bounds.resource_max_bytes {
+                return Err(SpecError::TooLarge {
+                    field: stdin_field,
+                    message: format!(
+                        "the commands' stdin comes to {stdin_total} bytes, over this server's \
+                         maximum of {} bytes per task",
+                        bounds.resource_max_bytes
+                    ),
+                });
+            }
+        }
+        cmds.push(Cmd {
+            run: raw.run,
+            stdin,
+            object: raw.object,
+        });
     }
     Ok(cmds)
+}
+
+/// A command's stdin, from text or base64 (one of the two), and the field it came from.
+fn stdin(
+    field: &str,
+    text: Option<String>,
+    base64: Option<String>,
+) -> Result<(Option<Vec<u8>>, String), SpecError> {
+    use base64::Engine as _;
+    match (text, base64) {
+        (Some(_), Some(_)) => Err(SpecError::invalid(
+            format!("{field}.stdin"),
+            "give `stdin` (text) or `stdin_base64` (bytes), not both",
+        )),
+        (Some(text), None) => Ok((Some(text.into_bytes()), format!("{field}.stdin"))),
+        (None, Some(b64)) => {
+            let at = format!("{field}.stdin_base64");
+            // Wrapped base64 (76-column lines) is accepted, as for resources.
+            let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .map(|bytes| (Some(bytes), at.clone()))
+                .map_err(|e| SpecError::invalid(at, format!("not valid base64: {e}")))
+        }
+        (None, None) => Ok((None, String::new())),
+    }
 }
 
 /// A command that names something to run, without NUL bytes.

@@ -95,7 +95,7 @@ pub struct TaskSpec {
     /// Environment, sorted by key so containers are created deterministically.
     pub env: Vec<(String, String)>,
     /// Commands, run in order until one fails.
-    pub cmds: Vec<Command>,
+    pub cmds: Vec<Cmd>,
     /// Limits after applying the server defaults.
     pub limits: Limits,
     /// User to run as (`name`, `uid` or `uid:gid`); None is the server's choice.
@@ -106,6 +106,9 @@ pub struct TaskSpec {
     pub read_only: bool,
     /// Absolute paths read out of the container after each run (`collect`).
     pub collect: Vec<String>,
+    /// Where the final view of each run is POSTed (http or https, parsed like `src`; its
+    /// destination is checked when it is called, since DNS may change).
+    pub callback_url: Option<String>,
 }
 
 /// A mount, checked for syntax and against the allowed host directories. What it names on
@@ -147,6 +150,33 @@ impl Command {
             Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
             Command::Exec(argv) => argv.clone(),
         }
+    }
+}
+
+/// One element of `cmd`: what to run, and what it reads on its standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    /// The command itself.
+    pub run: Command,
+    /// Bytes the command reads, then end of file; None: end of file at once.
+    pub stdin: Option<Vec<u8>>,
+    /// Given as an object (`{"run": ...}`), so its result echoes an object too.
+    pub object: bool,
+}
+
+impl Cmd {
+    /// A bare command (string or array) without stdin.
+    pub fn plain(run: Command) -> Cmd {
+        Cmd {
+            run,
+            stdin: None,
+            object: false,
+        }
+    }
+
+    /// The argv that runs this command inside the container.
+    pub fn argv(&self) -> Vec<String> {
+        self.run.argv()
     }
 }
 
@@ -265,6 +295,7 @@ struct RawTask {
     user: Option<String>,
     read_only: Option<bool>,
     collect: Option<Vec<String>>,
+    callback_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -295,8 +326,26 @@ enum RawCommands {
     Many(Vec<RawCommand>),
 }
 
-/// One command: a string (shell form) or an array of strings (exec form).
-struct RawCommand(Command);
+/// One command: a string (shell form), an array of strings (exec form), or an object
+/// naming one of those as `run` beside its stdin.
+struct RawCommand {
+    run: Command,
+    stdin: Option<String>,
+    stdin_base64: Option<String>,
+    object: bool,
+}
+
+/// The object form of a command.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommandObject {
+    run: RawRun,
+    stdin: Option<String>,
+    stdin_base64: Option<String>,
+}
+
+/// What a command runs: a string (shell form) or an array of strings (exec form).
+struct RawRun(Command);
 
 impl<'de> Deserialize<'de> for RawCommands {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -321,26 +370,68 @@ impl<'de> Deserialize<'de> for RawCommands {
     }
 }
 
+impl<'de> Deserialize<'de> for RawRun {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRun;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a shell string or an array of strings (exec form)")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawRun, E> {
+                Ok(RawRun(Command::Shell(s.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRun, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(a) = seq.next_element::<String>()? {
+                    argv.push(a);
+                }
+                Ok(RawRun(Command::Exec(argv)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for RawCommand {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = RawCommand;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a shell string or an array of strings (exec form)")
+                f.write_str(
+                    "a shell string, an array of strings (exec form), or an object with `run`",
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawCommand, E> {
-                Ok(RawCommand(Command::Shell(s.to_string())))
+                Ok(RawCommand::bare(Command::Shell(s.to_string())))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommand, A::Error> {
-                let mut argv = Vec::new();
-                while let Some(a) = seq.next_element::<String>()? {
-                    argv.push(a);
-                }
-                Ok(RawCommand(Command::Exec(argv)))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawCommand, A::Error> {
+                let run = RawRun::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RawCommand::bare(run.0))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawCommand, A::Error> {
+                let o = RawCommandObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawCommand {
+                    run: o.run.0,
+                    stdin: o.stdin,
+                    stdin_base64: o.stdin_base64,
+                    object: true,
+                })
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl RawCommand {
+    fn bare(run: Command) -> RawCommand {
+        RawCommand {
+            run,
+            stdin: None,
+            stdin_base64: None,
+            object: false,
+        }
     }
 }
 
@@ -556,6 +647,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         mounts,
         read_only: raw.read_only.unwrap_or(false),
         collect: resource::collect(raw.collect)?,
+        callback_url: fields::callback_url(raw.callback_url)?,
     })
 }
 
@@ -631,7 +723,10 @@ mod tests {
         assert_eq!(t.name.as_deref(), Some("hello_world"));
         assert_eq!(t.pwd.as_deref(), Some("/opt"));
         assert_eq!(t.env, vec![("KEY".to_string(), "value".to_string())]);
-        assert_eq!(t.cmds, vec![Command::Shell("python hello.py".into())]);
+        assert_eq!(
+            t.cmds,
+            vec![Cmd::plain(Command::Shell("python hello.py".into()))]
+        );
         assert_eq!(t.resources[0].path, "/opt/hello.py");
         match &t.resources[0].content {
             Content::File(data) => assert_eq!(data, b"print('Hello World')"),
@@ -705,13 +800,13 @@ mod tests {
         assert_eq!(
             t.cmds,
             vec![
-                Command::Exec(vec!["echo".into(), "a b".into()]),
-                Command::Shell("echo c".into())
+                Cmd::plain(Command::Exec(vec!["echo".into(), "a b".into()])),
+                Cmd::plain(Command::Shell("echo c".into()))
             ]
         );
         assert_eq!(t.cmds[1].argv(), vec!["/bin/sh", "-c", "echo c"]);
         let t = one(r#"{"image":"i","cmd":"echo hi"}"#).unwrap();
-        assert_eq!(t.cmds, vec![Command::Shell("echo hi".into())]);
+        assert_eq!(t.cmds, vec![Cmd::plain(Command::Shell("echo hi".into()))]);
     }
 
     #[test]
@@ -995,6 +1090,87 @@ mod tests {
         }
         let e = err(r#"{"image":"i","resources":[{"mnt":"a:/x"},{"mnt":"b:/x"}]}"#);
         assert_eq!(e.field(), "resources[1].mnt");
+    }
+
+    #[test]
+    fn callback_urls() {
+        let t = one(r#"{"image":"i","callback_url":"https://example.com/hook?x=1"}"#).unwrap();
+        assert_eq!(
+            t.callback_url.as_deref(),
+            Some("https://example.com/hook?x=1")
+        );
+        assert_eq!(one(r#"{"image":"i"}"#).unwrap().callback_url, None);
+        for bad in [
+            r#""ftp://h/x""#,
+            r#""file:///etc/passwd""#,
+            r#""http://user:pw@h/""#,
+            r#""not a url""#,
+            r#"" ""#,
+            r#"1"#,
+        ] {
+            let e = err(&format!(r#"{{"image":"i","callback_url":{bad}}}"#));
+            assert_eq!(e.field(), "callback_url", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn commands_with_stdin() {
+        let t = one(r#"{"image":"i","cmd":[{"run":"cat","stdin":"hi\n"},
+               {"run":["od","-c"],"stdin_base64":"AAEC\n/w=="},{"run":"true"},"echo"]}"#)
+        .unwrap();
+        assert_eq!(t.cmds[0].run, Command::Shell("cat".into()));
+        assert_eq!(t.cmds[0].stdin.as_deref(), Some(&b"hi\n"[..]));
+        assert!(t.cmds[0].object);
+        assert_eq!(t.cmds[1].run, Command::Exec(vec!["od".into(), "-c".into()]));
+        assert_eq!(t.cmds[1].stdin.as_deref(), Some(&[0u8, 1, 2, 255][..]));
+        assert_eq!(t.cmds[2].stdin, None);
+        assert!(t.cmds[2].object);
+        assert_eq!(t.cmds[3], Cmd::plain(Command::Shell("echo".into())));
+        // Empty stdin is stdin all the same: the command reads end of file.
+        let t = one(r#"{"image":"i","cmd":[{"run":"cat","stdin":""}]}"#).unwrap();
+        assert_eq!(t.cmds[0].stdin.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn bad_commands_with_stdin_name_their_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"run":"cat","stdin":"a","stdin_base64":"YQ=="}"#,
+                "cmd[1].stdin",
+            ),
+            (
+                r#"{"run":"cat","stdin_base64":"%%%"}"#,
+                "cmd[1].stdin_base64",
+            ),
+            (r#"{"run":"cat","stdn":"a"}"#, "cmd[1].stdn"),
+            (r#"{"stdin":"a"}"#, "cmd[1]"),
+            (r#"{"run":""}"#, "cmd[1].run"),
+            (r#"{"run":["a",1]}"#, "cmd[1].run[1]"),
+            (r#"{"run":{"run":"cat"}}"#, "cmd[1].run"),
+            (r#"{"run":"cat","stdin":1}"#, "cmd[1].stdin"),
+            (r#"{"run":"cat","stdin":"a","stdin":"b"}"#, "cmd[1].stdin"),
+        ];
+        for (c, field) in cases {
+            let e = err(&format!(r#"{{"image":"i","cmd":["ok",{c}]}}"#));
+            assert_eq!(e.field(), *field, "{c}: {e}");
+        }
+    }
+
+    #[test]
+    fn stdin_of_a_task_is_capped_in_total() {
+        // The test bounds allow 1024 bytes per resource; two commands of 600 are 1200.
+        let part = "x".repeat(600);
+        let e = err(&format!(
+            r#"{{"image":"i","cmd":[{{"run":"cat","stdin":"{part}"}},{{"run":"cat","stdin":"{part}"}}]}}"#
+        ));
+        assert!(
+            matches!(e, SpecError::TooLarge { ref field, .. } if field == "cmd[1].stdin"),
+            "{e:?}"
+        );
+        assert!(one(&format!(
+            r#"{{"image":"i","cmd":[{{"run":"cat","stdin":"{part}"}}]}}"#
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -548,6 +548,7 @@ mod tests {
             cwd: None,
             timeout_ms: 1000,
             output_bytes: 10,
+            stdin_base64: None,
         }
     }
 

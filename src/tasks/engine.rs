@@ -54,6 +54,7 @@ pub trait Engine: Send + Sync + 'static {
     fn get_archive<'a>(&'a self, id: &'a str, path: &'a str) -> Call<'a, (PathStat, Reader)>;
     fn create_exec<'a>(&'a self, id: &'a str, config: &'a ExecConfig) -> Call<'a, IdResponse>;
     fn start_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, Reader>;
+    fn start_exec_with_stdin<'a>(&'a self, exec_id: &'a str) -> Call<'a, Box<dyn Duplex>>;
     fn inspect_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, ExecInspect>;
     fn create_volume<'a>(
         &'a self,
@@ -137,6 +138,12 @@ impl Engine for Docker {
         Box::pin(async move {
             let body = Docker::start_exec(self, exec_id).await?;
             Ok(Box::new(BodyReader::new(body)) as Reader)
+        })
+    }
+    fn start_exec_with_stdin<'a>(&'a self, exec_id: &'a str) -> Call<'a, Box<dyn Duplex>> {
+        Box::pin(async move {
+            let io = Docker::start_exec_with_stdin(self, exec_id).await?;
+            Ok(Box::new(io) as Box<dyn Duplex>)
         })
     }
     fn inspect_exec<'a>(&'a self, exec_id: &'a str) -> Call<'a, ExecInspect> {

@@ -41,6 +41,7 @@ impl Tasks {
                     Container::Stopped
                 };
                 record.read_only = found.labels.contains_key(LABEL_READ_ONLY);
+                record.callback_url = found.labels.get(LABEL_CALLBACK).cloned();
                 if let Some((s, stored)) = self.inner.restored.lock().unwrap().remove(&found.id) {
                     record.failed_command = s.failed_command;
                     record.error = s.error;

@@ -63,7 +63,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
 use crate::docker::{DockerError, Removed};
 use crate::fetch;
-use crate::spec::{self, Bounds, Command, Limits, TaskSpec};
+use crate::spec::{self, Bounds, Cmd, Limits, TaskSpec};
 use crate::state::{self, Store, Stored, Summary};
 use crate::{log, task_log};
 use engine::Engine;
@@ -94,6 +94,8 @@ const POOL_RETRY: Duration = Duration::from_secs(5);
 const LABEL_READ_ONLY: &str = "lessl.read_only";
 /// Unique per create call, so a create whose answer was lost can still be found.
 const LABEL_TOKEN: &str = "lessl.token";
+/// The task's `callback_url`, so every run of a daemon calls back, after a restart too.
+const LABEL_CALLBACK: &str = "lessl.callback_url";
 /// How long Lessl keeps looking for a container whose create answer it never got.
 const SWEEP_FOR: Duration = Duration::from_secs(60);
 /// Present when the container's agent takes commands over its attach stream (stdin open).
@@ -151,6 +153,8 @@ pub struct Settings {
     pub state_max_bytes: u64,
     /// What one run's `collect` may read out, bytes (`--max-collect-bytes`).
     pub max_collect_bytes: u64,
+    /// The bearer token (`--token-file`) callbacks are signed with; None signs nothing.
+    pub callback_token: Option<String>,
 }
 
 type Shared = Arc<Mutex<Record>>;

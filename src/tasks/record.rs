@@ -109,6 +109,8 @@ pub struct Record {
     pub runs: usize,
     /// Its root filesystem is read-only: files can be placed only at creation.
     pub read_only: bool,
+    /// Where each run's final view is POSTed, unless the run's own spec names another.
+    pub callback_url: Option<String>,
     /// Number of the newest run, whose results GET shows.
     pub seq: u64,
     /// The newest run's view is in the state directory (with the state it was written with),
@@ -147,6 +149,7 @@ impl Record {
             attachable: true,
             runs: 0,
             read_only: false,
+            callback_url: None,
             seq: 0,
             stored: None,
             persist_error: None,

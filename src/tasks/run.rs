@@ -21,7 +21,7 @@ use crate::spill::{Output, Sink, Spiller};
 use super::engine::Engine;
 
 use super::channel::{Channel, Closed, START_DEADLINE};
-use crate::spec::{Command, Limits};
+use crate::spec::{Cmd, Command, Limits};
 
 /// Where the agent binary is mounted in every task container.
 pub const AGENT_PATH: &str = "/.lessl/lessl";
@@ -31,7 +31,8 @@ const AGENT_GRACE: Duration = Duration::from_secs(5);
 /// The outcome of one command, as the API reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CmdResult {
-    /// The command as given: a string, or an array for exec form.
+    /// The command as given: a string, an array for exec form, or for the object form an
+    /// object with its `run` and, in place of its stdin, `stdin_bytes`.
     pub cmd: serde_json::Value,
     /// None when the command never finished (its container was removed, or Docker failed).
     pub exit_code: Option<i64>,
@@ -153,7 +154,7 @@ impl Capture {
 }
 
 /// The argv Docker execs: the agent, told the limits, then the command.
-pub fn agent_argv(cmd: &Command, limits: &Limits, pwd: Option<&str>) -> Vec<String> {
+pub fn agent_argv(cmd: &Cmd, limits: &Limits, pwd: Option<&str>) -> Vec<String> {
     let mut argv = vec![
         AGENT_PATH.to_string(),
         "agent-run".to_string(),
@@ -166,6 +167,9 @@ pub fn agent_argv(cmd: &Command, limits: &Limits, pwd: Option<&str>) -> Vec<Stri
     if let Some(p) = pwd {
         argv.push("--cwd".to_string());
         argv.push(p.to_string());
+    }
+    if cmd.stdin.is_some() {
+        argv.push("--stdin".to_string());
     }
     argv.push("--".to_string());
     argv.extend(cmd.argv());
@@ -191,7 +195,7 @@ impl Outputs {
 
     fn result(
         &self,
-        cmd: &Command,
+        cmd: &Cmd,
         exit_code: Option<i64>,
         timed_out: bool,
         oom_killed: bool,
@@ -209,10 +213,17 @@ impl Outputs {
     }
 }
 
-fn display(cmd: &Command) -> serde_json::Value {
-    match cmd {
+/// The command as given. Its stdin is not echoed back (it may be megabytes, in every
+/// answer and state file): its length says which input it was given.
+fn display(cmd: &Cmd) -> serde_json::Value {
+    let run = match &cmd.run {
         Command::Shell(s) => serde_json::Value::String(s.clone()),
         Command::Exec(argv) => serde_json::json!(argv),
+    };
+    match (cmd.object, &cmd.stdin) {
+        (false, _) => run,
+        (true, None) => serde_json::json!({ "run": run }),
+        (true, Some(bytes)) => serde_json::json!({ "run": run, "stdin_bytes": bytes.len() }),
     }
 }
 
@@ -220,7 +231,7 @@ fn display(cmd: &Command) -> serde_json::Value {
 pub async fn run_command(
     docker: &dyn Engine,
     id: &str,
-    cmd: &Command,
+    cmd: &Cmd,
     env: &[(String, String)],
     pwd: Option<&str>,
     limits: &Limits,
@@ -236,7 +247,7 @@ pub async fn run_command(
         cmd: agent_argv(cmd, limits, pwd),
         env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         working_dir: None,
-        attach_stdin: false,
+        attach_stdin: cmd.stdin.is_some(),
         attach_stdout: true,
         attach_stderr: true,
         tty: false,
@@ -249,7 +260,30 @@ pub async fn run_command(
         .create_exec(id, &config)
         .await
         .map_err(|e| fail(&o, e))?;
-    let mut body = docker.start_exec(&exec.id).await.map_err(|e| fail(&o, e))?;
+    // With stdin, the exec's stream is hijacked: the bytes go in beside the output coming
+    // out, then a half-close is the command's end of file. Written by a task of its own so
+    // a command that never reads them blocks nothing; it goes when this function returns.
+    let (mut body, _feeding): (super::engine::Reader, Option<AbortOnDrop>) = match &cmd.stdin {
+        None => (
+            docker.start_exec(&exec.id).await.map_err(|e| fail(&o, e))?,
+            None,
+        ),
+        Some(bytes) => {
+            let io = docker
+                .start_exec_with_stdin(&exec.id)
+                .await
+                .map_err(|e| fail(&o, e))?;
+            let (read, mut write) = tokio::io::split(io);
+            let bytes = bytes.clone();
+            let feeding = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // A command that exits without reading it all: the rest is not wanted.
+                let _ = write.write_all(&bytes).await;
+                let _ = write.shutdown().await;
+            });
+            (Box::new(read), Some(AbortOnDrop(feeding)))
+        }
+    };
 
     let limit = Duration::from_secs_f64(limits.timeout_s);
     let deadline = o.started + limit + AGENT_GRACE;
@@ -309,7 +343,7 @@ pub async fn run_command(
 /// nothing ran and the command may go by exec instead.
 pub async fn run_attached(
     channel: &Channel,
-    cmd: &Command,
+    cmd: &Cmd,
     env: &[(String, String)],
     pwd: Option<&str>,
     limits: &Limits,
@@ -325,6 +359,10 @@ pub async fn run_attached(
         timeout_ms: (limits.timeout_s * 1000.0).ceil() as u64,
         // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
         output_bytes: limits.output_bytes + 1,
+        stdin_base64: cmd.stdin.as_deref().map(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(b)
+        }),
     };
     let mut frames = channel.send(request).await.ok()?;
     let start_by = Instant::now() + START_DEADLINE;
@@ -377,6 +415,15 @@ pub async fn run_attached(
     }
 }
 
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Docker can close the stream a moment before it records the exit code.
 async fn exit_code_of(docker: &dyn Engine, exec_id: &str) -> Result<Option<i64>, DockerError> {
     for _ in 0..50 {
@@ -416,7 +463,7 @@ mod tests {
         let fake = FakeAgent::new();
         let chan = fake.chan.clone();
         let playing = tokio::spawn(async move { agent(fake).await });
-        let cmd = Command::Shell("echo hi".into());
+        let cmd = Cmd::plain(Command::Shell("echo hi".into()));
         let t = Instant::now();
         let outcome =
             run_attached(&chan, &cmd, &[], None, &limits(), &Spiller::memory_only()).await;
@@ -581,7 +628,11 @@ mod tests {
             output_bytes: 10,
             disk_mb: 1,
         };
-        let argv = agent_argv(&Command::Shell("echo hi".into()), &limits, Some("/w"));
+        let argv = agent_argv(
+            &Cmd::plain(Command::Shell("echo hi".into())),
+            &limits,
+            Some("/w"),
+        );
         assert_eq!(
             argv,
             [
@@ -599,11 +650,16 @@ mod tests {
                 "echo hi"
             ]
         );
-        let argv = agent_argv(
-            &Command::Exec(vec!["echo".into(), "a".into()]),
-            &limits,
-            None,
+        let cmd = Cmd {
+            run: Command::Exec(vec!["echo".into(), "a".into()]),
+            stdin: Some(b"x".to_vec()),
+            object: true,
+        };
+        let argv = agent_argv(&cmd, &limits, None);
+        assert_eq!(argv[argv.len() - 4..], ["--stdin", "--", "echo", "a"]);
+        assert_eq!(
+            display(&cmd),
+            serde_json::json!({"run": ["echo", "a"], "stdin_bytes": 1})
         );
-        assert_eq!(argv[argv.len() - 3..], ["--", "echo", "a"]);
     }
 }

@@ -113,6 +113,9 @@ impl Tasks {
     ) -> (TaskView, tokio::task::JoinHandle<TaskView>) {
         let seq = record.lock().unwrap().begin_run();
         let now = record.lock().unwrap().view();
+        // A PUT naming its own callback_url is called back instead of the task's.
+        let callback =
+            (spec.callback_url.clone()).or_else(|| record.lock().unwrap().callback_url.clone());
         let this = self.clone();
         let guard = self.inner.background.enter();
         let started = std::time::Instant::now();
@@ -139,9 +142,76 @@ impl Tasks {
             let files = this.collect_after_run(&record, seq, &spec.collect).await;
             let mut view = this.finish(&record, outcome);
             view.files = files;
-            this.persist(&record, seq, view).await
+            let view = this.persist(&record, seq, view).await;
+            if let Some(url) = callback {
+                this.call_back(url, &view);
+            }
+            view
         });
         (now, handle)
+    }
+
+    /// POSTs a run's final view to `url` in the background (under the guard shutdown waits
+    /// for), so the answer to the request that started the run never waits for it. Each
+    /// failed attempt is a metric and a log line; the URL is logged without its query,
+    /// which may carry the receiver's secret.
+    fn call_back(&self, url: String, view: &TaskView) {
+        use crate::metrics::{CallbackOutcome, METRICS};
+        let guard = self.inner.background.enter();
+        let delivery = crate::callback::Delivery {
+            policy: self.inner.settings.fetch.clone(),
+            token: self.inner.settings.callback_token.clone(),
+        };
+        let view = view.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (id, name) = (view.id.clone(), view.name.clone());
+            let shown = url.split(['?', '#']).next().unwrap_or_default().to_string();
+            // Error texts name the URL too: its query is cut out of them the same way.
+            let query = url
+                .find('?')
+                .map(|at| url[at..].split('#').next().unwrap_or_default());
+            let redact = move |text: String| match query {
+                Some(q) if q.len() > 1 => text.replace(q, "?…"),
+                _ => text,
+            };
+            // The answer's own encoding; spilled output is read from its files.
+            let body = match tokio::task::spawn_blocking(move || serde_json::to_vec(&view)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => {
+                    METRICS.callback_ended(CallbackOutcome::GaveUp);
+                    task_log!(Warn, &id, name.as_deref(); "callback to {shown} not sent: the view could not be encoded: {e}");
+                    return;
+                }
+                Err(e) => {
+                    METRICS.callback_ended(CallbackOutcome::GaveUp);
+                    task_log!(Warn, &id, name.as_deref(); "callback to {shown} not sent: {e}");
+                    return;
+                }
+            };
+            let failed = |attempt: u32, e: &crate::fetch::FetchError, again: bool| {
+                METRICS.callback_attempt_failed();
+                let next = if again { "; retrying" } else { "" };
+                let e = redact(e.to_string());
+                task_log!(Warn, &id, name.as_deref(); "callback to {shown}: attempt {attempt} failed: {e}{next}");
+            };
+            use crate::callback::CallbackError;
+            match crate::callback::deliver(&url, body.into(), &delivery, failed).await {
+                Ok(code) => {
+                    METRICS.callback_ended(CallbackOutcome::Delivered);
+                    task_log!(Debug, &id, name.as_deref(); "callback to {shown} answered {code}");
+                }
+                Err(e) => {
+                    METRICS.callback_ended(match e {
+                        CallbackError::Refused(_) => CallbackOutcome::Refused,
+                        CallbackError::Rejected(_) => CallbackOutcome::Rejected,
+                        CallbackError::GaveUp { .. } => CallbackOutcome::GaveUp,
+                    });
+                    let e = redact(e.to_string());
+                    task_log!(Warn, &id, name.as_deref(); "callback to {shown} failed: {e}");
+                }
+            }
+        });
     }
 
     /// PUT: runs the spec's commands in the live task `reference`, or creates it (named
@@ -284,7 +354,7 @@ impl Tasks {
         &self,
         record: &Shared,
         seq: u64,
-        cmds: &[Command],
+        cmds: &[Cmd],
         env: &[(String, String)],
         pwd: Option<&str>,
         limits: &Limits,

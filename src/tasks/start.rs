@@ -31,6 +31,7 @@ impl Tasks {
         // Registered at once, so reconciliation never mistakes it for an orphan.
         let mut record = Record::new(&id, spec.name.clone(), image, spec.daemon, now, expires);
         record.read_only = spec.read_only;
+        record.callback_url = spec.callback_url.clone();
         let record = self.register(record);
         let warnings = created.warnings.unwrap_or_default();
         let result = async {
@@ -184,6 +185,9 @@ impl Tasks {
         labels.insert(LABEL_TOKEN.to_string(), create_token());
         if spec.read_only {
             labels.insert(LABEL_READ_ONLY.to_string(), "true".to_string());
+        }
+        if let Some(url) = &spec.callback_url {
+            labels.insert(LABEL_CALLBACK.to_string(), url.clone());
         }
         let memory = (spec.limits.memory_mb as i64).saturating_mul(1 << 20);
         ContainerConfig {

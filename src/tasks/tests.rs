@@ -53,6 +53,7 @@ fn settings(max_daemons: usize) -> Settings {
         state_dir: None,
         state_max_bytes: 0,
         max_collect_bytes: 1 << 20,
+        callback_token: None,
     }
 }
 
@@ -408,4 +409,36 @@ async fn a_task_deleted_during_its_run_collects_nothing() {
     settle().await;
     assert_eq!(engine.calls("get_archive"), 0);
     assert!(engine.containers().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_daemon_s_callback_url_is_kept_in_its_labels_across_a_restart() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let tasks = start(&engine, 8);
+    // Loopback without --src-allow: each call back is refused before any connection.
+    let url = "http://127.0.0.1:9/hook";
+    let v = post(
+        &tasks,
+        json!({"image": IMAGE, "daemon": true, "callback_url": url}),
+    )
+    .await;
+    let callback_of = |t: &Tasks| {
+        t.record(&v.id)
+            .and_then(|r| r.lock().unwrap().callback_url.clone())
+    };
+    assert_eq!(callback_of(&tasks).as_deref(), Some(url));
+    // A second process on the same engine adopts the daemon from its labels.
+    let restarted = start(&engine, 8);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    settle().await;
+    view_of(restarted.get(&v.id).await.unwrap());
+    assert_eq!(callback_of(&restarted).as_deref(), Some(url));
+    // A task that names none has none.
+    let plain = post(&tasks, json!({"image": IMAGE, "daemon": true})).await;
+    assert_eq!(
+        tasks
+            .record(&plain.id)
+            .and_then(|r| r.lock().unwrap().callback_url.clone()),
+        None
+    );
 }

@@ -51,6 +51,7 @@ impl Tasks {
             mounts: Vec::new(),
             read_only: false,
             collect: Vec::new(),
+            callback_url: None,
         };
         let quota = self.asks_for_quota();
         self.inner.agent.prepare(&*self.inner.engine).await?;
@@ -136,6 +137,7 @@ impl Tasks {
             expires,
         );
         record.channel = Some(warm.channel);
+        record.callback_url = spec.callback_url.clone();
         let record = self.register(record);
         for (dir, tar) in archive {
             if let Err(e) = self.inner.engine.put_archive(&id, &dir, tar).await {

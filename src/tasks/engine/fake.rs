@@ -457,6 +457,9 @@ impl Engine for FakeEngine {
     fn start_exec<'a>(&'a self, _exec_id: &'a str) -> Call<'a, Reader> {
         Box::pin(async { Err(status_error(Step::StartExec, 500, "the fake runs no exec")) })
     }
+    fn start_exec_with_stdin<'a>(&'a self, _exec_id: &'a str) -> Call<'a, Box<dyn Duplex>> {
+        Box::pin(async { Err(status_error(Step::StartExec, 500, "the fake runs no exec")) })
+    }
     fn inspect_exec<'a>(&'a self, _exec_id: &'a str) -> Call<'a, ExecInspect> {
         Box::pin(async {
             Err(status_error(
