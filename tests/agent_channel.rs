@@ -234,6 +234,7 @@ fn the_agent_says_when_its_input_closes_and_keeps_running() {
         cwd: None,
         timeout_ms: 10_000,
         output_bytes: 100,
+        place: None,
     };
     input.write_all(&request.to_line()).unwrap();
     input.flush().unwrap();

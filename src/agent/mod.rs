@@ -7,6 +7,7 @@
 //! The agent keeps its channel out of the commands' reach (non-dumpable, no descriptor
 //! passed on, deaf to signals from inside the container). Never talks to Docker or the API.
 
+mod place;
 pub mod protocol;
 mod reaper;
 
@@ -192,6 +193,14 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
                 continue;
             }
         };
+        // Placed here, before the next request is read: the commands sent after it see
+        // every file. Inline, since a task at its pids limit may allow no other thread.
+        if let Some(files) = request.place {
+            drop(line);
+            let placed = place::place(&mut place::Real, files);
+            let _ = frames.send(Frame::Placed(request.id, placed));
+            continue;
+        }
         if request.hello.is_some() {
             match request.hello_nonce() {
                 Some(nonce) => {
@@ -287,6 +296,7 @@ pub fn supervise(opts: RunOptions) -> i32 {
         cwd: opts.cwd,
         timeout_ms: opts.timeout.as_millis() as u64,
         output_bytes: opts.output_bytes,
+        place: None,
     };
     let run = async {
         let mut child = signal(SignalKind::child())?;
@@ -511,6 +521,7 @@ mod tests {
             cwd: None,
             timeout_ms,
             output_bytes,
+            place: None,
         }
     }
 

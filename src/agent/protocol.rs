@@ -34,6 +34,80 @@ pub struct Request {
     /// Bytes forwarded per stream; the rest is read and dropped.
     #[serde(default)]
     pub output_bytes: u64,
+    /// Files to place instead of a command to run: the agent writes them all (or none) and
+    /// answers [`Frame::Placed`]; `argv` and the rest are then ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
+}
+
+/// A task's resources for the agent to write, in the order of the spec. Every path was
+/// checked by Lessl (the tar rules of `src/tar.rs`, nothing reserved); the agent checks them
+/// again, and walks every directory itself without following a symlink out of the rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    pub resources: Vec<PlaceResource>,
+}
+
+/// One resource: its entries, and the directory its `dest` names (a file's parent, an
+/// archive's `dest`), so a refusal names `dest` or `data` as the API does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceResource {
+    pub home: String,
+    /// An archive: a fault in one of its entries is the resource's `data`, not its `dest`.
+    #[serde(default)]
+    pub archive: bool,
+    pub entries: Vec<PlaceEntry>,
+}
+
+/// One thing to create, at an absolute, clean path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceEntry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits (0o7777).
+    #[serde(default)]
+    pub mode: u32,
+    /// A symlink's target, or the absolute path of an earlier entry a hard link names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub link: String,
+    /// A file's bytes, base64 (standard alphabet, padded): JSON lines cannot carry raw bytes,
+    /// and a line cut by a dead Lessl is ended by the next one's empty line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+}
+
+/// The answer to a [`Place`] request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placed {
+    /// None: every entry is in place. Otherwise nothing was placed, and this says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+}
+
+/// Why a [`Place`] request placed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Index of the resource at fault in [`Place::resources`].
+    pub index: usize,
+    /// `dest` or `data`: the spec field of that resource at fault.
+    pub field: String,
+    pub reason: String,
+    /// True when the rules forbid it (a symlink leading into `/.lessl`, say): the client's
+    /// error. False when the file system said no (permissions, a file in the way, no space):
+    /// the engine's archive upload, which writes as root, may still succeed.
+    pub forbidden: bool,
 }
 
 impl Request {
@@ -47,7 +121,22 @@ impl Request {
             cwd: None,
             timeout_ms: 0,
             output_bytes: 0,
+            place: None,
         }
+    }
+
+    /// A request to place files.
+    pub fn place(place: Place) -> Request {
+        Request {
+            place: Some(place),
+            ..Request::hello([0; 16])
+        }
+        .without_hello()
+    }
+
+    fn without_hello(mut self) -> Request {
+        self.hello = None;
+        self
     }
 
     /// The request as one line for the agent's stdin.
@@ -101,6 +190,8 @@ pub enum Frame {
     /// The agent's stdin reached end of file: it reads no request any more, but finishes
     /// (and answers) the ones it started.
     Closed,
+    /// The answer to a request to place files.
+    Placed(u64, Placed),
 }
 
 const STDOUT: u8 = 1;
@@ -109,6 +200,7 @@ const EXIT: u8 = 3;
 const HELLO: u8 = 5;
 const STARTED: u8 = 6;
 const CLOSED: u8 = 7;
+const PLACED: u8 = 8;
 /// `[kind u8][id u64 BE][len u32 BE]`.
 const HEADER: usize = 13;
 /// Largest payload a frame may claim; the agent sends at most 64 KiB of output per frame,
@@ -125,6 +217,11 @@ impl Frame {
             Frame::Hello(nonce) => (HELLO, 0, nonce.to_vec()),
             Frame::Started(id) => (STARTED, *id, Vec::new()),
             Frame::Closed => (CLOSED, 0, Vec::new()),
+            Frame::Placed(id, p) => (
+                PLACED,
+                *id,
+                serde_json::to_vec(p).expect("placed serializes"),
+            ),
         };
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.push(kind);
@@ -138,7 +235,7 @@ impl Frame {
     pub fn id(&self) -> Option<u64> {
         match self {
             Frame::Stdout(id, _) | Frame::Stderr(id, _) | Frame::Exit(id, _) => Some(*id),
-            Frame::Started(id) => Some(*id),
+            Frame::Started(id) | Frame::Placed(id, _) => Some(*id),
             Frame::Hello(_) | Frame::Closed => None,
         }
     }
@@ -155,6 +252,7 @@ pub enum DecodeError {
         len: usize,
     },
     BadExit(String),
+    BadPlaced(String),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -166,6 +264,7 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "agent frame of kind {kind} cannot carry {len} bytes")
             }
             DecodeError::BadExit(e) => write!(f, "agent exit frame unreadable: {e}"),
+            DecodeError::BadPlaced(e) => write!(f, "agent placed frame unreadable: {e}"),
         }
     }
 }
@@ -223,6 +322,10 @@ impl Decoder {
                 HELLO => Frame::Hello(payload.try_into().expect("length checked")),
                 STARTED => Frame::Started(id),
                 CLOSED => Frame::Closed,
+                PLACED => match serde_json::from_slice(payload) {
+                    Ok(p) => Frame::Placed(id, p),
+                    Err(e) => return Err(self.fail(DecodeError::BadPlaced(e.to_string()))),
+                },
                 other => return Err(self.fail(DecodeError::UnknownKind(other))),
             };
             frames.push(frame);
@@ -325,6 +428,18 @@ mod tests {
             ),
             Frame::Hello(NONCE),
             Frame::Closed,
+            Frame::Placed(2, Placed::default()),
+            Frame::Placed(
+                3,
+                Placed {
+                    refused: Some(Refusal {
+                        index: 1,
+                        field: "dest".into(),
+                        reason: "goes through /tmp/x into /.lessl".into(),
+                        forbidden: true,
+                    }),
+                },
+            ),
         ]
     }
 
@@ -460,6 +575,7 @@ mod tests {
             cwd: Some("/opt".into()),
             timeout_ms: 1000,
             output_bytes: 11,
+            place: None,
         };
         let line = r.to_line();
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
@@ -469,5 +585,23 @@ mod tests {
         let hello: Request = serde_json::from_slice(&Request::hello(NONCE).to_line()).unwrap();
         assert_eq!(hello.hello_nonce(), Some(NONCE));
         assert_eq!(r.hello_nonce(), None);
+        let place = Request::place(Place {
+            resources: vec![PlaceResource {
+                home: "/opt".into(),
+                archive: false,
+                entries: vec![PlaceEntry {
+                    path: "/opt/job.sh".into(),
+                    kind: EntryKind::File,
+                    mode: 0o755,
+                    link: String::new(),
+                    data: "IyEvYmluL3NoCg==".into(),
+                }],
+            }],
+        });
+        let line = place.to_line();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let back: Request = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, place);
+        assert!(back.hello.is_none());
     }
 }

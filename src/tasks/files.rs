@@ -58,6 +58,75 @@ fn pack_at(
     Ok(Some(builder.finish()))
 }
 
+/// The request for the agent to write `resources` itself (in a running container), under the
+/// very rules [`pack`] applies: each resource is built as its own archive (so a refusal names
+/// it) and its entries sent as they would be extracted. None when there is nothing to place.
+pub fn placement(
+    resources: &[Resource],
+    mtime: u64,
+) -> Result<Option<crate::agent::protocol::Place>, PackError> {
+    use crate::agent::protocol::{EntryKind, Place, PlaceEntry, PlaceResource};
+    use base64::Engine as _;
+    if resources.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(resources.len());
+    for r in resources {
+        let mut builder = TarBuilder::new(mtime).reserving(ROOT_RESERVED);
+        let rel = r.path.trim_start_matches('/').trim_end_matches('/');
+        let fail = |e: tar::TarError, what: &str| PackError {
+            field: format!("{}.{what}", r.field),
+            message: e.to_string(),
+        };
+        let archive = match &r.content {
+            Content::File(data) => {
+                builder
+                    .file(rel, r.mode, data)
+                    .map_err(|e| fail(e, "dest"))?;
+                false
+            }
+            Content::Archive(bytes) => {
+                tar::rebase(bytes, rel, &mut builder).map_err(|e| fail(e, "data"))?;
+                true
+            }
+            Content::Download { url, .. } => {
+                return Err(PackError {
+                    field: format!("{}.src", r.field),
+                    message: format!("{url} was not downloaded before placing"),
+                })
+            }
+        };
+        let entries = builder
+            .entries()
+            .map(|e| PlaceEntry {
+                path: format!("/{}", e.name),
+                kind: match e.kind {
+                    tar::Kind::File => EntryKind::File,
+                    tar::Kind::Dir => EntryKind::Dir,
+                    tar::Kind::Symlink => EntryKind::Symlink,
+                    tar::Kind::Hardlink => EntryKind::Hardlink,
+                },
+                mode: e.mode,
+                link: match e.kind {
+                    tar::Kind::Hardlink => format!("/{}", e.link),
+                    _ => e.link.to_string(),
+                },
+                data: if e.data.is_empty() {
+                    String::new()
+                } else {
+                    base64::engine::general_purpose::STANDARD.encode(e.data)
+                },
+            })
+            .collect();
+        out.push(PlaceResource {
+            home: format!("/{}", home_of(r).trim_start_matches('/')),
+            archive,
+            entries,
+        });
+    }
+    Ok(Some(Place { resources: out }))
+}
+
 /// Why the destinations of a task's resources could not be checked in its container.
 #[derive(Debug)]
 pub enum ReachError<E> {

@@ -33,6 +33,7 @@ pub mod files;
 mod lookup;
 mod mirror;
 pub mod mounts;
+mod placing;
 pub mod pool;
 mod record;
 pub mod run;

@@ -325,6 +325,7 @@ pub async fn run_attached(
         timeout_ms: (limits.timeout_s * 1000.0).ceil() as u64,
         // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
         output_bytes: limits.output_bytes + 1,
+        place: None,
     };
     let mut frames = channel.send(request).await.ok()?;
     let start_by = Instant::now() + START_DEADLINE;
@@ -372,7 +373,7 @@ pub async fn run_attached(
                     e.oom_killed,
                 )))
             }
-            Frame::Hello(_) => {}
+            Frame::Hello(_) | Frame::Placed(..) => {}
         }
     }
 }
