@@ -488,3 +488,272 @@ impl Fs for Real {
         sys::check(unsafe { libc::unlinkat(at.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::protocol::PlaceResource;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Node {
+        Dir,
+        File(Vec<u8>, u32),
+        Link(String),
+    }
+
+    /// An in-memory file system; a directory handle is its real path ("" is the root).
+    #[derive(Default)]
+    struct Fake {
+        nodes: BTreeMap<String, Node>,
+        temps: u32,
+        /// Writes fail once this many files were written (a full disk).
+        fail_after: Option<u32>,
+    }
+
+    impl Fake {
+        fn with(nodes: &[(&str, Node)]) -> Fake {
+            let mut f = Fake::default();
+            for (p, n) in nodes {
+                f.nodes.insert(p.to_string(), n.clone());
+            }
+            f
+        }
+        fn join(at: &str, name: &str) -> String {
+            format!("{at}/{name}")
+        }
+        fn add(&mut self, at: &str, node: Node) -> io::Result<String> {
+            if self.fail_after.is_some_and(|n| self.temps >= n) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.temps += 1;
+            let name = format!(".tmp{}", self.temps);
+            self.nodes.insert(Fake::join(at, &name), node);
+            Ok(name)
+        }
+    }
+
+    impl Fs for Fake {
+        type Dir = String;
+        fn root(&mut self) -> io::Result<String> {
+            Ok(String::new())
+        }
+        fn open_dir(&mut self, at: &String, name: &str) -> io::Result<Opened<String>> {
+            let p = Fake::join(at, name);
+            Ok(match self.nodes.get(&p) {
+                None => Opened::Missing,
+                Some(Node::Dir) => Opened::Dir(p),
+                Some(Node::Link(t)) => Opened::Symlink(t.clone()),
+                Some(Node::File(..)) => Opened::Other,
+            })
+        }
+        fn make_dir(&mut self, at: &String, name: &str, _: u32) -> io::Result<Option<()>> {
+            let p = Fake::join(at, name);
+            if self.nodes.contains_key(&p) {
+                return Ok(None);
+            }
+            self.nodes.insert(p, Node::Dir);
+            Ok(Some(()))
+        }
+        fn remove_dir(&mut self, at: &String, name: &str) -> io::Result<()> {
+            self.nodes.remove(&Fake::join(at, name));
+            Ok(())
+        }
+        fn is_dir(&mut self, at: &String, name: &str) -> io::Result<bool> {
+            Ok(self.nodes.get(&Fake::join(at, name)) == Some(&Node::Dir))
+        }
+        fn write_temp(&mut self, at: &String, data: &[u8], mode: u32) -> io::Result<String> {
+            self.add(at, Node::File(data.to_vec(), mode))
+        }
+        fn symlink_temp(&mut self, at: &String, target: &str) -> io::Result<String> {
+            self.add(at, Node::Link(target.to_string()))
+        }
+        fn link_temp(&mut self, from: &String, name: &str, at: &String) -> io::Result<String> {
+            let node = self.nodes[&Fake::join(from, name)].clone();
+            self.add(at, node)
+        }
+        fn rename(&mut self, at: &String, from: &str, to: &str) -> io::Result<()> {
+            let node = self.nodes.remove(&Fake::join(at, from)).unwrap();
+            self.nodes.insert(Fake::join(at, to), node);
+            Ok(())
+        }
+        fn unlink(&mut self, at: &String, name: &str) -> io::Result<()> {
+            self.nodes.remove(&Fake::join(at, name));
+            Ok(())
+        }
+    }
+
+    fn file(path: &str, data: &[u8]) -> PlaceEntry {
+        use base64::Engine as _;
+        PlaceEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o640,
+            link: String::new(),
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        }
+    }
+
+    fn res(home: &str, archive: bool, entries: Vec<PlaceEntry>) -> PlaceResource {
+        PlaceResource {
+            home: home.into(),
+            archive,
+            entries,
+        }
+    }
+
+    fn planted() -> Fake {
+        Fake::with(&[
+            ("/tmp", Node::Dir),
+            ("/.lessl", Node::Dir),
+            ("/tmp/x", Node::Link("/.lessl".into())),
+            ("/tmp/root", Node::Link("/".into())),
+            ("/tmp/up", Node::Link("../../../proc".into())),
+            ("/tmp/ok", Node::Link("../srv".into())),
+            ("/srv", Node::Dir),
+            ("/tmp/a", Node::Link("/tmp/b".into())),
+            ("/tmp/b", Node::Link("/tmp/a".into())),
+            ("/tmp/f", Node::File(b"x".to_vec(), 0o644)),
+        ])
+    }
+
+    fn refusal(fs: &mut Fake, rs: Vec<PlaceResource>) -> Option<(usize, String, bool)> {
+        place(fs, Place { resources: rs })
+            .refused
+            .map(|r| (r.index, r.field, r.forbidden))
+    }
+
+    #[test]
+    fn files_land_whole_with_their_mode_and_missing_directories_made() {
+        let mut fs = planted();
+        let bytes: Vec<u8> = (0..=255).collect();
+        let got = refusal(
+            &mut fs,
+            vec![
+                res("/opt/app", false, vec![file("/opt/app/run.sh", &bytes)]),
+                res("/tmp/ok", false, vec![file("/tmp/ok/via-link", b"y")]),
+            ],
+        );
+        assert_eq!(got, None);
+        assert_eq!(fs.nodes["/opt"], Node::Dir);
+        assert_eq!(fs.nodes["/opt/app/run.sh"], Node::File(bytes, 0o640));
+        // A link inside the rules is followed, as the engine's extraction does.
+        assert_eq!(fs.nodes["/srv/via-link"], Node::File(b"y".to_vec(), 0o640));
+        assert!(!fs.nodes.keys().any(|k| k.contains(".tmp")));
+    }
+
+    #[test]
+    fn planted_symlinks_never_lead_into_reserved_directories() {
+        for (home, path) in [
+            ("/tmp/x", "/tmp/x/evil"),
+            ("/tmp/root/.lessl", "/tmp/root/.lessl/evil"),
+            ("/tmp/up", "/tmp/up/evil"),
+            ("/tmp/root/tmp/root/dev", "/tmp/root/tmp/root/dev/evil"),
+            ("/tmp/a", "/tmp/a/evil"),
+        ] {
+            let mut fs = planted();
+            let before = fs.nodes.clone();
+            let got = refusal(
+                &mut fs,
+                vec![
+                    res("/new/dir", false, vec![file("/new/dir/good", b"g")]),
+                    res(home, false, vec![file(path, b"e")]),
+                ],
+            );
+            assert_eq!(got, Some((1, "dest".into(), true)), "{path}");
+            assert_eq!(
+                fs.nodes, before,
+                "{path}: nothing left, made directories too"
+            );
+        }
+        // The last component is replaced, never followed.
+        let mut fs = planted();
+        assert_eq!(
+            refusal(
+                &mut fs,
+                vec![res("/tmp", false, vec![file("/tmp/x", b"n")])]
+            ),
+            None
+        );
+        assert_eq!(fs.nodes["/tmp/x"], Node::File(b"n".to_vec(), 0o640));
+        assert!(fs.nodes.contains_key("/.lessl"));
+    }
+
+    #[test]
+    fn archive_entries_name_data_and_links_are_placed_together() {
+        let mut fs = planted();
+        let link = |path: &str, kind, to: &str| PlaceEntry {
+            path: path.into(),
+            kind,
+            mode: 0o777,
+            link: to.into(),
+            data: String::new(),
+        };
+        let dir = PlaceEntry {
+            kind: EntryKind::Dir,
+            mode: 0o750,
+            ..link("/srv/t/d", EntryKind::Dir, "")
+        };
+        let got = refusal(
+            &mut fs,
+            vec![res(
+                "/srv/t",
+                true,
+                vec![
+                    dir,
+                    file("/srv/t/d/a", b"a"),
+                    link("/srv/t/d/s", EntryKind::Symlink, "a"),
+                    link("/srv/t/d/h", EntryKind::Hardlink, "/srv/t/d/a"),
+                ],
+            )],
+        );
+        assert_eq!(got, None);
+        assert_eq!(fs.nodes["/srv/t/d/s"], Node::Link("a".into()));
+        assert_eq!(fs.nodes["/srv/t/d/h"], fs.nodes["/srv/t/d/a"]);
+        // An entry through a planted link is the archive's `data`.
+        let mut fs = planted();
+        let got = refusal(
+            &mut fs,
+            vec![res("/tmp", true, vec![file("/tmp/root/proc/x", b"e")])],
+        );
+        assert_eq!(got, Some((0, "data".into(), true)));
+        // A hard link to nothing earlier, and unclean paths, are refused.
+        for bad in [
+            link("/srv/h", EntryKind::Hardlink, "/etc/passwd"),
+            file("/srv/../etc/x", b"e"),
+            file("relative", b"e"),
+            file("/proc/x", b"e"),
+        ] {
+            let mut fs = planted();
+            let got = refusal(&mut fs, vec![res("/srv", true, vec![bad.clone()])]);
+            assert_eq!(got, Some((0, "data".into(), true)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_failing_write_undoes_the_whole_set() {
+        let mut fs = planted();
+        fs.fail_after = Some(2);
+        let before = fs.nodes.clone();
+        let got = refusal(
+            &mut fs,
+            vec![
+                res("/a", false, vec![file("/a/1", b"1")]),
+                res("/b/c", false, vec![file("/b/c/2", b"2")]),
+                res("/d", false, vec![file("/d/3", b"3")]),
+            ],
+        );
+        assert_eq!(got, Some((2, "dest".into(), false)));
+        assert_eq!(fs.nodes, before);
+        // A file in the way of a directory, or a directory in the way of a file: the file
+        // system's refusal, not the rules'.
+        let mut fs = planted();
+        let got = refusal(
+            &mut fs,
+            vec![res("/tmp/f", false, vec![file("/tmp/f/x", b"")])],
+        );
+        assert_eq!(got, Some((0, "dest".into(), false)));
+        let got = refusal(&mut fs, vec![res("/", false, vec![file("/srv", b"")])]);
+        assert_eq!(got, Some((0, "dest".into(), false)));
+    }
+}

@@ -380,6 +380,45 @@ mod tests {
         assert!(pack(&[backward], 0).is_ok());
     }
 
+    #[test]
+    fn placement_sends_what_the_archive_holds_under_the_same_refusals() {
+        use crate::agent::protocol::EntryKind;
+        let rs = [
+            file("resources[0]", "/opt/job.sh"),
+            archive("resources[1]", "/srv", &[("a/b", None), ("c", Some("a/b"))]),
+        ];
+        let p = placement(&rs, 0).unwrap().unwrap();
+        let (f, a) = (&p.resources[0], &p.resources[1]);
+        assert_eq!((f.home.as_str(), f.archive), ("/opt", false));
+        assert_eq!(f.entries[0].path, "/opt/job.sh");
+        assert_eq!(
+            (f.entries[0].kind, f.entries[0].mode),
+            (EntryKind::File, 0o644)
+        );
+        assert_eq!(f.entries[0].data, "eA==");
+        assert_eq!((a.home.as_str(), a.archive), ("/srv", true));
+        let got: Vec<(&str, EntryKind, &str)> = a
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind, e.link.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/srv/a/b", EntryKind::File, ""),
+                ("/srv/c", EntryKind::Hardlink, "/srv/a/b")
+            ]
+        );
+        assert_eq!(placement(&[], 0).unwrap(), None);
+        for bad in [
+            archive("resources[1]", "/", &[(".lessl/x", None)]),
+            archive("resources[1]", "/srv", &[("a", Some("b")), ("b", None)]),
+        ] {
+            let e = placement(&[file("r", "/ok"), bad], 0).unwrap_err();
+            assert_eq!(e.field, "resources[1].data");
+        }
+    }
+
     /// A container's paths for `check_reachable`: path to Some(link target or "").
     fn stat_in(
         fs: &'static [(&'static str, &'static str)],
