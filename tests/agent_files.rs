@@ -135,6 +135,23 @@ fn a_task_with_a_user_owns_what_the_agent_places() {
             .expect(200)
             .json();
         assert_eq!(stdout(&v, 0), "root's 0\n", "{runner:?}");
+        // A cold POST: the agent places them once it is up, before the first command.
+        let v = lessl
+            .post(
+                &json!({"image": BUSYBOX, "user": "65534:65534", "resources": [
+                    {"data": "cold", "dest": "/tmp/c/f", "mode": "0600"},
+                    {"data": "#!/bin/sh\necho script ran\n", "dest": "/tmp/c/job.sh", "mode": "0755"}],
+                  "cmd": ["cat /tmp/c/f; stat -c ' %u %a' /tmp/c/f", "/tmp/c/job.sh"]})
+                .to_string(),
+            )
+            .expect(201)
+            .json();
+        if runner.is_empty() {
+            assert_eq!(stdout(&v, 0), "cold 65534 600\n");
+        } else {
+            assert_eq!(stdout(&v, 0), " 0 600\n");
+        }
+        assert_eq!(stdout(&v, 1), "script ran\n", "{runner:?}");
         lessl.delete(&name).expect(204);
         lessl.finish();
     }

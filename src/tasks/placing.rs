@@ -19,6 +19,18 @@ pub(super) enum ByAgent {
 }
 
 impl Tasks {
+    /// Uploads archives made by [`files::uploads`], if any are left to upload.
+    pub(super) async fn upload(
+        &self,
+        id: &str,
+        archive: Option<files::Uploads>,
+    ) -> Result<(), TaskError> {
+        for (dir, tar) in archive.unwrap_or_default() {
+            self.inner.engine.put_archive(id, &dir, tar).await?;
+        }
+        Ok(())
+    }
+
     /// Asks the agent behind `chan` to place `resources`. A refusal by the rules (a symlink
     /// planted towards `/.lessl`, say) is the client's error, naming the field at fault.
     pub(super) async fn place_by_agent(
