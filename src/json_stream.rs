@@ -117,33 +117,50 @@ impl JsonString {
     }
 }
 
+/// What each byte becomes inside a JSON string: 0 for itself, `u` for `\u00xx`, else the
+/// letter after the backslash.
+const ESCAPES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
 /// Appends `s` escaped as serde_json escapes string contents: `"` and `\`, the short forms
-/// `\b \t \n \f \r`, other control characters as `\u00xx`; everything else as is.
+/// `\b \t \n \f \r`, other control characters as `\u00xx`; everything else as is. One
+/// table lookup per byte and room reserved up front: output full of newlines is the common
+/// case, and must not cost a reallocation check per byte.
 fn escape(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + bytes.len() / 2 + 16);
     let mut from = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x09 => b't',
-            0x0a => b'n',
-            0x0c => b'f',
-            0x0d => b'r',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
+        let short = ESCAPES[usize::from(b)];
+        if short == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[from..i]);
-        out.push(b'\\');
-        out.push(short);
         if short == b'u' {
             out.extend_from_slice(&[
+                b'\\',
+                b'u',
                 b'0',
                 b'0',
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 0xf)],
             ]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
         }
         from = i + 1;
     }

@@ -42,6 +42,8 @@ const CANNOT_RUN_EXIT: i32 = 126;
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Output is read and forwarded in pieces of at most this size.
 const CHUNK: usize = 64 << 10;
+/// Buffer of the request reader (pages are only touched as lines fill them).
+const REQUEST_BUFFER: usize = 256 << 10;
 
 fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -162,7 +164,7 @@ async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
         // then reach Lessl together.
         let mut bytes = frame.encode();
         while let Ok(more) = outbox.try_recv() {
-            bytes.extend(more.encode());
+            more.encode_into(&mut bytes);
         }
         if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
             // Nobody attached: the frames are lost, which is what Docker does with output too.
@@ -179,7 +181,8 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
         .ok()
         .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
     let Some(stdin) = stdin else { return };
-    let mut lines = tokio::io::BufReader::new(stdin).lines();
+    // A placement arrives as one line of megabytes: read in large pieces, not 8 KiB ones.
+    let mut lines = tokio::io::BufReader::with_capacity(REQUEST_BUFFER, stdin).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         // Lessl starts every attach with an empty line, ending whatever half line a previous
         // Lessl process left behind.

@@ -210,25 +210,34 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 impl Frame {
     /// `[kind u8][id u64 BE][len u32 BE][payload]`.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, id, payload): (u8, u64, Vec<u8>) = match self {
-            Frame::Stdout(id, b) => (STDOUT, *id, b.clone()),
-            Frame::Stderr(id, b) => (STDERR, *id, b.clone()),
-            Frame::Exit(id, e) => (EXIT, *id, serde_json::to_vec(e).expect("exit serializes")),
-            Frame::Hello(nonce) => (HELLO, 0, nonce.to_vec()),
-            Frame::Started(id) => (STARTED, *id, Vec::new()),
-            Frame::Closed => (CLOSED, 0, Vec::new()),
-            Frame::Placed(id, p) => (
-                PLACED,
-                *id,
-                serde_json::to_vec(p).expect("placed serializes"),
-            ),
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`Frame::encode`] appended to `out`: output payloads are copied once, not twice.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let owned;
+        let (kind, id, payload): (u8, u64, &[u8]) = match self {
+            Frame::Stdout(id, b) => (STDOUT, *id, b),
+            Frame::Stderr(id, b) => (STDERR, *id, b),
+            Frame::Exit(id, e) => {
+                owned = serde_json::to_vec(e).expect("exit serializes");
+                (EXIT, *id, &owned)
+            }
+            Frame::Hello(nonce) => (HELLO, 0, nonce),
+            Frame::Started(id) => (STARTED, *id, &[]),
+            Frame::Closed => (CLOSED, 0, &[]),
+            Frame::Placed(id, p) => {
+                owned = serde_json::to_vec(p).expect("placed serializes");
+                (PLACED, *id, &owned)
+            }
         };
-        let mut out = Vec::with_capacity(HEADER + payload.len());
+        out.reserve(HEADER + payload.len());
         out.push(kind);
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        out.extend_from_slice(&payload);
-        out
+        out.extend_from_slice(payload);
     }
 
     /// The request this frame answers, if it answers one.
