@@ -1,5 +1,6 @@
 //! Turns a task's resources into the one plain tar archive uploaded at `/` before its
-//! commands run. Pure: bytes in, bytes out.
+//! commands run, or into the same entries as a placement request for the agent. Pure: bytes
+//! in, bytes out.
 
 use crate::spec::{Content, Resource};
 use crate::tar::{self, TarBuilder};
