@@ -137,21 +137,31 @@ const ESCAPES: [u8; 256] = {
 };
 
 /// Appends `s` escaped as serde_json escapes string contents: `"` and `\`, the short forms
-/// `\b \t \n \f \r`, other control characters as `\u00xx`; everything else as is. One
-/// table lookup per byte and room reserved up front: output full of newlines is the common
-/// case, and must not cost a reallocation check per byte.
+/// `\b \t \n \f \r`, other control characters as `\u00xx`; everything else as is.
+/// Output full of newlines is the common case: an escape every other byte must not cost a
+/// `memcpy` call (or a capacity check) each, so the exact length is counted first and every
+/// byte is stored by index.
 fn escape(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + bytes.len() / 2 + 16);
-    let mut from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let extra: usize = bytes
+        .iter()
+        .map(|&b| match ESCAPES[usize::from(b)] {
+            0 => 0,
+            b'u' => 5,
+            _ => 1,
+        })
+        .sum();
+    let start = out.len();
+    out.resize(start + bytes.len() + extra, 0);
+    let dst = &mut out[start..];
+    let mut w = 0;
+    for &b in bytes {
         let short = ESCAPES[usize::from(b)];
         if short == 0 {
-            continue;
-        }
-        out.extend_from_slice(&bytes[from..i]);
-        if short == b'u' {
-            out.extend_from_slice(&[
+            dst[w] = b;
+            w += 1;
+        } else if short == b'u' {
+            dst[w..w + 6].copy_from_slice(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -159,12 +169,14 @@ fn escape(s: &str, out: &mut Vec<u8>) {
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 0xf)],
             ]);
+            w += 6;
         } else {
-            out.extend_from_slice(&[b'\\', short]);
+            dst[w] = b'\\';
+            dst[w + 1] = short;
+            w += 2;
         }
-        from = i + 1;
     }
-    out.extend_from_slice(&bytes[from..]);
+    debug_assert_eq!(w, dst.len());
 }
 
 /// Encodes `chunks` in one go: for tests and small values.
