@@ -180,11 +180,15 @@ impl Channel {
                 .insert(request.id, Pending { tx, started: false });
         }
         let mut w = self.writer.lock().await;
-        let mut bytes = Vec::new();
-        if !w.1 {
-            bytes = self.hello_bytes();
-        }
-        bytes.extend(request.to_line());
+        // A placement's line runs to megabytes: copied only when a hello goes first.
+        let bytes = match w.1 {
+            true => request.to_line(),
+            false => {
+                let mut bytes = self.hello_bytes();
+                bytes.extend(request.to_line());
+                bytes
+            }
+        };
         match self.write(&mut w.0, &bytes).await {
             Ok(()) => {
                 w.1 = true;
