@@ -5,6 +5,12 @@
 //!
 //!     cargo bench --bench lessl                # 30 rounds
 //!     cargo bench --bench lessl -- --rounds 60 --daemons 500
+//!     cargo bench --bench lessl -- --before /tmp/lessl-old   # and another build, interleaved
+//!
+//! Beside `echo hello` it times the workload users send: a 90-byte script carried as a
+//! resource and run (PUT into a daemon, warm POST, cold POST), and the two byte paths (a
+//! 6 MiB resource in, 8 MB of stdout out, each over the PUT without them). With `--before`,
+//! the same script and byte figures of another `lessl` binary, in the same rounds.
 //!
 //! Needs the engine and images of `contrib/test-env.sh --setup`. It starts its own
 //! `lessl serve` (the release build) with a unique `--instance`, and removes everything it
@@ -21,6 +27,8 @@ use serde_json::json;
 use support::{Lessl, BUSYBOX};
 
 struct Args {
+    /// Another build of `lessl` to time the script and byte paths of, in the same rounds.
+    before: Option<String>,
     rounds: usize,
     daemons: usize,
     flight: usize,
@@ -29,6 +37,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        before: None,
         rounds: 30,
         daemons: 500,
         flight: 8,
@@ -43,6 +52,7 @@ fn args() -> Args {
             "--daemons" => a.daemons = val().unwrap_or(a.daemons),
             "--flight" => a.flight = val().unwrap_or(a.flight),
             "--burst" => a.burst = val().unwrap_or(a.burst),
+            "--before" => a.before = argv.get(i + 1).cloned(),
             _ => {} // cargo bench passes --bench; ignore what is not ours.
         }
         i += 1;
@@ -161,6 +171,164 @@ fn post_echo(lessl: &Lessl) {
     assert_eq!(v["results"][0]["stdout"], "hello\n", "{v}");
 }
 
+/// The script users carry: 90 bytes of shell, run as /opt/job.sh.
+const SCRIPT: &str = "#!/bin/sh\n# a job users send: a script resource, then run\nset -e\necho \"job $1 ran\"\nexit 0\n";
+/// Bytes of the resource of the bytes-in path, and of stdout of the bytes-out path.
+const BYTES_IN: usize = 6 << 20;
+const BYTES_OUT: usize = 8_000_000;
+
+fn script_body(image: bool) -> String {
+    let mut v = json!({"resources": [{"content_type": "text/x-sh", "data": SCRIPT,
+        "dest": "/opt/job.sh", "mode": "0755"}], "cmd": ["/opt/job.sh hello"]});
+    if image {
+        v["image"] = json!(BUSYBOX);
+    }
+    v.to_string()
+}
+
+fn check_script(v: &serde_json::Value) {
+    assert_eq!(v["results"][0]["stdout"], "job hello ran\n", "{v}");
+}
+
+/// One build of Lessl under test: a Lessl, a pooled one, and a daemon task in the first.
+struct Build {
+    lessl: Lessl,
+    warm: Lessl,
+    daemon: String,
+    /// Bodies of the byte paths, made once.
+    bytes_in: String,
+    bytes_out: String,
+    /// PUT, warm POST, cold POST, each without then with the script; PUT with 6 MiB in; PUT
+    /// with 8 MB out.
+    s: [Series; 8],
+}
+
+impl Build {
+    fn start(bin: Option<&str>, flight: usize) -> Build {
+        let pool = format!("{BUSYBOX}={flight}");
+        let start = |extra: &[&str]| match bin {
+            Some(b) => Lessl::start_binary(b, extra),
+            None => Lessl::start(extra),
+        };
+        let lessl = start(&["--max-daemons", "2000", "--max-running", "64"]);
+        let warm = start(&["--max-running", "64", "--warm", &pool]);
+        let daemon = lessl
+            .post(&json!({"image": BUSYBOX, "daemon": true, "ttl": 3600}).to_string())
+            .expect(201)
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        use base64::Engine as _;
+        let data: Vec<u8> = (0..BYTES_IN).map(|i| (i * 31 % 256) as u8).collect();
+        let bytes_in = json!({"resources": [{"content_type": "application/octet-stream",
+            "data": base64::engine::general_purpose::STANDARD.encode(&data), "dest": "/tmp/in.bin"}],
+            "cmd": ["echo hello"]})
+        .to_string();
+        let bytes_out = json!({"limits": {"output_bytes": 16 << 20},
+            "cmd": [format!("yes | head -c {BYTES_OUT}")]})
+        .to_string();
+        Build {
+            lessl,
+            warm,
+            daemon,
+            bytes_in,
+            bytes_out,
+            s: Default::default(),
+        }
+    }
+
+    /// First-use costs of this Lessl (its agent volume, connections) are not the figures.
+    fn round_warmup(&self) {
+        post_echo(&self.lessl);
+        check_script(&self.lessl.post(&script_body(true)).expect(201).json());
+    }
+
+    fn pool_full(&self, flight: usize) -> bool {
+        pooled(&self.warm) >= flight
+    }
+
+    /// One round of every series, on a machine as quiet as the rounds make it.
+    fn round(&mut self, flight: usize) {
+        let Build {
+            lessl,
+            warm,
+            daemon,
+            bytes_in,
+            bytes_out,
+            s,
+        } = self;
+        let [put, put_s, hot, hot_s, cold, cold_s, put_in, put_out] = s;
+        let put_echo = || {
+            let v = lessl
+                .put(daemon, r#"{"cmd": ["echo hello"]}"#)
+                .expect(200)
+                .json();
+            assert_eq!(v["results"][0]["stdout"], "hello\n");
+        };
+        put.time(put_echo);
+        put_s.time(|| check_script(&lessl.put(daemon, &script_body(false)).expect(200).json()));
+        put_in.time(|| {
+            let v = lessl.put(daemon, bytes_in).expect(200).json();
+            assert_eq!(v["results"][0]["stdout"], "hello\n");
+        });
+        put_out.time(|| {
+            let v = lessl.put(daemon, bytes_out).expect(200).json();
+            assert_eq!(
+                v["results"][0]["stdout"].as_str().map(str::len),
+                Some(BYTES_OUT)
+            );
+        });
+        cold.time(|| post_echo(lessl));
+        cold_s.time(|| check_script(&lessl.post(&script_body(true)).expect(201).json()));
+        support::wait_until(Duration::from_secs(10), || pooled(warm) >= flight);
+        hot.time(|| post_echo(warm));
+        support::wait_until(Duration::from_secs(10), || pooled(warm) >= flight);
+        hot_s.time(|| check_script(&warm.post(&script_body(true)).expect(201).json()));
+    }
+
+    fn report(&self, label: &str) {
+        let [put, put_s, hot, hot_s, cold, cold_s, put_in, put_out] = &self.s;
+        println!("\n{label}: a 90-byte script resource run as /opt/job.sh, and bytes moved");
+        println!(
+            "{:<34} {:>10} {:>10} {:>8}",
+            "", "without ms", "with ms", "ratio"
+        );
+        for (name, without, with, goal) in [
+            ("PUT into a daemon", put, put_s, "<= 2"),
+            ("warm POST", hot, hot_s, "<= 2"),
+            ("cold POST", cold, cold_s, "<= 1.1"),
+        ] {
+            println!(
+                "{name:<34} {:>10.1} {:>10.1} {:>8.2}   (target {goal})",
+                without.median(),
+                with.median(),
+                with.median() / without.median()
+            );
+        }
+        let rate = |bytes: usize, with: &Series| {
+            let extra = (with.median() - put.median()).max(0.01) / 1000.0;
+            bytes as f64 / 1e6 / extra
+        };
+        println!(
+            "bytes in: PUT with 6 MiB resource  {:>8.1} ms   {:>7.0} MB/s (target >= 150)",
+            put_in.median(),
+            rate(BYTES_IN, put_in)
+        );
+        println!(
+            "bytes out: PUT printing 8 MB       {:>8.1} ms   {:>7.0} MB/s (target >= 150)",
+            put_out.median(),
+            rate(BYTES_OUT, put_out)
+        );
+    }
+
+    fn finish(self) {
+        self.lessl.delete(&self.daemon).expect(204);
+        self.lessl.finish();
+        self.warm.finish();
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -221,8 +389,16 @@ fn main() {
         .unwrap()
         .to_string();
 
+    let mut builds = vec![("this build", Build::start(None, a.flight))];
+    if let Some(bin) = &a.before {
+        builds.push(("before (--before)", Build::start(Some(bin), a.flight)));
+    }
     let pool_full = || pooled(&warm) >= a.flight;
     support::wait_until(Duration::from_secs(60), pool_full);
+    for (_, b) in &builds {
+        support::wait_until(Duration::from_secs(60), || b.pool_full(a.flight));
+        b.round_warmup();
+    }
     let mut s: [Series; 6] = Default::default();
     let [run_rm, floor, exec, cold, put, hot] = &mut s;
     for _ in 0..a.rounds {
@@ -241,6 +417,9 @@ fn main() {
         // A pooled container taken now was refilled since the last round.
         support::wait_until(Duration::from_secs(10), pool_full);
         hot.time(|| post_echo(&warm));
+        for (_, b) in &mut builds {
+            b.round(a.flight);
+        }
     }
 
     println!(
@@ -275,6 +454,9 @@ fn main() {
         "warm POST / docker run --rm      {:>6.3}   (target <= 0.05)",
         hot.median() / run_rm.median()
     );
+    for (label, b) in &builds {
+        b.report(label);
+    }
 
     let raw_tps = throughput(a.burst, a.flight, || {
         rt.block_on(raw_floor(&docker));
@@ -348,6 +530,9 @@ fn main() {
     rt.block_on(docker.remove_container(&running)).unwrap();
     lessl.finish();
     warm.finish();
+    for (_, b) in builds {
+        b.finish();
+    }
 }
 
 /// RSS while one run prints 4 x 16 MiB (sampled every 10 ms: the peak), then after keeping

@@ -117,37 +117,66 @@ impl JsonString {
     }
 }
 
+/// What each byte becomes inside a JSON string: 0 for itself, `u` for `\u00xx`, else the
+/// letter after the backslash.
+const ESCAPES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
 /// Appends `s` escaped as serde_json escapes string contents: `"` and `\`, the short forms
 /// `\b \t \n \f \r`, other control characters as `\u00xx`; everything else as is.
+/// Output full of newlines is the common case: an escape every other byte must not cost a
+/// `memcpy` call (or a capacity check) each, so the exact length is counted first and every
+/// byte is stored by index.
 fn escape(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
-    let mut from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x09 => b't',
-            0x0a => b'n',
-            0x0c => b'f',
-            0x0d => b'r',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[from..i]);
-        out.push(b'\\');
-        out.push(short);
-        if short == b'u' {
-            out.extend_from_slice(&[
+    let extra: usize = bytes
+        .iter()
+        .map(|&b| match ESCAPES[usize::from(b)] {
+            0 => 0,
+            b'u' => 5,
+            _ => 1,
+        })
+        .sum();
+    let start = out.len();
+    out.resize(start + bytes.len() + extra, 0);
+    let dst = &mut out[start..];
+    let mut w = 0;
+    for &b in bytes {
+        let short = ESCAPES[usize::from(b)];
+        if short == 0 {
+            dst[w] = b;
+            w += 1;
+        } else if short == b'u' {
+            dst[w..w + 6].copy_from_slice(&[
+                b'\\',
+                b'u',
                 b'0',
                 b'0',
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 0xf)],
             ]);
+            w += 6;
+        } else {
+            dst[w] = b'\\';
+            dst[w + 1] = short;
+            w += 2;
         }
-        from = i + 1;
     }
-    out.extend_from_slice(&bytes[from..]);
+    debug_assert_eq!(w, dst.len());
 }
 
 /// Encodes `chunks` in one go: for tests and small values.

@@ -218,6 +218,39 @@ pub struct TarBuilder {
     written: std::collections::HashSet<String>,
     /// Every entry name written so far, directories included, in order.
     names: Vec<String>,
+    /// Every entry written so far, in order, with where its data sits in `buf`.
+    built: Vec<Built>,
+}
+
+/// What kind of thing an entry of a [`TarBuilder`] creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+}
+
+#[derive(Debug, Clone)]
+struct Built {
+    name: String,
+    kind: Kind,
+    mode: u32,
+    link: String,
+    data: std::ops::Range<usize>,
+}
+
+/// One entry of a [`TarBuilder`], as an extractor would create it: for writers that place
+/// the files themselves (the agent) under exactly the rules the archive was built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltEntry<'a> {
+    /// Relative, clean, without a trailing '/'.
+    pub name: &'a str,
+    pub kind: Kind,
+    pub mode: u32,
+    /// A symlink's target or a hard link's (relative) entry name; empty otherwise.
+    pub link: &'a str,
+    pub data: &'a [u8],
 }
 
 impl TarBuilder {
@@ -230,7 +263,19 @@ impl TarBuilder {
             reserved: Vec::new(),
             written: Default::default(),
             names: Vec::new(),
+            built: Vec::new(),
         }
+    }
+
+    /// The entries written so far, in order.
+    pub fn entries(&self) -> impl Iterator<Item = BuiltEntry<'_>> {
+        self.built.iter().map(|b| BuiltEntry {
+            name: &b.name,
+            kind: b.kind,
+            mode: b.mode,
+            link: &b.link,
+            data: &self.buf[b.data.clone()],
+        })
     }
 
     /// Refuses entries named `name` or under it (relative names, as entries have), and hard
@@ -348,8 +393,22 @@ impl TarBuilder {
             magic: USTAR_MAGIC,
         };
         self.buf.extend_from_slice(&header.encode());
+        let start = self.buf.len();
         self.append_data(data);
         self.names.push(name.trim_end_matches('/').to_owned());
+        let kind = match typeflag {
+            TYPE_DIR => Kind::Dir,
+            TYPE_SYMLINK => Kind::Symlink,
+            TYPE_HARDLINK => Kind::Hardlink,
+            _ => Kind::File,
+        };
+        self.built.push(Built {
+            name: name.trim_end_matches('/').to_owned(),
+            kind,
+            mode: mode & 0o7777,
+            link: link.to_owned(),
+            data: start..start + data.len(),
+        });
         Ok(())
     }
 

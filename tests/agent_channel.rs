@@ -235,6 +235,7 @@ fn the_agent_says_when_its_input_closes_and_keeps_running() {
         timeout_ms: 10_000,
         output_bytes: 100,
         stdin_base64: None,
+        place: None,
     };
     input.write_all(&request.to_line()).unwrap();
     input.flush().unwrap();

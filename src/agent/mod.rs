@@ -7,6 +7,7 @@
 //! The agent keeps its channel out of the commands' reach (non-dumpable, no descriptor
 //! passed on, deaf to signals from inside the container). Never talks to Docker or the API.
 
+mod place;
 pub mod protocol;
 mod reaper;
 
@@ -41,6 +42,8 @@ const CANNOT_RUN_EXIT: i32 = 126;
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Output is read and forwarded in pieces of at most this size.
 const CHUNK: usize = 64 << 10;
+/// Buffer of the request reader (pages are only touched as lines fill them).
+const REQUEST_BUFFER: usize = 256 << 10;
 
 fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -161,7 +164,7 @@ async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
         // then reach Lessl together.
         let mut bytes = frame.encode();
         while let Ok(more) = outbox.try_recv() {
-            bytes.extend(more.encode());
+            more.encode_into(&mut bytes);
         }
         if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
             // Nobody attached: the frames are lost, which is what Docker does with output too.
@@ -178,7 +181,8 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
         .ok()
         .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
     let Some(stdin) = stdin else { return };
-    let mut lines = tokio::io::BufReader::new(stdin).lines();
+    // A placement arrives as one line of megabytes: read in large pieces, not 8 KiB ones.
+    let mut lines = tokio::io::BufReader::with_capacity(REQUEST_BUFFER, stdin).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         // Lessl starts every attach with an empty line, ending whatever half line a previous
         // Lessl process left behind.
@@ -192,6 +196,14 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
                 continue;
             }
         };
+        // Placed here, before the next request is read: the commands sent after it see
+        // every file. Inline, since a task at its pids limit may allow no other thread.
+        if let Some(files) = request.place {
+            drop(line);
+            let placed = place::place(&mut place::Real, files);
+            let _ = frames.send(Frame::Placed(request.id, placed));
+            continue;
+        }
         if request.hello.is_some() {
             match request.hello_nonce() {
                 Some(nonce) => {
@@ -290,6 +302,7 @@ pub fn supervise(opts: RunOptions) -> i32 {
         timeout_ms: opts.timeout.as_millis() as u64,
         output_bytes: opts.output_bytes,
         stdin_base64: None,
+        place: None,
     };
     let run = async {
         let mut child = signal(SignalKind::child())?;
@@ -621,6 +634,7 @@ mod tests {
             timeout_ms,
             output_bytes,
             stdin_base64: None,
+            place: None,
         }
     }
 

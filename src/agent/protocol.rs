@@ -39,6 +39,80 @@ pub struct Request {
     /// without stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_base64: Option<String>,
+    /// Files to place instead of a command to run: the agent writes them all (or none) and
+    /// answers [`Frame::Placed`]; `argv` and the rest are then ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
+}
+
+/// A task's resources for the agent to write, in the order of the spec. Every path was
+/// checked by Lessl (the tar rules of `src/tar.rs`, nothing reserved); the agent checks them
+/// again, and walks every directory itself without following a symlink out of the rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    pub resources: Vec<PlaceResource>,
+}
+
+/// One resource: its entries, and the directory its `dest` names (a file's parent, an
+/// archive's `dest`), so a refusal names `dest` or `data` as the API does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceResource {
+    pub home: String,
+    /// An archive: a fault in one of its entries is the resource's `data`, not its `dest`.
+    #[serde(default)]
+    pub archive: bool,
+    pub entries: Vec<PlaceEntry>,
+}
+
+/// One thing to create, at an absolute, clean path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceEntry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits (0o7777).
+    #[serde(default)]
+    pub mode: u32,
+    /// A symlink's target, or the absolute path of an earlier entry a hard link names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub link: String,
+    /// A file's bytes, base64 (standard alphabet, padded): JSON lines cannot carry raw bytes,
+    /// and a line cut by a dead Lessl is ended by the next one's empty line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+}
+
+/// The answer to a [`Place`] request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placed {
+    /// None: every entry is in place. Otherwise nothing was placed, and this says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+}
+
+/// Why a [`Place`] request placed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Index of the resource at fault in [`Place::resources`].
+    pub index: usize,
+    /// `dest` or `data`: the spec field of that resource at fault.
+    pub field: String,
+    pub reason: String,
+    /// True when the rules forbid it (a symlink leading into `/.lessl`, say): the client's
+    /// error. False when the file system said no (permissions, a file in the way, no space):
+    /// the engine's archive upload, which writes as root, may still succeed.
+    pub forbidden: bool,
 }
 
 impl Request {
@@ -53,11 +127,29 @@ impl Request {
             timeout_ms: 0,
             output_bytes: 0,
             stdin_base64: None,
+            place: None,
         }
+    }
+
+    /// A request to place files.
+    pub fn place(place: Place) -> Request {
+        Request {
+            place: Some(place),
+            ..Request::hello([0; 16])
+        }
+        .without_hello()
+    }
+
+    fn without_hello(mut self) -> Request {
+        self.hello = None;
+        self
     }
 
     /// The request as one line for the agent's stdin.
     pub fn to_line(&self) -> Vec<u8> {
+        if let Some(place) = self.place.as_ref().filter(|_| self.hello.is_none()) {
+            return place_line(self.id, place);
+        }
         let mut line = serde_json::to_vec(self).expect("a request always serializes");
         line.push(b'\n');
         line
@@ -75,6 +167,58 @@ impl Request {
         }
         Some(nonce)
     }
+}
+
+/// A placement request's line, written by hand: serde_json would scan every byte of the
+/// base64 for characters to escape, of which base64 has none. Parses as [`Request`] does.
+fn place_line(id: u64, place: &Place) -> Vec<u8> {
+    let str_json = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let size: usize = place
+        .resources
+        .iter()
+        .flat_map(|r| &r.entries)
+        .map(|e| e.data.len() + e.path.len() + e.link.len() + 64)
+        .sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(format!("{{\"id\":{id},\"place\":{{\"resources\":[").as_bytes());
+    for (i, r) in place.resources.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let head = format!(
+            "{{\"home\":{},\"archive\":{},\"entries\":[",
+            str_json(&r.home),
+            r.archive
+        );
+        out.extend_from_slice(head.as_bytes());
+        for (j, e) in r.entries.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            let kind = serde_json::to_string(&e.kind).expect("a kind serializes");
+            let head = format!(
+                "{{\"path\":{},\"kind\":{kind},\"mode\":{},\"link\":{},\"data\":",
+                str_json(&e.path),
+                e.mode,
+                str_json(&e.link)
+            );
+            out.extend_from_slice(head.as_bytes());
+            if e.data
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            {
+                out.push(b'"');
+                out.extend_from_slice(e.data.as_bytes());
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(str_json(&e.data).as_bytes());
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}}\n");
+    out
 }
 
 /// 128 random bits chosen by Lessl for each attach.
@@ -107,6 +251,8 @@ pub enum Frame {
     /// The agent's stdin reached end of file: it reads no request any more, but finishes
     /// (and answers) the ones it started.
     Closed,
+    /// The answer to a request to place files.
+    Placed(u64, Placed),
 }
 
 const STDOUT: u8 = 1;
@@ -115,6 +261,7 @@ const EXIT: u8 = 3;
 const HELLO: u8 = 5;
 const STARTED: u8 = 6;
 const CLOSED: u8 = 7;
+const PLACED: u8 = 8;
 /// `[kind u8][id u64 BE][len u32 BE]`.
 const HEADER: usize = 13;
 /// Largest payload a frame may claim; the agent sends at most 64 KiB of output per frame,
@@ -124,27 +271,41 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 impl Frame {
     /// `[kind u8][id u64 BE][len u32 BE][payload]`.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, id, payload): (u8, u64, Vec<u8>) = match self {
-            Frame::Stdout(id, b) => (STDOUT, *id, b.clone()),
-            Frame::Stderr(id, b) => (STDERR, *id, b.clone()),
-            Frame::Exit(id, e) => (EXIT, *id, serde_json::to_vec(e).expect("exit serializes")),
-            Frame::Hello(nonce) => (HELLO, 0, nonce.to_vec()),
-            Frame::Started(id) => (STARTED, *id, Vec::new()),
-            Frame::Closed => (CLOSED, 0, Vec::new()),
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`Frame::encode`] appended to `out`: output payloads are copied once, not twice.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let owned;
+        let (kind, id, payload): (u8, u64, &[u8]) = match self {
+            Frame::Stdout(id, b) => (STDOUT, *id, b),
+            Frame::Stderr(id, b) => (STDERR, *id, b),
+            Frame::Exit(id, e) => {
+                owned = serde_json::to_vec(e).expect("exit serializes");
+                (EXIT, *id, &owned)
+            }
+            Frame::Hello(nonce) => (HELLO, 0, nonce),
+            Frame::Started(id) => (STARTED, *id, &[]),
+            Frame::Closed => (CLOSED, 0, &[]),
+            Frame::Placed(id, p) => {
+                owned = serde_json::to_vec(p).expect("placed serializes");
+                (PLACED, *id, &owned)
+            }
         };
-        let mut out = Vec::with_capacity(HEADER + payload.len());
+        out.reserve(HEADER + payload.len());
         out.push(kind);
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        out.extend_from_slice(&payload);
-        out
+        out.extend_from_slice(payload);
     }
 
     /// The request this frame answers, if it answers one.
     pub fn id(&self) -> Option<u64> {
         match self {
             Frame::Stdout(id, _) | Frame::Stderr(id, _) | Frame::Exit(id, _) => Some(*id),
-            Frame::Started(id) => Some(*id),
+            Frame::Started(id) | Frame::Placed(id, _) => Some(*id),
             Frame::Hello(_) | Frame::Closed => None,
         }
     }
@@ -161,6 +322,7 @@ pub enum DecodeError {
         len: usize,
     },
     BadExit(String),
+    BadPlaced(String),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -172,6 +334,7 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "agent frame of kind {kind} cannot carry {len} bytes")
             }
             DecodeError::BadExit(e) => write!(f, "agent exit frame unreadable: {e}"),
+            DecodeError::BadPlaced(e) => write!(f, "agent placed frame unreadable: {e}"),
         }
     }
 }
@@ -229,6 +392,10 @@ impl Decoder {
                 HELLO => Frame::Hello(payload.try_into().expect("length checked")),
                 STARTED => Frame::Started(id),
                 CLOSED => Frame::Closed,
+                PLACED => match serde_json::from_slice(payload) {
+                    Ok(p) => Frame::Placed(id, p),
+                    Err(e) => return Err(self.fail(DecodeError::BadPlaced(e.to_string()))),
+                },
                 other => return Err(self.fail(DecodeError::UnknownKind(other))),
             };
             frames.push(frame);
@@ -331,6 +498,18 @@ mod tests {
             ),
             Frame::Hello(NONCE),
             Frame::Closed,
+            Frame::Placed(2, Placed::default()),
+            Frame::Placed(
+                3,
+                Placed {
+                    refused: Some(Refusal {
+                        index: 1,
+                        field: "dest".into(),
+                        reason: "goes through /tmp/x into /.lessl".into(),
+                        forbidden: true,
+                    }),
+                },
+            ),
         ]
     }
 
@@ -467,6 +646,7 @@ mod tests {
             timeout_ms: 1000,
             output_bytes: 11,
             stdin_base64: Some("AAEC/w==".into()),
+            place: None,
         };
         let line = r.to_line();
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
@@ -476,5 +656,55 @@ mod tests {
         let hello: Request = serde_json::from_slice(&Request::hello(NONCE).to_line()).unwrap();
         assert_eq!(hello.hello_nonce(), Some(NONCE));
         assert_eq!(r.hello_nonce(), None);
+        let place = Request::place(Place {
+            resources: vec![PlaceResource {
+                home: "/opt".into(),
+                archive: false,
+                entries: vec![PlaceEntry {
+                    path: "/opt/job.sh".into(),
+                    kind: EntryKind::File,
+                    mode: 0o755,
+                    link: String::new(),
+                    data: "IyEvYmluL3NoCg==".into(),
+                }],
+            }],
+        });
+        let line = place.to_line();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let back: Request = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, place);
+        // Written by hand, parsed as serde would: quotes, links, several resources, no data.
+        let mut many = place.place.clone().unwrap();
+        many.resources.push(PlaceResource {
+            home: "/srv/\"odd\"\n".into(),
+            archive: true,
+            entries: vec![
+                PlaceEntry {
+                    path: "/srv/\"odd\"\n/l".into(),
+                    kind: EntryKind::Symlink,
+                    mode: 0o777,
+                    link: "../x\\y".into(),
+                    data: String::new(),
+                },
+                PlaceEntry {
+                    path: "/srv/d".into(),
+                    kind: EntryKind::Dir,
+                    mode: 0o750,
+                    link: String::new(),
+                    data: "not base64 \"\n".into(),
+                },
+            ],
+        });
+        let r = Request::place(many);
+        let line = r.to_line();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        assert_eq!(serde_json::from_slice::<Request>(&line).unwrap(), r);
+        let mut by_serde = serde_json::to_vec(&r).unwrap();
+        by_serde.push(b'\n');
+        assert_eq!(
+            serde_json::from_slice::<Request>(&by_serde).unwrap(),
+            serde_json::from_slice::<Request>(&line).unwrap()
+        );
+        assert!(back.hello.is_none());
     }
 }

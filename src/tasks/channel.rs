@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::agent::protocol::{Decoder, Frame, Nonce, Request, Sync};
+use crate::agent::protocol::{Decoder, Frame, Nonce, Place, Placed, Request, Sync};
 use crate::docker::stream::{Demuxer, StreamKind};
 use crate::docker::DockerError;
 
@@ -180,11 +180,15 @@ impl Channel {
                 .insert(request.id, Pending { tx, started: false });
         }
         let mut w = self.writer.lock().await;
-        let mut bytes = Vec::new();
-        if !w.1 {
-            bytes = self.hello_bytes();
-        }
-        bytes.extend(request.to_line());
+        // A placement's line runs to megabytes: copied only when a hello goes first.
+        let bytes = match w.1 {
+            true => request.to_line(),
+            false => {
+                let mut bytes = self.hello_bytes();
+                bytes.extend(request.to_line());
+                bytes
+            }
+        };
         match self.write(&mut w.0, &bytes).await {
             Ok(()) => {
                 w.1 = true;
@@ -199,6 +203,21 @@ impl Channel {
                     .remove(&request.id);
                 self.mark_dead(&why);
                 Err(ChannelError::Closed)
+            }
+        }
+    }
+
+    /// Asks the agent to place files and waits up to `wait` for its answer. None when the
+    /// channel closed first, or the agent did not answer in time (the channel is then dead):
+    /// the files may be partly staged but none is in place unless the agent answered.
+    pub async fn place(&self, place: Place, wait: Duration) -> Option<Placed> {
+        let mut rx = self.send(Request::place(place)).await.ok()?;
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Frame::Placed(_, placed))) => Some(placed),
+            Ok(_) => None,
+            Err(_) => {
+                self.mark_dead(&format!("the agent did not place files within {wait:?}"));
+                None
             }
         }
     }
@@ -377,7 +396,7 @@ fn deliver(state: &mut State, frame: Frame, short: &str) {
                 let _ = p.tx.send(frame);
             }
         }
-        Frame::Exit(id, _) => {
+        Frame::Exit(id, _) | Frame::Placed(id, _) => {
             if let Some(p) = state.pending.remove(&id) {
                 let _ = p.tx.send(frame);
             }
@@ -549,6 +568,7 @@ mod tests {
             timeout_ms: 1000,
             output_bytes: 10,
             stdin_base64: None,
+            place: None,
         }
     }
 

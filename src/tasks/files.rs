@@ -1,5 +1,6 @@
 //! Turns a task's resources into the one plain tar archive uploaded at `/` before its
-//! commands run. Pure: bytes in, bytes out.
+//! commands run, or into the same entries as a placement request for the agent. Pure: bytes
+//! in, bytes out.
 
 use crate::spec::{Content, Resource};
 use crate::tar::{self, TarBuilder};
@@ -56,6 +57,75 @@ fn pack_at(
         }
     }
     Ok(Some(builder.finish()))
+}
+
+/// The request for the agent to write `resources` itself (in a running container), under the
+/// very rules [`pack`] applies: each resource is built as its own archive (so a refusal names
+/// it) and its entries sent as they would be extracted. None when there is nothing to place.
+pub fn placement(
+    resources: &[Resource],
+    mtime: u64,
+) -> Result<Option<crate::agent::protocol::Place>, PackError> {
+    use crate::agent::protocol::{EntryKind, Place, PlaceEntry, PlaceResource};
+    use base64::Engine as _;
+    if resources.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(resources.len());
+    for r in resources {
+        let mut builder = TarBuilder::new(mtime).reserving(ROOT_RESERVED);
+        let rel = r.path.trim_start_matches('/').trim_end_matches('/');
+        let fail = |e: tar::TarError, what: &str| PackError {
+            field: format!("{}.{what}", r.field),
+            message: e.to_string(),
+        };
+        let archive = match &r.content {
+            Content::File(data) => {
+                builder
+                    .file(rel, r.mode, data)
+                    .map_err(|e| fail(e, "dest"))?;
+                false
+            }
+            Content::Archive(bytes) => {
+                tar::rebase(bytes, rel, &mut builder).map_err(|e| fail(e, "data"))?;
+                true
+            }
+            Content::Download { url, .. } => {
+                return Err(PackError {
+                    field: format!("{}.src", r.field),
+                    message: format!("{url} was not downloaded before placing"),
+                })
+            }
+        };
+        let entries = builder
+            .entries()
+            .map(|e| PlaceEntry {
+                path: format!("/{}", e.name),
+                kind: match e.kind {
+                    tar::Kind::File => EntryKind::File,
+                    tar::Kind::Dir => EntryKind::Dir,
+                    tar::Kind::Symlink => EntryKind::Symlink,
+                    tar::Kind::Hardlink => EntryKind::Hardlink,
+                },
+                mode: e.mode,
+                link: match e.kind {
+                    tar::Kind::Hardlink => format!("/{}", e.link),
+                    _ => e.link.to_string(),
+                },
+                data: if e.data.is_empty() {
+                    String::new()
+                } else {
+                    base64::engine::general_purpose::STANDARD.encode(e.data)
+                },
+            })
+            .collect();
+        out.push(PlaceResource {
+            home: format!("/{}", home_of(r).trim_start_matches('/')),
+            archive,
+            entries,
+        });
+    }
+    Ok(Some(Place { resources: out }))
 }
 
 /// Why the destinations of a task's resources could not be checked in its container.
@@ -309,6 +379,45 @@ mod tests {
         assert_eq!(pack(&[missing], 0).unwrap_err().field, "resources[0].data");
         let backward = archive("resources[0]", "/srv", &[("b", None), ("a", Some("b"))]);
         assert!(pack(&[backward], 0).is_ok());
+    }
+
+    #[test]
+    fn placement_sends_what_the_archive_holds_under_the_same_refusals() {
+        use crate::agent::protocol::EntryKind;
+        let rs = [
+            file("resources[0]", "/opt/job.sh"),
+            archive("resources[1]", "/srv", &[("a/b", None), ("c", Some("a/b"))]),
+        ];
+        let p = placement(&rs, 0).unwrap().unwrap();
+        let (f, a) = (&p.resources[0], &p.resources[1]);
+        assert_eq!((f.home.as_str(), f.archive), ("/opt", false));
+        assert_eq!(f.entries[0].path, "/opt/job.sh");
+        assert_eq!(
+            (f.entries[0].kind, f.entries[0].mode),
+            (EntryKind::File, 0o644)
+        );
+        assert_eq!(f.entries[0].data, "eA==");
+        assert_eq!((a.home.as_str(), a.archive), ("/srv", true));
+        let got: Vec<(&str, EntryKind, &str)> = a
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind, e.link.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/srv/a/b", EntryKind::File, ""),
+                ("/srv/c", EntryKind::Hardlink, "/srv/a/b")
+            ]
+        );
+        assert_eq!(placement(&[], 0).unwrap(), None);
+        for bad in [
+            archive("resources[1]", "/", &[(".lessl/x", None)]),
+            archive("resources[1]", "/srv", &[("a", Some("b")), ("b", None)]),
+        ] {
+            let e = placement(&[file("r", "/ok"), bad], 0).unwrap_err();
+            assert_eq!(e.field, "resources[1].data");
+        }
     }
 
     /// A container's paths for `check_reachable`: path to Some(link target or "").

@@ -18,7 +18,8 @@
 //! - [`expiry`]: the TTL schedule; pure, on tokio's clock.
 //! - [`warm`] and [`pool`]: the warm pool's life and its bookkeeping.
 //! - [`collect`]: files read out of a container (`collect`, `GET .../files/...`).
-//! - [`files`]: resources packed into archives; [`mounts`]: binds and volumes;
+//! - [`files`]: resources packed into archives or a placement for the agent; [`placing`]:
+//!   files into a running container, by its agent or the archive API; [`mounts`]: binds and volumes;
 //!   [`agent_volume`]: the agent without a host path; [`disk`]: what bounds a task's disk.
 //! - [`engine`]: the seam to the engine, and an in-memory fake for the unit tests in
 //!   `tests.rs`, which run on paused time.
@@ -35,6 +36,7 @@ pub mod files;
 mod lookup;
 mod mirror;
 pub mod mounts;
+mod placing;
 pub mod pool;
 mod record;
 pub mod run;

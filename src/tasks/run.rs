@@ -363,6 +363,7 @@ pub async fn run_attached(
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.encode(b)
         }),
+        place: None,
     };
     let mut frames = channel.send(request).await.ok()?;
     let start_by = Instant::now() + START_DEADLINE;
@@ -410,7 +411,7 @@ pub async fn run_attached(
                     e.oom_killed,
                 )))
             }
-            Frame::Hello(_) => {}
+            Frame::Hello(_) | Frame::Placed(..) => {}
         }
     }
 }

@@ -260,25 +260,7 @@ impl Tasks {
             });
         }
         self.fetch_resources(&mut spec.resources).await?;
-        let archive =
-            files::pack(&spec.resources, now_ms() / 1000).map_err(|e| TaskError::Pack {
-                field: e.field,
-                message: e.message,
-            })?;
-        if let Some(tar) = archive {
-            let (docker, container) = (&*self.inner.engine, id.as_str());
-            let stat = |p: String| async move { docker.stat_path(container, &p).await };
-            files::check_reachable(&spec.resources, stat)
-                .await
-                .map_err(|e| match e {
-                    files::ReachError::Refused(e) => TaskError::Pack {
-                        field: e.field,
-                        message: e.message,
-                    },
-                    files::ReachError::Stat(e) => TaskError::Docker(e),
-                })?;
-            self.inner.engine.put_archive(&id, "/", tar).await?;
-        }
+        self.place_in_running(&record, &id, &spec.resources).await?;
         let permit = self.admit(1).await?;
         let (view, handle) = self.spawn_run(record, spec, Some(permit));
         if wait {

@@ -40,13 +40,27 @@ impl Tasks {
             }
             let image = spec.image.as_deref().unwrap_or_default();
             self.inner.agent.ensure(&*self.inner.engine, image).await?;
-            for (dir, tar) in archive {
-                self.inner.engine.put_archive(&id, &dir, tar).await?;
+            // Once started, the agent places the files in about a millisecond, where an
+            // archive upload before start costs tens; a read-only root takes them before.
+            let mut archive = Some(archive);
+            let by_agent = !spec.read_only && !spec.resources.is_empty();
+            if !by_agent {
+                self.upload(&id, archive.take()).await?;
             }
             // Attached before start, so not a byte of the agent's answers is missed.
             let channel = self.open_channel(&id).await;
-            record.lock().unwrap().channel = channel;
+            record.lock().unwrap().channel = channel.clone();
             self.inner.engine.start_container(&id).await?;
+            if let Some(chan) = channel.filter(|_| by_agent) {
+                match self.place_by_agent(&chan, &spec.resources, now / 1000).await? {
+                    placing::ByAgent::Placed => archive = None,
+                    placing::ByAgent::Fallback(why) => {
+                        task_log!(Info, &id, None; "the agent did not place the files ({why}); uploading an archive")
+                    }
+                }
+            }
+            // No commands ran yet: the files are in place before the first one.
+            self.upload(&id, archive).await?;
             Ok(())
         }
         .await;

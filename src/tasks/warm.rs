@@ -136,15 +136,33 @@ impl Tasks {
             now,
             expires,
         );
+        let chan = warm.channel.clone();
         record.channel = Some(warm.channel);
         record.callback_url = spec.callback_url.clone();
         let record = self.register(record);
-        for (dir, tar) in archive {
-            if let Err(e) = self.inner.engine.put_archive(&id, &dir, tar).await {
-                self.forget(&id, EndReason::Failed);
-                self.remove_in_background(id);
-                return Err(e.into());
+        let placed = async {
+            // The agent is up and reading: it writes the files faster than the engine would.
+            if !spec.resources.is_empty() {
+                match self
+                    .place_by_agent(&chan, &spec.resources, now / 1000)
+                    .await?
+                {
+                    placing::ByAgent::Placed => return Ok(()),
+                    placing::ByAgent::Fallback(why) => {
+                        task_log!(Info, &id, None; "the agent did not place the files ({why}); uploading an archive")
+                    }
+                }
             }
+            for (dir, tar) in archive {
+                self.inner.engine.put_archive(&id, &dir, tar).await?;
+            }
+            Ok::<(), TaskError>(())
+        }
+        .await;
+        if let Err(e) = placed {
+            self.forget(&id, EndReason::Failed);
+            self.remove_in_background(id);
+            return Err(e);
         }
         record.lock().unwrap().life = TaskState::Running;
         Ok(record)

@@ -59,6 +59,15 @@ impl Lessl {
     }
 
     fn start_instance_env(instance: &str, extra: &[&str], env: &[(&str, &str)]) -> Lessl {
+        Lessl::start_bin(env!("CARGO_BIN_EXE_lessl"), instance, extra, env)
+    }
+
+    /// A fresh Lessl from another build of it (the benchmark's "before" figures).
+    pub fn start_binary(bin: &str, extra: &[&str]) -> Lessl {
+        Lessl::start_bin(bin, &unique("t"), extra, &[])
+    }
+
+    fn start_bin(bin: &str, instance: &str, extra: &[&str], env: &[(&str, &str)]) -> Lessl {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
@@ -73,7 +82,7 @@ impl Lessl {
             args.push("--state-dir".into());
             args.push(scratch_state_dir().display().to_string());
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lessl"))
+        let mut child = Command::new(bin)
             .args(&args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

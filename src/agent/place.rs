@@ -1,0 +1,759 @@
+//! The agent writing a task's files itself ([`protocol::Place`]): every directory walked
+//! from `/` one component at a time without following a symlink blindly (each link read and
+//! resolved here, and refused where it leads under `/.lessl`, `/proc`, `/sys` or `/dev`),
+//! every file staged under a temporary name in its target directory and renamed into place
+//! only once all of them are staged (a command never sees half a file, and a refused set
+//! leaves nothing behind). The rules run over the [`Fs`] trait, so they are tested without
+//! a container; [`Real`] is the system-call implementation.
+
+use std::io;
+
+use base64::Engine as _;
+
+use super::protocol::{EntryKind, Place, PlaceEntry, Placed, Refusal};
+use crate::spec::is_reserved;
+
+/// Symlinks followed while walking one path, as the kernel's own limit.
+const MAX_HOPS: u32 = 40;
+
+/// What a name in a directory is.
+#[derive(Debug)]
+pub enum Opened<D> {
+    Dir(D),
+    Symlink(String),
+    Missing,
+    /// Something that is neither a directory nor a symlink (a file in the way).
+    Other,
+}
+
+/// The file-system operations placement needs, all relative to an open directory and none
+/// following a symlink in its last component.
+pub trait Fs {
+    type Dir: Clone;
+    fn root(&mut self) -> io::Result<Self::Dir>;
+    fn open_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<Opened<Self::Dir>>;
+    /// Creates a directory; Ok(None) when the name exists already.
+    fn make_dir(&mut self, at: &Self::Dir, name: &str, mode: u32) -> io::Result<Option<()>>;
+    fn remove_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<()>;
+    /// Whether `name` is a directory (not following a symlink).
+    fn is_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<bool>;
+    /// A new file of `data` with `mode` under a fresh name; returns the name.
+    fn write_temp(&mut self, at: &Self::Dir, data: &[u8], mode: u32) -> io::Result<String>;
+    fn symlink_temp(&mut self, at: &Self::Dir, target: &str) -> io::Result<String>;
+    fn link_temp(&mut self, from: &Self::Dir, name: &str, at: &Self::Dir) -> io::Result<String>;
+    fn rename(&mut self, at: &Self::Dir, from: &str, to: &str) -> io::Result<()>;
+    fn unlink(&mut self, at: &Self::Dir, name: &str) -> io::Result<()>;
+}
+
+/// Why a path could not be walked or an entry placed.
+#[derive(Debug)]
+pub enum PlaceError {
+    /// The rules forbid it: the client's error.
+    Forbidden(String),
+    /// The file system refused (permissions, a file in the way, no space).
+    Failed(String),
+}
+
+/// A directory reached by [`walk`], and the real path it has.
+struct Reached<D> {
+    dir: D,
+    path: String,
+}
+
+/// Walks `path` (absolute) from the root, creating missing directories (`mode` for the last
+/// one, 0755 above) and recording them in `created`. A symlink met on the way is read and its
+/// target walked instead, relative to where it sits or from the root, `..` never above the
+/// root; the real path is checked against the reserved directories at every step.
+fn walk<F: Fs>(
+    fs: &mut F,
+    path: &str,
+    last_mode: u32,
+    created: &mut Vec<(F::Dir, String)>,
+) -> Result<Reached<F::Dir>, PlaceError> {
+    let failed = |what: &str, e: io::Error| PlaceError::Failed(format!("{what}: {e}"));
+    let root = fs.root().map_err(|e| failed("/", e))?;
+    // The directories entered so far, by name, with the root first.
+    let mut stack: Vec<(String, F::Dir)> = vec![(String::new(), root)];
+    let real = |stack: &[(String, F::Dir)]| -> String {
+        let names: Vec<&str> = stack[1..].iter().map(|(n, _)| n.as_str()).collect();
+        format!("/{}", names.join("/"))
+    };
+    let mut todo: std::collections::VecDeque<String> = components(path).collect();
+    // Components still to walk from the given path, and from symlinks (always in front): only
+    // the given path's last one gets `last_mode`.
+    let (mut given_left, mut link_left) = (todo.len(), 0usize);
+    let mut hops = 0;
+    while let Some(part) = todo.pop_front() {
+        let is_last_given = if link_left > 0 {
+            link_left -= 1;
+            false
+        } else {
+            given_left -= 1;
+            given_left == 0
+        };
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let here = real(&stack);
+        let next = format!("{}/{part}", here.trim_end_matches('/'));
+        if is_reserved(&next) {
+            return Err(PlaceError::Forbidden(format!(
+                "{path} goes through {here} into {next}, which is reserved for Lessl or the kernel"
+            )));
+        }
+        let at = stack.last().expect("the root stays").1.clone();
+        let opened = fs.open_dir(&at, &part).map_err(|e| failed(&next, e))?;
+        let opened = match opened {
+            Opened::Missing => {
+                let mode = if is_last_given { last_mode } else { 0o755 };
+                if fs
+                    .make_dir(&at, &part, mode)
+                    .map_err(|e| failed(&next, e))?
+                    .is_some()
+                {
+                    created.push((at.clone(), part.clone()));
+                }
+                fs.open_dir(&at, &part).map_err(|e| failed(&next, e))?
+            }
+            o => o,
+        };
+        match opened {
+            Opened::Dir(d) => stack.push((part, d)),
+            Opened::Symlink(target) => {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(PlaceError::Forbidden(format!(
+                        "{path}: too many symbolic links at {next}"
+                    )));
+                }
+                if target.starts_with('/') {
+                    stack.truncate(1);
+                }
+                for c in components(&target).rev() {
+                    todo.push_front(c);
+                    link_left += 1;
+                }
+            }
+            Opened::Missing => {
+                return Err(PlaceError::Failed(format!("{next} vanished while placing")))
+            }
+            Opened::Other => return Err(PlaceError::Failed(format!("{next} is not a directory"))),
+        }
+    }
+    let path = real(&stack);
+    let dir = stack.pop().expect("the root stays").1;
+    Ok(Reached { dir, path })
+}
+
+fn components(path: &str) -> impl DoubleEndedIterator<Item = String> + '_ {
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
+/// The rules Lessl already applied, checked again: absolute, no `.`/`..`/empty component, no
+/// NUL, not reserved, at most 4096 bytes.
+fn check_path(path: &str) -> Result<(), PlaceError> {
+    let bad = |why: &str| Err(PlaceError::Forbidden(format!("{path:?} {why}")));
+    if !path.starts_with('/') || path.len() < 2 {
+        return bad("is not an absolute path below /");
+    }
+    if path.len() > 4096 || path.contains('\0') {
+        return bad("is too long or holds NUL");
+    }
+    if path[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return bad("is not a clean path");
+    }
+    if is_reserved(path) {
+        return bad("is reserved for Lessl or the kernel");
+    }
+    Ok(())
+}
+
+/// A file staged under a temporary name, to be renamed to `name` in `dir`.
+struct Staged<D> {
+    dir: D,
+    temp: String,
+    name: String,
+    /// The entry's path as given, for hard links to name it.
+    path: String,
+}
+
+/// Everything done so far, undone on failure.
+struct Work<D> {
+    staged: Vec<Staged<D>>,
+    created: Vec<(D, String)>,
+}
+
+/// Places every resource of `place`, or none: the answer the agent sends back.
+pub fn place<F: Fs>(fs: &mut F, place: Place) -> Placed {
+    let mut work = Work {
+        staged: Vec::new(),
+        created: Vec::new(),
+    };
+    let mut refusal = None;
+    'all: for (index, resource) in place.resources.into_iter().enumerate() {
+        let refuse = |field: &str, e: PlaceError| {
+            let (forbidden, reason) = match e {
+                PlaceError::Forbidden(r) => (true, r),
+                PlaceError::Failed(r) => (false, r),
+            };
+            Refusal {
+                index,
+                field: field.to_string(),
+                reason,
+                forbidden,
+            }
+        };
+        let entry_field = if resource.archive { "data" } else { "dest" };
+        if let Err(e) = walk(fs, &resource.home, 0o755, &mut work.created) {
+            refusal = Some(refuse("dest", e));
+            break 'all;
+        }
+        for entry in resource.entries {
+            if let Err(e) = stage(fs, entry, &mut work) {
+                refusal = Some(refuse(entry_field, e));
+                break 'all;
+            }
+        }
+    }
+    if refusal.is_none() {
+        let mut renamed = 0;
+        for s in &work.staged {
+            if let Err(e) = fs.rename(&s.dir, &s.temp, &s.name) {
+                refusal = Some(Refusal {
+                    index: 0,
+                    field: "dest".into(),
+                    reason: format!("cannot rename into {}: {e}", s.path),
+                    forbidden: false,
+                });
+                break;
+            }
+            renamed += 1;
+        }
+        work.staged.drain(..renamed);
+        if refusal.is_none() {
+            return Placed { refused: None };
+        }
+    }
+    for s in work.staged.iter().rev() {
+        let _ = fs.unlink(&s.dir, &s.temp);
+    }
+    for (at, name) in work.created.iter().rev() {
+        let _ = fs.remove_dir(at, name);
+    }
+    Placed { refused: refusal }
+}
+
+/// Stages one entry: its directory walked (and made), its content under a temporary name.
+fn stage<F: Fs>(fs: &mut F, entry: PlaceEntry, work: &mut Work<F::Dir>) -> Result<(), PlaceError> {
+    check_path(&entry.path)?;
+    let failed = |e: io::Error| PlaceError::Failed(format!("{}: {e}", entry.path));
+    if entry.kind == EntryKind::Dir {
+        walk(fs, &entry.path, entry.mode & 0o7777, &mut work.created)?;
+        return Ok(());
+    }
+    let (parent, name) = entry.path.rsplit_once('/').expect("absolute");
+    let reached = walk(fs, parent, 0o755, &mut work.created)?;
+    let real = format!("{}/{name}", reached.path.trim_end_matches('/'));
+    if is_reserved(&real) {
+        return Err(PlaceError::Forbidden(format!(
+            "{} lands at {real}, which is reserved for Lessl or the kernel",
+            entry.path
+        )));
+    }
+    if fs.is_dir(&reached.dir, name).map_err(failed)? {
+        return Err(PlaceError::Failed(format!(
+            "{real} is a directory and cannot be replaced by a file"
+        )));
+    }
+    let temp = match entry.kind {
+        EntryKind::File => {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(entry.data.as_bytes())
+                .map_err(|e| PlaceError::Forbidden(format!("{}: bad base64: {e}", entry.path)))?;
+            drop(entry.data);
+            fs.write_temp(&reached.dir, &data, entry.mode & 0o7777)
+                .map_err(failed)?
+        }
+        EntryKind::Symlink => fs.symlink_temp(&reached.dir, &entry.link).map_err(failed)?,
+        EntryKind::Hardlink => {
+            let Some(target) = work.staged.iter().find(|s| s.path == entry.link) else {
+                return Err(PlaceError::Forbidden(format!(
+                    "{}: hard link to {}, which is not an earlier entry",
+                    entry.path, entry.link
+                )));
+            };
+            let (dir, temp) = (target.dir.clone(), target.temp.clone());
+            fs.link_temp(&dir, &temp, &reached.dir).map_err(failed)?
+        }
+        EntryKind::Dir => unreachable!("handled above"),
+    };
+    work.staged.push(Staged {
+        dir: reached.dir,
+        temp,
+        name: name.to_string(),
+        path: entry.path,
+    });
+    Ok(())
+}
+
+/// The real file system, through `*at` system calls on `O_PATH` directory descriptors.
+pub struct Real;
+
+impl Real {
+    /// Unique in this process's life, so a staged file never collides with another.
+    fn temp_name(&mut self) -> String {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(".lessl-{}-{n}.tmp", std::process::id())
+    }
+}
+
+mod sys {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    pub fn cstr(s: &str) -> io::Result<CString> {
+        CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    }
+
+    pub fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+
+    pub fn openat(at: &OwnedFd, name: &str, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+        let name = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name; the new descriptor is ours.
+        let fd = check(unsafe {
+            libc::openat(at.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode)
+        })?;
+        // SAFETY: just opened, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    pub fn lstat_mode(at: &OwnedFd, name: &str) -> io::Result<u32> {
+        let name = cstr(name)?;
+        // SAFETY: fstatat fills the zeroed stat it is given.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            check(libc::fstatat(
+                at.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ))?;
+            Ok(st.st_mode)
+        }
+    }
+
+    pub fn readlinkat(at: &OwnedFd, name: &str) -> io::Result<String> {
+        let name = cstr(name)?;
+        let mut buf = vec![0u8; 4097];
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe {
+            libc::readlinkat(
+                at.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        String::from_utf8(buf).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+    }
+}
+
+impl Fs for Real {
+    type Dir = std::rc::Rc<std::os::fd::OwnedFd>;
+
+    fn root(&mut self) -> io::Result<Self::Dir> {
+        let root = std::fs::File::open("/")?;
+        Ok(std::rc::Rc::new(root.into()))
+    }
+
+    fn open_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<Opened<Self::Dir>> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        match sys::openat(at, name, flags, 0) {
+            Ok(fd) => Ok(Opened::Dir(std::rc::Rc::new(fd))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Opened::Missing),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                let mode = sys::lstat_mode(at, name)?;
+                if mode & libc::S_IFMT == libc::S_IFLNK {
+                    Ok(Opened::Symlink(sys::readlinkat(at, name)?))
+                } else {
+                    Ok(Opened::Other)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn make_dir(&mut self, at: &Self::Dir, name: &str, mode: u32) -> io::Result<Option<()>> {
+        use std::os::fd::AsRawFd;
+        let c = sys::cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        match sys::check(unsafe { libc::mkdirat(at.as_raw_fd(), c.as_ptr(), mode) }) {
+            Ok(_) => Ok(Some(())),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let c = sys::cstr(name)?;
+        // SAFETY: as above.
+        sys::check(unsafe { libc::unlinkat(at.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(drop)
+    }
+
+    fn is_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<bool> {
+        match sys::lstat_mode(at, name) {
+            Ok(mode) => Ok(mode & libc::S_IFMT == libc::S_IFDIR),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_temp(&mut self, at: &Self::Dir, data: &[u8], mode: u32) -> io::Result<String> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let temp = self.temp_name();
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        let fd = sys::openat(at, &temp, flags, 0o600)?;
+        let mut file = std::fs::File::from(fd);
+        let written = file
+            .write_all(data)
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)));
+        if let Err(e) = written {
+            let _ = self.unlink(at, &temp);
+            return Err(e);
+        }
+        Ok(temp)
+    }
+
+    fn symlink_temp(&mut self, at: &Self::Dir, target: &str) -> io::Result<String> {
+        use std::os::fd::AsRawFd;
+        let temp = self.temp_name();
+        let (t, n) = (sys::cstr(target)?, sys::cstr(&temp)?);
+        // SAFETY: valid descriptor and NUL-terminated strings.
+        sys::check(unsafe { libc::symlinkat(t.as_ptr(), at.as_raw_fd(), n.as_ptr()) })?;
+        Ok(temp)
+    }
+
+    fn link_temp(&mut self, from: &Self::Dir, name: &str, at: &Self::Dir) -> io::Result<String> {
+        use std::os::fd::AsRawFd;
+        let temp = self.temp_name();
+        let (f, n) = (sys::cstr(name)?, sys::cstr(&temp)?);
+        // SAFETY: valid descriptors and NUL-terminated strings; flags 0 never follows.
+        sys::check(unsafe {
+            libc::linkat(from.as_raw_fd(), f.as_ptr(), at.as_raw_fd(), n.as_ptr(), 0)
+        })?;
+        Ok(temp)
+    }
+
+    fn rename(&mut self, at: &Self::Dir, from: &str, to: &str) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (f, t) = (sys::cstr(from)?, sys::cstr(to)?);
+        // SAFETY: valid descriptor and NUL-terminated strings.
+        sys::check(unsafe {
+            libc::renameat(at.as_raw_fd(), f.as_ptr(), at.as_raw_fd(), t.as_ptr())
+        })
+        .map(drop)
+    }
+
+    fn unlink(&mut self, at: &Self::Dir, name: &str) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let c = sys::cstr(name)?;
+        // SAFETY: valid descriptor and NUL-terminated name.
+        sys::check(unsafe { libc::unlinkat(at.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::protocol::PlaceResource;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Node {
+        Dir,
+        File(Vec<u8>, u32),
+        Link(String),
+    }
+
+    /// An in-memory file system; a directory handle is its real path ("" is the root).
+    #[derive(Default)]
+    struct Fake {
+        nodes: BTreeMap<String, Node>,
+        temps: u32,
+        /// Writes fail once this many files were written (a full disk).
+        fail_after: Option<u32>,
+    }
+
+    impl Fake {
+        fn with(nodes: &[(&str, Node)]) -> Fake {
+            let mut f = Fake::default();
+            for (p, n) in nodes {
+                f.nodes.insert(p.to_string(), n.clone());
+            }
+            f
+        }
+        fn join(at: &str, name: &str) -> String {
+            format!("{at}/{name}")
+        }
+        fn add(&mut self, at: &str, node: Node) -> io::Result<String> {
+            if self.fail_after.is_some_and(|n| self.temps >= n) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.temps += 1;
+            let name = format!(".tmp{}", self.temps);
+            self.nodes.insert(Fake::join(at, &name), node);
+            Ok(name)
+        }
+    }
+
+    impl Fs for Fake {
+        type Dir = String;
+        fn root(&mut self) -> io::Result<String> {
+            Ok(String::new())
+        }
+        fn open_dir(&mut self, at: &String, name: &str) -> io::Result<Opened<String>> {
+            let p = Fake::join(at, name);
+            Ok(match self.nodes.get(&p) {
+                None => Opened::Missing,
+                Some(Node::Dir) => Opened::Dir(p),
+                Some(Node::Link(t)) => Opened::Symlink(t.clone()),
+                Some(Node::File(..)) => Opened::Other,
+            })
+        }
+        fn make_dir(&mut self, at: &String, name: &str, _: u32) -> io::Result<Option<()>> {
+            let p = Fake::join(at, name);
+            if self.nodes.contains_key(&p) {
+                return Ok(None);
+            }
+            self.nodes.insert(p, Node::Dir);
+            Ok(Some(()))
+        }
+        fn remove_dir(&mut self, at: &String, name: &str) -> io::Result<()> {
+            self.nodes.remove(&Fake::join(at, name));
+            Ok(())
+        }
+        fn is_dir(&mut self, at: &String, name: &str) -> io::Result<bool> {
+            Ok(self.nodes.get(&Fake::join(at, name)) == Some(&Node::Dir))
+        }
+        fn write_temp(&mut self, at: &String, data: &[u8], mode: u32) -> io::Result<String> {
+            self.add(at, Node::File(data.to_vec(), mode))
+        }
+        fn symlink_temp(&mut self, at: &String, target: &str) -> io::Result<String> {
+            self.add(at, Node::Link(target.to_string()))
+        }
+        fn link_temp(&mut self, from: &String, name: &str, at: &String) -> io::Result<String> {
+            let node = self.nodes[&Fake::join(from, name)].clone();
+            self.add(at, node)
+        }
+        fn rename(&mut self, at: &String, from: &str, to: &str) -> io::Result<()> {
+            let node = self.nodes.remove(&Fake::join(at, from)).unwrap();
+            self.nodes.insert(Fake::join(at, to), node);
+            Ok(())
+        }
+        fn unlink(&mut self, at: &String, name: &str) -> io::Result<()> {
+            self.nodes.remove(&Fake::join(at, name));
+            Ok(())
+        }
+    }
+
+    fn file(path: &str, data: &[u8]) -> PlaceEntry {
+        use base64::Engine as _;
+        PlaceEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o640,
+            link: String::new(),
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        }
+    }
+
+    fn res(home: &str, archive: bool, entries: Vec<PlaceEntry>) -> PlaceResource {
+        PlaceResource {
+            home: home.into(),
+            archive,
+            entries,
+        }
+    }
+
+    fn planted() -> Fake {
+        Fake::with(&[
+            ("/tmp", Node::Dir),
+            ("/.lessl", Node::Dir),
+            ("/tmp/x", Node::Link("/.lessl".into())),
+            ("/tmp/root", Node::Link("/".into())),
+            ("/tmp/up", Node::Link("../../../proc".into())),
+            ("/tmp/ok", Node::Link("../srv".into())),
+            ("/srv", Node::Dir),
+            ("/tmp/a", Node::Link("/tmp/b".into())),
+            ("/tmp/b", Node::Link("/tmp/a".into())),
+            ("/tmp/f", Node::File(b"x".to_vec(), 0o644)),
+        ])
+    }
+
+    fn refusal(fs: &mut Fake, rs: Vec<PlaceResource>) -> Option<(usize, String, bool)> {
+        place(fs, Place { resources: rs })
+            .refused
+            .map(|r| (r.index, r.field, r.forbidden))
+    }
+
+    #[test]
+    fn files_land_whole_with_their_mode_and_missing_directories_made() {
+        let mut fs = planted();
+        let bytes: Vec<u8> = (0..=255).collect();
+        let got = refusal(
+            &mut fs,
+            vec![
+                res("/opt/app", false, vec![file("/opt/app/run.sh", &bytes)]),
+                res("/tmp/ok", false, vec![file("/tmp/ok/via-link", b"y")]),
+            ],
+        );
+        assert_eq!(got, None);
+        assert_eq!(fs.nodes["/opt"], Node::Dir);
+        assert_eq!(fs.nodes["/opt/app/run.sh"], Node::File(bytes, 0o640));
+        // A link inside the rules is followed, as the engine's extraction does.
+        assert_eq!(fs.nodes["/srv/via-link"], Node::File(b"y".to_vec(), 0o640));
+        assert!(!fs.nodes.keys().any(|k| k.contains(".tmp")));
+    }
+
+    #[test]
+    fn planted_symlinks_never_lead_into_reserved_directories() {
+        for (home, path) in [
+            ("/tmp/x", "/tmp/x/evil"),
+            ("/tmp/root/.lessl", "/tmp/root/.lessl/evil"),
+            ("/tmp/up", "/tmp/up/evil"),
+            ("/tmp/root/tmp/root/dev", "/tmp/root/tmp/root/dev/evil"),
+            ("/tmp/a", "/tmp/a/evil"),
+        ] {
+            let mut fs = planted();
+            let before = fs.nodes.clone();
+            let got = refusal(
+                &mut fs,
+                vec![
+                    res("/new/dir", false, vec![file("/new/dir/good", b"g")]),
+                    res(home, false, vec![file(path, b"e")]),
+                ],
+            );
+            assert_eq!(got, Some((1, "dest".into(), true)), "{path}");
+            assert_eq!(
+                fs.nodes, before,
+                "{path}: nothing left, made directories too"
+            );
+        }
+        // The last component is replaced, never followed.
+        let mut fs = planted();
+        assert_eq!(
+            refusal(
+                &mut fs,
+                vec![res("/tmp", false, vec![file("/tmp/x", b"n")])]
+            ),
+            None
+        );
+        assert_eq!(fs.nodes["/tmp/x"], Node::File(b"n".to_vec(), 0o640));
+        assert!(fs.nodes.contains_key("/.lessl"));
+    }
+
+    #[test]
+    fn archive_entries_name_data_and_links_are_placed_together() {
+        let mut fs = planted();
+        let link = |path: &str, kind, to: &str| PlaceEntry {
+            path: path.into(),
+            kind,
+            mode: 0o777,
+            link: to.into(),
+            data: String::new(),
+        };
+        let dir = PlaceEntry {
+            kind: EntryKind::Dir,
+            mode: 0o750,
+            ..link("/srv/t/d", EntryKind::Dir, "")
+        };
+        let got = refusal(
+            &mut fs,
+            vec![res(
+                "/srv/t",
+                true,
+                vec![
+                    dir,
+                    file("/srv/t/d/a", b"a"),
+                    link("/srv/t/d/s", EntryKind::Symlink, "a"),
+                    link("/srv/t/d/h", EntryKind::Hardlink, "/srv/t/d/a"),
+                ],
+            )],
+        );
+        assert_eq!(got, None);
+        assert_eq!(fs.nodes["/srv/t/d/s"], Node::Link("a".into()));
+        assert_eq!(fs.nodes["/srv/t/d/h"], fs.nodes["/srv/t/d/a"]);
+        // An entry through a planted link is the archive's `data`.
+        let mut fs = planted();
+        let got = refusal(
+            &mut fs,
+            vec![res("/tmp", true, vec![file("/tmp/root/proc/x", b"e")])],
+        );
+        assert_eq!(got, Some((0, "data".into(), true)));
+        // A hard link to nothing earlier, and unclean paths, are refused.
+        for bad in [
+            link("/srv/h", EntryKind::Hardlink, "/etc/passwd"),
+            file("/srv/../etc/x", b"e"),
+            file("relative", b"e"),
+            file("/proc/x", b"e"),
+        ] {
+            let mut fs = planted();
+            let got = refusal(&mut fs, vec![res("/srv", true, vec![bad.clone()])]);
+            assert_eq!(got, Some((0, "data".into(), true)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_failing_write_undoes_the_whole_set() {
+        let mut fs = planted();
+        fs.fail_after = Some(2);
+        let before = fs.nodes.clone();
+        let got = refusal(
+            &mut fs,
+            vec![
+                res("/a", false, vec![file("/a/1", b"1")]),
+                res("/b/c", false, vec![file("/b/c/2", b"2")]),
+                res("/d", false, vec![file("/d/3", b"3")]),
+            ],
+        );
+        assert_eq!(got, Some((2, "dest".into(), false)));
+        assert_eq!(fs.nodes, before);
+        // A file in the way of a directory, or a directory in the way of a file: the file
+        // system's refusal, not the rules'.
+        let mut fs = planted();
+        let got = refusal(
+            &mut fs,
+            vec![res("/tmp/f", false, vec![file("/tmp/f/x", b"")])],
+        );
+        assert_eq!(got, Some((0, "dest".into(), false)));
+        let got = refusal(&mut fs, vec![res("/", false, vec![file("/srv", b"")])]);
+        assert_eq!(got, Some((0, "dest".into(), false)));
+    }
+}
