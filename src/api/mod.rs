@@ -2,6 +2,7 @@
 //! become status codes. It parses requests and calls the task service; it never calls Docker.
 
 mod error;
+mod events;
 
 use std::sync::Arc;
 
@@ -14,14 +15,15 @@ use serde::Serialize;
 use crate::spec;
 use crate::state::{FileBody, Part};
 use crate::tasks::view::TaskView;
-use crate::tasks::{Answer, Tasks};
+use crate::tasks::{Answer, Events, Tasks};
 pub use error::ApiError;
 
 /// The OpenAPI 3.1 document of this API, served as is at `GET /openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// An answer's body: built in memory, or streamed from a result kept in the state directory.
-pub type ApiBody = Either<Full<Bytes>, FileBody>;
+/// An answer's body: built in memory, streamed from a result kept in the state directory, or
+/// a run's live events.
+pub type ApiBody = Either<Full<Bytes>, Either<FileBody, events::EventBody>>;
 
 /// What every request handler shares.
 pub struct Api {
@@ -47,6 +49,7 @@ enum Route<'a> {
     ListTasks,
     CreateTask,
     GetTask(&'a str),
+    TaskEvents(&'a str),
     PutTask(&'a str),
     DeleteTask(&'a str),
     ListVolumes,
@@ -78,6 +81,10 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         (["tasks", r], &Method::DELETE) if !r.is_empty() => Ok(Route::DeleteTask(r)),
         (["tasks", r], _) if !r.is_empty() => {
             Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE"))
+        }
+        (["tasks", r, "events"], &Method::GET) if !r.is_empty() => Ok(Route::TaskEvents(r)),
+        (["tasks", r, "events"], _) if !r.is_empty() => {
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
         }
         (["volumes"], &Method::GET) => Ok(Route::ListVolumes),
         (["volumes"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD")),
@@ -183,11 +190,20 @@ impl Api {
                     Answer::View(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Json(v) => Ok(compact(StatusCode::OK, &v)),
                     Answer::Kept(stored) => match FileBody::open(&stored) {
-                        Ok(body) => Ok(json_body(StatusCode::OK, Either::Right(body))),
+                        Ok(body) => {
+                            Ok(json_body(StatusCode::OK, Either::Right(Either::Left(body))))
+                        }
                         // Removed at its TTL between the lookup and the open: gone, not a 500.
                         Err(_) => Err(crate::tasks::TaskError::NotFound(r.to_string()).into()),
                     },
                 }
+            }
+            Route::TaskEvents(r) => {
+                query.none()?;
+                Ok(match self.tasks.events(r).await? {
+                    Events::Live(journal) => events::answer(StatusCode::OK, &[journal]),
+                    Events::Ended(lines) => events::whole(lines),
+                })
             }
             Route::ListVolumes => {
                 query.none()?;
@@ -205,8 +221,15 @@ impl Api {
             }
             Route::CreateTask => {
                 let wait = query.wait()?;
+                let streamed = streamed(&req, wait)?;
                 let body = self.read_json(req).await?;
                 let request = spec::parse(&body, self.tasks.bounds())?;
+                if streamed {
+                    let journals = self.tasks.create_streamed(request).await?;
+                    let mut resp = events::answer(StatusCode::CREATED, &journals);
+                    set_location(&mut resp, journals[0].id());
+                    return Ok(resp);
+                }
                 let is_array = request.is_array;
                 let views = self.tasks.create(request, wait).await?;
                 let status = if wait {
@@ -220,6 +243,7 @@ impl Api {
             }
             Route::PutTask(r) => {
                 let wait = query.wait()?;
+                let streamed = streamed(&req, wait)?;
                 let reference = r.to_string();
                 let body = self.read_json(req).await?;
                 let mut specs = spec::parse(&body, self.tasks.bounds())?.tasks;
@@ -228,6 +252,20 @@ impl Api {
                         field: String::new(),
                         message: "PUT takes one task object".into(),
                     });
+                }
+                if streamed {
+                    let spec = specs.remove(0);
+                    let (created, journal) = self.tasks.put_streamed(&reference, spec).await?;
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    let mut resp = events::answer(status, std::slice::from_ref(&journal));
+                    if created {
+                        set_location(&mut resp, journal.id());
+                    }
+                    return Ok(resp);
                 }
                 let (created, view) = self.tasks.put(&reference, specs.remove(0), wait).await?;
                 let status = match (created, wait) {
@@ -293,6 +331,22 @@ impl Api {
             Ok(Err(e)) => Err(ApiError::ReadBody(e.to_string())),
         }
     }
+}
+
+/// Whether a POST or PUT answers with live events. Those follow the run to its end, so
+/// `wait=false` (answer as soon as it started) cannot go with them: refused by name rather
+/// than one of the two silently ignored.
+fn streamed(req: &Request<Incoming>, wait: bool) -> Result<bool, ApiError> {
+    let streamed = events::wanted(req);
+    if streamed && !wait {
+        return Err(ApiError::BadQuery {
+            param: "wait".into(),
+            message: "live events (Accept: application/x-ndjson) follow the run to its end; \
+                      wait=false cannot go with them: follow a started task with GET /tasks/{ref}/events"
+                .into(),
+        });
+    }
+    Ok(streamed)
 }
 
 /// Query parameters; only `wait` exists, and anything else is refused by name.
@@ -431,7 +485,7 @@ fn views_answer(status: StatusCode, views: &[TaskView], is_array: bool) -> Respo
         parts.push(Part::Bytes(Bytes::from_static(b"]")));
     }
     match FileBody::parts(parts) {
-        Ok(body) => json_body(status, Either::Right(body)),
+        Ok(body) => json_body(status, Either::Right(Either::Left(body))),
         // A file removed since it was written (the task's TTL, a DELETE): the views still
         // hold the results, so the same bytes are built in memory.
         Err(_) => in_memory(),

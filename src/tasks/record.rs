@@ -116,6 +116,8 @@ pub struct Record {
     pub stored: Option<(Stored, TaskState)>,
     /// Why the newest run's results could not be kept on disk.
     pub persist_error: Option<RunFailure>,
+    /// The newest run's live events while it runs, for followers.
+    pub events: Option<Arc<super::journal::Journal>>,
 }
 
 impl Record {
@@ -148,6 +150,7 @@ impl Record {
             seq: 0,
             stored: None,
             persist_error: None,
+            events: None,
         }
     }
 

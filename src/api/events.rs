@@ -1,0 +1,114 @@
+//! Answers of live events (`Accept: application/x-ndjson`): a body that reads the events of
+//! one run or of a batch's runs, each from its own cursor, and sends every read as its own
+//! frame at once, so nothing waits for a buffer to fill. It never buffers more than the
+//! lines of one read per run: a slow client leaves the lines in the journal (which spills to
+//! disk), and a client that goes away drops its cursors, never the runs.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::body::{Body, Bytes, Frame};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+
+use super::ApiBody;
+use crate::tasks::journal::{Journal, Reader, MEDIA_TYPE};
+
+type Next = Pin<Box<dyn Future<Output = (Reader, Option<Bytes>)> + Send>>;
+
+/// The events of one or more runs, merged line by line in the order they come.
+pub struct EventBody {
+    /// One pending read per run still going; a finished run's slot goes.
+    reads: Vec<Next>,
+}
+
+fn next(mut reader: Reader) -> Next {
+    Box::pin(async move {
+        let lines = reader.next().await;
+        (reader, lines)
+    })
+}
+
+impl EventBody {
+    pub fn new(journals: &[Arc<Journal>]) -> EventBody {
+        EventBody {
+            reads: journals.iter().map(|j| next(j.reader())).collect(),
+        }
+    }
+}
+
+impl Body for EventBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let mut i = 0;
+        while i < self.reads.len() {
+            match self.reads[i].as_mut().poll(cx) {
+                Poll::Pending => i += 1,
+                Poll::Ready((_, None)) => {
+                    drop(self.reads.swap_remove(i));
+                }
+                Poll::Ready((reader, Some(lines))) => {
+                    self.reads[i] = next(reader);
+                    // Whole lines: runs of a batch interleave between lines, never inside.
+                    return Poll::Ready(Some(Ok(Frame::data(lines))));
+                }
+            }
+        }
+        if self.reads.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reads.is_empty()
+    }
+}
+
+/// Whether the client asked for live events.
+pub fn wanted<B>(req: &Request<B>) -> bool {
+    req.headers().get_all(ACCEPT).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|m| {
+            let essence = m.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case(MEDIA_TYPE)
+        })
+    })
+}
+
+/// An answer of live events.
+pub fn answer(status: StatusCode, journals: &[Arc<Journal>]) -> Response<ApiBody> {
+    with_type(
+        status,
+        http_body_util::Either::Right(http_body_util::Either::Right(EventBody::new(journals))),
+    )
+}
+
+/// An answer of events known whole (a run that has ended).
+pub fn whole(lines: Vec<u8>) -> Response<ApiBody> {
+    with_type(
+        StatusCode::OK,
+        http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(lines))),
+    )
+}
+
+fn with_type(status: StatusCode, body: ApiBody) -> Response<ApiBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
+    // Proxies that buffer answers (nginx) would hold the lines back.
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
+}
