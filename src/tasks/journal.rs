@@ -8,7 +8,7 @@
 //! view, and the UTF-8 decoder that keeps a character split across chunks whole. No HTTP, no
 //! Docker.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Bytes;
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::run::CmdResult;
 use super::view::{RunFailure, TaskView};
 use crate::spill::{AppendFile, Spiller};
+use crate::state;
 
 /// The media type of event streams.
 pub const MEDIA_TYPE: &str = "application/x-ndjson";
@@ -64,12 +65,10 @@ enum Event<'a, V: Serialize, R: Serialize> {
     },
 }
 
+/// One line, newline included. Only small events take this path (a view without results,
+/// a chunk of output): results go through [`state::write_result`], never whole in memory.
 fn line<V: Serialize, R: Serialize>(event: &Event<'_, V, R>) -> Vec<u8> {
-    let mut l = serde_json::to_vec(event).unwrap_or_else(|e| {
-        // Only an unreadable spill file can fail here; the line still says so.
-        format!(r#"{{"event":"error","error":{{"code":"task.events","message":"{e}"}}}}"#)
-            .into_bytes()
-    });
+    let mut l = serde_json::to_vec(event).unwrap_or_default();
     l.push(b'\n');
     l
 }
@@ -100,7 +99,7 @@ pub struct Journal {
 
 impl Journal {
     /// A journal for a run of task `id`, whose first line is the `task` event.
-    pub fn new(id: &str, spiller: Spiller, task: &TaskView) -> Writer {
+    pub fn begin(id: &str, spiller: Spiller, task: &TaskView) -> Writer {
         let budget = BUDGET.min(spiller.budget());
         let journal = Journal {
             id: id.to_string(),
@@ -115,7 +114,7 @@ impl Journal {
             }),
             len: watch::channel((0, false)).0,
         };
-        journal.append(&line::<_, CmdResult>(&Event::Task { task }));
+        journal.append(&line::<_, CmdResult>(&Event::Task { task: &shell(task) }));
         Writer(Arc::new(journal))
     }
 
@@ -134,17 +133,30 @@ impl Journal {
     }
 
     fn append(&self, line: &[u8]) {
-        let mut s = self.store.lock().unwrap();
-        if s.ended {
+        self.write_line(|w| w.write_all(line));
+    }
+
+    /// Appends one line written by `write` (without its newline) piece by piece; readers
+    /// see it once it is whole. Only the run writes, one line at a time.
+    fn write_line(&self, write: impl FnOnce(&mut Appender<'_>) -> io::Result<()>) {
+        if self.store.lock().unwrap().ended {
             return;
         }
-        s.mem.extend_from_slice(line);
-        if s.mem.len() > s.budget && !s.failed {
-            if let Err(e) = s.spill() {
-                crate::log!(warn: "spilling a run's events failed ({e}); the rest is kept in memory");
-                s.failed = true;
-            }
+        let mut w = Appender(self);
+        if let Err(e) = write(&mut w) {
+            // Only a spill file of the output that cannot be read back: the broken line ends
+            // here and says so on the next.
+            crate::log!(warn: "writing a run's event failed: {e}");
+            let error = serde_json::json!({"code": "task.events", "message": e.to_string()});
+            let _ = w.write_all(b"\n");
+            let _ = w.write_all(&line::<TaskView, CmdResult>(&Event::Error {
+                id: &self.id,
+                error: &error,
+            }));
+        } else {
+            let _ = w.write_all(b"\n");
         }
+        let s = self.store.lock().unwrap();
         let total = s.spilled + s.mem.len() as u64;
         // Under the lock, so readers never see the length go back.
         self.len.send_replace((total, false));
@@ -184,6 +196,27 @@ impl Journal {
             }
             got += n;
         }
+        Ok(())
+    }
+}
+
+/// Writes into the journal's store (memory, then its file), not yet shown to readers.
+struct Appender<'a>(&'a Journal);
+
+impl Write for Appender<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut s = self.0.store.lock().unwrap();
+        s.mem.extend_from_slice(bytes);
+        if s.mem.len() > s.budget && !s.failed {
+            if let Err(e) = s.spill() {
+                crate::log!(warn: "spilling a run's events failed ({e}); the rest is kept in memory");
+                s.failed = true;
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -238,7 +271,11 @@ impl Writer {
                 error: &error,
             }));
         }
-        j.append(&line::<_, CmdResult>(&Event::End { task: view }));
+        j.write_line(|w| {
+            w.write_all(br#"{"event":"end","task":"#)?;
+            state::write_view(w, view)?;
+            w.write_all(b"}")
+        });
         j.close();
     }
 }
@@ -247,6 +284,13 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.0.close();
     }
+}
+
+/// The task as the `task` event shows it: the run's results are still to come.
+fn shell(view: &TaskView) -> TaskView {
+    let mut v = view.clone();
+    v.results = Vec::new();
+    v
 }
 
 fn failure_json(f: &RunFailure) -> Value {
@@ -294,9 +338,17 @@ impl CommandEvents {
         let (out, err) = (self.out.finish(), self.err.finish());
         self.data(false, &out);
         self.data(true, &err);
-        let (id, index) = (self.journal.id.as_str(), self.index);
-        self.journal
-            .append(&line::<TaskView, _>(&Event::Exit { id, index, result }));
+        let j = &self.journal;
+        j.write_line(|w| {
+            let id = serde_json::to_string(&j.id).map_err(io::Error::other)?;
+            write!(
+                w,
+                r#"{{"event":"exit","id":{id},"index":{},"result":"#,
+                self.index
+            )?;
+            state::write_result(w, result)?;
+            w.write_all(b"}")
+        });
     }
 }
 
@@ -337,12 +389,14 @@ impl Reader {
         loop {
             let from = self.at + buf.len() as u64;
             let seen = buf.len();
-            self.journal.read_into(from, READ, &mut buf)?;
+            // Never past `len`: a line still being written lies beyond it.
+            let max = READ.min(len.saturating_sub(from) as usize);
+            self.journal.read_into(from, max, &mut buf)?;
             if let Some(p) = buf[seen..].iter().rposition(|&b| b == b'\n') {
                 buf.truncate(seen + p + 1);
                 break;
             }
-            if self.at + buf.len() as u64 >= len || buf.len() == seen {
+            if buf.len() == seen {
                 break;
             }
         }
@@ -357,8 +411,12 @@ impl Reader {
 pub fn replay(view: &Value) -> Vec<u8> {
     let id = view.get("id").and_then(Value::as_str).unwrap_or_default();
     let mut head = view.clone();
+    // As the run's first line had it: its outcome is still to come.
     if let Some(o) = head.as_object_mut() {
         o.insert("results".into(), Value::Array(Vec::new()));
+        o.insert("failed_command".into(), Value::Null);
+        o.remove("error");
+        o.remove("persist_error");
     }
     let mut out = line::<_, Value>(&Event::Task { task: &head });
     let empty = Vec::new();
@@ -530,7 +588,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for spiller in [Spiller::memory_only(), Spiller::new(Some(dir.clone()), 100)] {
-            let w = Journal::new("t1", spiller, &view("t1"));
+            let w = Journal::begin("t1", spiller, &view("t1"));
             let early = tokio::spawn(read_all(w.journal().reader()));
             let mut c = w.command(0);
             let mut printed = Vec::new();
@@ -596,7 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_writer_ends_the_stream_and_a_failure_is_an_error_line() {
-        let w = Journal::new("t2", Spiller::memory_only(), &view("t2"));
+        let w = Journal::begin("t2", Spiller::memory_only(), &view("t2"));
         let r = w.journal().reader();
         drop(w);
         let (all, _) = read_all(r).await;
@@ -606,7 +664,7 @@ mod tests {
             "the task line, then the end of the stream"
         );
 
-        let w = Journal::new("t3", Spiller::memory_only(), &view("t3"));
+        let w = Journal::begin("t3", Spiller::memory_only(), &view("t3"));
         let mut failed = view("t3");
         failed.error = Some(RunFailure {
             code: "task.container_stopped".into(),
@@ -626,15 +684,16 @@ mod tests {
 
     #[test]
     fn a_line_longer_than_a_read_comes_whole() {
-        let w = Journal::new("t4", Spiller::memory_only(), &view("t4"));
+        let w = Journal::begin("t4", Spiller::memory_only(), &view("t4"));
         let mut c = w.command(0);
         let big = "x".repeat(3 * READ);
         c.stdout(big.as_bytes());
         c.stdout(b"y");
         let mut r = w.journal().reader();
-        let first = r.read(u64::MAX).unwrap();
+        let len = r.len.borrow().0;
+        let first = r.read(len).unwrap();
         assert_eq!(lines(&first).len(), 2, "task and start fit in one read");
-        let second = r.read(u64::MAX).unwrap();
+        let second = r.read(len).unwrap();
         assert_eq!(lines(&second)[0]["data"].as_str().unwrap(), big);
     }
 }

@@ -237,6 +237,8 @@ fn display(cmd: &Command) -> serde_json::Value {
 }
 
 /// Runs `cmd` in container `id` and waits for it, at most its limit plus a grace period.
+// The spec's parts, then where the command's live output goes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_command(
     docker: &dyn Engine,
     id: &str,

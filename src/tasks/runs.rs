@@ -155,7 +155,7 @@ impl Tasks {
         let now = record.lock().unwrap().view();
         // Every run has its events, since a follower may join any run; GET /events finds
         // the newest run's on the record while it runs.
-        let events = Journal::new(&now.id, self.inner.store.spiller(), &now);
+        let events = Journal::begin(&now.id, self.inner.store.spiller(), &now);
         let journal = events.journal().clone();
         record.lock().unwrap().events = Some(journal.clone());
         let this = self.clone();
@@ -342,6 +342,8 @@ impl Tasks {
     }
 
     /// Runs `cmds` in order until one fails, recording each result as it finishes.
+    // The spec's parts, then where the run's events go.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run(
         &self,
         record: &Shared,
