@@ -23,6 +23,9 @@ type Next = Pin<Box<dyn Future<Output = (Reader, Option<Bytes>)> + Send>>;
 pub struct EventBody {
     /// One pending read per run still going; a finished run's slot goes.
     reads: Vec<Next>,
+    /// The run whose line was cut by a read (a long one): only it is read until that line
+    /// ends, so runs of a batch interleave between lines, never inside one.
+    cut: Option<usize>,
 }
 
 fn next(mut reader: Reader) -> Next {
@@ -36,6 +39,7 @@ impl EventBody {
     pub fn new(journals: &[Arc<Journal>]) -> EventBody {
         EventBody {
             reads: journals.iter().map(|j| next(j.reader())).collect(),
+            cut: None,
         }
     }
 }
@@ -48,17 +52,19 @@ impl Body for EventBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let mut i = 0;
+        let mut i = self.cut.unwrap_or(0);
         while i < self.reads.len() {
             match self.reads[i].as_mut().poll(cx) {
+                Poll::Pending if self.cut.is_some() => return Poll::Pending,
                 Poll::Pending => i += 1,
                 Poll::Ready((_, None)) => {
+                    self.cut = None;
                     drop(self.reads.swap_remove(i));
                 }
-                Poll::Ready((reader, Some(lines))) => {
+                Poll::Ready((reader, Some(bytes))) => {
+                    self.cut = (!reader.at_line_end()).then_some(i);
                     self.reads[i] = next(reader);
-                    // Whole lines: runs of a batch interleave between lines, never inside.
-                    return Poll::Ready(Some(Ok(Frame::data(lines))));
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
             }
         }

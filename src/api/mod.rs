@@ -523,6 +523,14 @@ mod tests {
             route(&Method::DELETE, "/tasks/abc"),
             Ok(Route::DeleteTask("abc"))
         );
+        assert_eq!(
+            route(&Method::GET, "/tasks/abc/events"),
+            Ok(Route::TaskEvents("abc"))
+        );
+        assert_eq!(
+            route(&Method::POST, "/tasks/abc/events"),
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
+        );
         assert_eq!(route(&Method::GET, "/health"), Ok(Route::Health));
         assert_eq!(route(&Method::GET, "/openapi.json"), Ok(Route::OpenApi));
         assert_eq!(route(&Method::GET, "/metrics"), Ok(Route::Metrics));

@@ -8,6 +8,7 @@
 //! view, and the UTF-8 decoder that keeps a character split across chunks whole. No HTTP, no
 //! Docker.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
@@ -128,11 +129,13 @@ impl Journal {
         Reader {
             journal: self.clone(),
             at: 0,
+            at_line_end: true,
             len: self.len.subscribe(),
         }
     }
 
     fn append(&self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
         self.write_line(|w| w.write_all(line));
     }
 
@@ -273,7 +276,15 @@ impl Writer {
         }
         j.write_line(|w| {
             w.write_all(br#"{"event":"end","task":"#)?;
-            state::write_view(w, view)?;
+            // The kept file holds these very bytes: copied, not encoded again.
+            match view.kept.as_ref().and_then(|k| kept(k).ok()) {
+                Some((mut file, len)) => {
+                    if io::copy(&mut file, w)? != len {
+                        return Err(io::Error::other("the kept file is shorter than kept"));
+                    }
+                }
+                None => state::write_view(w, view)?,
+            }
             w.write_all(b"}")
         });
         j.close();
@@ -284,6 +295,14 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.0.close();
     }
+}
+
+/// The kept body of a run, to be read once.
+fn kept(stored: &state::Stored) -> io::Result<(impl io::Read, u64)> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(&stored.path)?;
+    file.seek(io::SeekFrom::Start(stored.offset))?;
+    Ok((file.take(stored.len), stored.len))
 }
 
 /// The task as the `task` event shows it: the run's results are still to come.
@@ -356,14 +375,17 @@ impl CommandEvents {
 #[derive(Debug)]
 pub struct Reader {
     journal: Arc<Journal>,
-    /// Bytes read so far; always just after a line.
+    /// Bytes read so far.
     at: u64,
+    at_line_end: bool,
     len: watch::Receiver<(u64, bool)>,
 }
 
 impl Reader {
-    /// The next whole lines, as soon as there are any; None once the journal has ended and
-    /// everything was read (or its spill file failed, which leaves the stream without `end`).
+    /// The next bytes, as soon as there are any: whole lines, or a piece of one line longer
+    /// than a read (its end comes with the next reads; a reader never holds a whole long
+    /// line). None once the journal has ended and everything was read (or its spill file
+    /// failed, which leaves the stream without `end`).
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
             let (len, ended) = *self.len.borrow_and_update();
@@ -382,25 +404,22 @@ impl Reader {
         }
     }
 
-    /// Lines from `at`: up to [`READ`] bytes cut after their last newline, or one whole
-    /// longer line (lines are appended whole, so one ends before `len`).
+    /// Whether everything read so far ends with a whole line.
+    pub fn at_line_end(&self) -> bool {
+        self.at_line_end
+    }
+
+    /// Bytes from `at`: up to [`READ`], cut after their last newline when there is one.
     fn read(&mut self, len: u64) -> io::Result<Bytes> {
         let mut buf = Vec::new();
-        loop {
-            let from = self.at + buf.len() as u64;
-            let seen = buf.len();
-            // Never past `len`: a line still being written lies beyond it.
-            let max = READ.min(len.saturating_sub(from) as usize);
-            self.journal.read_into(from, max, &mut buf)?;
-            if let Some(p) = buf[seen..].iter().rposition(|&b| b == b'\n') {
-                buf.truncate(seen + p + 1);
-                break;
-            }
-            if buf.len() == seen {
-                break;
-            }
+        // Never past `len`: a line still being written lies beyond it.
+        let max = READ.min(len.saturating_sub(self.at) as usize);
+        self.journal.read_into(self.at, max, &mut buf)?;
+        if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
+            buf.truncate(p + 1);
         }
         self.at += buf.len() as u64;
+        self.at_line_end = buf.last() == Some(&b'\n');
         Ok(Bytes::from(buf))
     }
 }
@@ -456,7 +475,13 @@ pub struct Utf8Carry {
 }
 
 impl Utf8Carry {
-    pub fn feed(&mut self, bytes: &[u8]) -> String {
+    pub fn feed<'a>(&mut self, bytes: &'a [u8]) -> Cow<'a, str> {
+        // The common case, a chunk of whole characters: no copy.
+        if self.held.is_empty() {
+            if let Ok(s) = std::str::from_utf8(bytes) {
+                return Cow::Borrowed(s);
+            }
+        }
         let mut all = std::mem::take(&mut self.held);
         all.extend_from_slice(bytes);
         let mut text = String::with_capacity(all.len());
@@ -483,7 +508,7 @@ impl Utf8Carry {
                 }
             }
         }
-        text
+        Cow::Owned(text)
     }
 
     /// What is still held, as the end of the output: an incomplete character is invalid.
@@ -560,7 +585,7 @@ mod tests {
     async fn read_all(mut r: Reader) -> (Vec<u8>, usize) {
         let (mut all, mut reads) = (Vec::new(), 0);
         while let Some(b) = r.next().await {
-            assert_eq!(b.last(), Some(&b'\n'), "reads end after a line");
+            assert!(b.len() <= READ);
             all.extend_from_slice(&b);
             reads += 1;
         }
@@ -683,7 +708,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_longer_than_a_read_comes_whole() {
+    fn a_line_longer_than_a_read_comes_in_pieces_that_say_so() {
         let w = Journal::begin("t4", Spiller::memory_only(), &view("t4"));
         let mut c = w.command(0);
         let big = "x".repeat(3 * READ);
@@ -693,7 +718,17 @@ mod tests {
         let len = r.len.borrow().0;
         let first = r.read(len).unwrap();
         assert_eq!(lines(&first).len(), 2, "task and start fit in one read");
-        let second = r.read(len).unwrap();
-        assert_eq!(lines(&second)[0]["data"].as_str().unwrap(), big);
+        assert!(r.at_line_end());
+        let mut long = Vec::new();
+        for _ in 0..3 {
+            long.extend_from_slice(&r.read(len).unwrap());
+            assert!(!r.at_line_end());
+        }
+        let rest = r.read(len).unwrap();
+        assert!(r.at_line_end());
+        long.extend_from_slice(&rest);
+        let events = lines(&long);
+        assert_eq!(events[0]["data"].as_str().unwrap(), big);
+        assert_eq!(events[1]["data"], "y");
     }
 }
