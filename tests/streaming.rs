@@ -569,3 +569,81 @@ fn a_put_into_a_daemon_streams_its_run() {
     lessl.delete(&name).expect(204);
     lessl.finish();
 }
+
+/// Runs `lessl ARGS` as a client of `lessl`, reading its stdout line by line as it comes:
+/// each line with when it arrived, the stderr, and the exit code.
+fn client_lines(
+    lessl: &Lessl,
+    args: &[&str],
+    stdin: &str,
+) -> (Vec<(Instant, String)>, String, i32) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lessl"))
+        .args(args)
+        .env("LESSL_URL", format!("http://{}", lessl.addr))
+        .env_remove("LESSL_TOKEN_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lessl client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| (Instant::now(), l.unwrap()))
+        .collect();
+    let code = child.wait().unwrap().code().unwrap();
+    (lines, err.join().unwrap(), code)
+}
+
+#[test]
+fn the_cli_prints_output_as_it_comes_and_follows_a_task() {
+    let lessl = Lessl::start(&[]);
+    let body = json!({"image": BUSYBOX, "cmd": ["echo first; sleep 2; echo second; echo err >&2", "exit 7"]});
+    let (lines, err, code) = client_lines(&lessl, &["run", "-"], &body.to_string());
+    assert_eq!(code, 7, "{err}");
+    assert_eq!(err, "err\n");
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(texts, ["first", "second"]);
+    let gap = lines[1].0.duration_since(lines[0].0);
+    assert!(
+        gap > Duration::from_secs(1),
+        "first line only {gap:?} before the second"
+    );
+
+    // `logs -f` follows a started task to its end; `logs` prints its last run.
+    let body = json!({"image": BUSYBOX, "daemon": true, "cmd": ["echo a; sleep 2; echo b"]});
+    let v = lessl
+        .request("POST", "/tasks?wait=false", Some(&body.to_string()))
+        .expect(202)
+        .json();
+    let id = v["id"].as_str().unwrap().to_string();
+    let (lines, err, code) = client_lines(&lessl, &["logs", "-f", &id], "");
+    assert_eq!(code, 0, "{err}");
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(texts, ["a", "b"]);
+    let (lines, _, code) = client_lines(&lessl, &["logs", &id], "");
+    assert_eq!(code, 0);
+    assert_eq!(lines.len(), 2);
+    // `exec` streams too, and passes the command's code through.
+    let (lines, _, code) = client_lines(
+        &lessl,
+        &["exec", &id, "--shell", "echo x; sleep 1.5; echo y; exit 2"],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(lines[1].0.duration_since(lines[0].0) > Duration::from_secs(1));
+    lessl.delete(&id).expect(204);
+    lessl.finish();
+}

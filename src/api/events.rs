@@ -21,8 +21,13 @@ type Next = Pin<Box<dyn Future<Output = (Reader, Option<Bytes>)> + Send>>;
 
 /// The events of one or more runs, merged line by line in the order they come.
 pub struct EventBody {
-    /// One pending read per run still going; a finished run's slot goes.
-    reads: Vec<Next>,
+    /// One pending read per run, in the request's order; None once that run's events ended.
+    reads: Vec<Option<Next>>,
+    /// Runs still going.
+    left: usize,
+    /// Where the next poll starts: each run in turn, so a chatty one does not hold back the
+    /// others, and the first lines (each run's `task`) come in the request's order.
+    turn: usize,
     /// The run whose line was cut by a read (a long one): only it is read until that line
     /// ends, so runs of a batch interleave between lines, never inside one.
     cut: Option<usize>,
@@ -38,7 +43,9 @@ fn next(mut reader: Reader) -> Next {
 impl EventBody {
     pub fn new(journals: &[Arc<Journal>]) -> EventBody {
         EventBody {
-            reads: journals.iter().map(|j| next(j.reader())).collect(),
+            reads: journals.iter().map(|j| Some(next(j.reader()))).collect(),
+            left: journals.len(),
+            turn: 0,
             cut: None,
         }
     }
@@ -52,31 +59,44 @@ impl Body for EventBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let mut i = self.cut.unwrap_or(0);
-        while i < self.reads.len() {
-            match self.reads[i].as_mut().poll(cx) {
-                Poll::Pending if self.cut.is_some() => return Poll::Pending,
-                Poll::Pending => i += 1,
+        let n = self.reads.len();
+        let was_cut = self.cut.is_some();
+        let order: Vec<usize> = match self.cut {
+            Some(i) => vec![i],
+            None => (0..n).map(|k| (self.turn + k) % n).collect(),
+        };
+        for i in order {
+            let Some(read) = self.reads[i].as_mut() else {
+                continue;
+            };
+            match read.as_mut().poll(cx) {
+                Poll::Pending => {}
                 Poll::Ready((_, None)) => {
                     self.cut = None;
-                    drop(self.reads.swap_remove(i));
+                    self.reads[i] = None;
+                    self.left -= 1;
                 }
                 Poll::Ready((reader, Some(bytes))) => {
                     self.cut = (!reader.at_line_end()).then_some(i);
-                    self.reads[i] = next(reader);
+                    self.turn = (i + 1) % n;
+                    self.reads[i] = Some(next(reader));
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
             }
         }
-        if self.reads.is_empty() {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
+        if self.left == 0 {
+            return Poll::Ready(None);
         }
+        if was_cut && self.cut.is_none() {
+            // The run whose line was cut ended (its file failed) and only it was polled:
+            // the others must be polled again to be woken.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.reads.is_empty()
+        self.left == 0
     }
 }
 

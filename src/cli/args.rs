@@ -29,6 +29,20 @@ pub enum Command {
     Rm(RmArgs),
     /// List (`ls`) or remove (`rm NAME...`) this Lessl's named volumes.
     Volume(VolumeArgs),
+    /// Print a task's output: its last run's, or with `-f` its current run's as it comes.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id, short id or name.
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    pub task: String,
+    /// Follow the current run until it ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub conn: Connection,
 }
 
 #[derive(Debug, Args)]
@@ -149,7 +163,11 @@ impl Command {
     pub fn error_exit_code(&self) -> u8 {
         match self {
             Command::Run(_) | Command::Exec(_) => RUN_FAILED_EXIT,
-            Command::Ps(_) | Command::Status(_) | Command::Rm(_) | Command::Volume(_) => 1,
+            Command::Ps(_)
+            | Command::Status(_)
+            | Command::Rm(_)
+            | Command::Volume(_)
+            | Command::Logs(_) => 1,
         }
     }
 }

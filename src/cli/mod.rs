@@ -20,7 +20,7 @@ pub use args::*;
 use client::Client;
 use render::{
     batch_exit_code, decode, decode_tasks, print_results, raw_json, table, with_progress,
-    write_out, Task,
+    with_progress_of, write_out, Live, Progress, Task,
 };
 
 use crate::util::{percent_encode, unix_now};
@@ -109,6 +109,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
         Command::Status(a) => (&a.conn, None),
         Command::Rm(a) => (&a.conn, None),
         Command::Volume(a) => (&a.conn, None),
+        Command::Logs(a) => (&a.conn, None),
     };
     let client = Client::new(conn)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -123,6 +124,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
             Command::Status(a) => status(&client, &a.task).await,
             Command::Rm(a) => rm(&client, &a.tasks).await,
             Command::Volume(a) => volume(&client, a.action).await,
+            Command::Logs(a) => logs(&client, &a.task, a.follow).await,
         }
     })
 }
@@ -153,13 +155,13 @@ async fn run(client: &Client, body: Vec<u8>, detach: bool, json: bool) -> Result
         }
         return Ok(0);
     }
-    let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
-    let tasks = decode_tasks("POST /tasks", &answer)?;
     if json {
+        let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
+        let tasks = decode_tasks("POST /tasks", &answer)?;
         write_out(&mut std::io::stdout().lock(), raw_json(&answer).as_bytes())?;
         return Ok(batch_exit_code(&tasks));
     }
-    print_results(&tasks)?;
+    let tasks = live(client, Method::POST, "/tasks", Some(body)).await?;
     // The id reads the results again (`lessl status ID`) until the TTL. Only for a person at
     // a terminal: piped stderr carries the commands' own stderr and nothing else.
     if std::io::stderr().is_terminal() {
@@ -188,13 +190,37 @@ async fn exec(client: &Client, a: ExecArgs) -> Result<u8, CliError> {
         body["pwd"] = Value::String(w);
     }
     let path = format!("/tasks/{}", percent_encode(&a.task));
-    let what = format!("PUT {path}");
-    let answer =
-        with_progress(client.send(Method::PUT, &path, Some(body.to_string().into()))).await?;
-    let task: Task = decode(&what, &answer)?;
-    let tasks = [task];
-    print_results(&tasks)?;
+    let tasks = live(client, Method::PUT, &path, Some(body.to_string().into())).await?;
     Ok(batch_exit_code(&tasks))
+}
+
+/// A request answered with live events: the commands' output printed as it arrives; the
+/// tasks as they ended.
+async fn live(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Vec<Task>, CliError> {
+    let what = format!("{method} {}", path.split('?').next().unwrap_or(""));
+    let progress = Progress::default();
+    let mut shown = Live::new(&progress);
+    let streamed = client.stream(method, path, body, |line| shown.line(&what, line));
+    with_progress_of(streamed, &progress).await?;
+    shown.finish(&what)
+}
+
+/// A task's output: its last run's, or (`follow`) its current run's as it comes, to its end.
+async fn logs(client: &Client, task: &str, follow: bool) -> Result<u8, CliError> {
+    let path = format!("/tasks/{}", percent_encode(task));
+    if follow {
+        live(client, Method::GET, &format!("{path}/events"), None).await?;
+        return Ok(0);
+    }
+    let answer = client.send(Method::GET, &path, None).await?;
+    let task: Task = decode(&format!("GET {path}"), &answer)?;
+    print_results(&[task])?;
+    Ok(0)
 }
 
 async fn ps(client: &Client, a: PsArgs) -> Result<u8, CliError> {
