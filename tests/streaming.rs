@@ -436,16 +436,6 @@ fn a_client_that_goes_away_leaves_the_run_to_finish_and_its_container_removed() 
     lessl.finish();
 }
 
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn a_reader_that_reads_nothing_costs_disk_not_memory_and_gets_every_byte() {
     let dir = temp_state_dir("slow");
