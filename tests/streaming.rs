@@ -466,10 +466,13 @@ fn a_reader_that_reads_nothing_costs_disk_not_memory_and_gets_every_byte() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".spill"))
         .map(|e| e.metadata().unwrap().len())
         .sum();
-    eprintln!("RSS +{growth_mib} MiB while 16 MiB was printed and not read; spill files hold {spilled} bytes");
-    // Three copies of the output wait for this reader (the chunks, the exit's result, the
-    // end's view): on disk. Memory may hold at most about one, in flight between the agent
-    // and the journal on a loaded machine, never the reader's backlog.
+    eprintln!(
+        "RSS +{growth_mib} MiB while 16 MiB was printed and not read; spill files hold {spilled} bytes"
+    );
+    // The unread chunks wait on disk (the exit's result and the end's view are written out
+    // from the output's own spill file and the kept result when read). Memory may hold at
+    // most about one copy, in flight between the agent and the journal on a loaded machine,
+    // never the reader's backlog.
     assert!(growth_mib < 24, "RSS grew by {growth_mib} MiB");
     assert!(
         spilled > cap,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use hyper::body::Bytes;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::run::CmdResult;
 use super::view::{RunFailure, TaskView};
@@ -85,6 +85,63 @@ struct Store {
     /// Spilling failed once: the rest stays in memory, bounded by the output caps.
     failed: bool,
     ended: bool,
+    /// Lines that hold a whole output (`exit`, `end`), by the byte offset they stand at:
+    /// kept as the values they show and written out for each reader that gets there, so
+    /// a run nobody reads never encodes or stores its outputs again.
+    deferred: Vec<(u64, Arc<Deferred>)>,
+}
+
+/// A line written out only when read.
+#[derive(Debug)]
+enum Deferred {
+    Exit { index: usize, result: CmdResult },
+    End { view: TaskView },
+}
+
+impl Deferred {
+    /// Writes the line, newline included, its outputs chunk by chunk.
+    fn write(&self, id: &str, w: &mut impl Write) -> io::Result<()> {
+        match self {
+            Deferred::Exit { index, result } => {
+                let id = serde_json::to_string(id).map_err(io::Error::other)?;
+                write!(w, r#"{{"event":"exit","id":{id},"index":{index},"result":"#)?;
+                state::write_result(w, result)?;
+            }
+            Deferred::End { view } => {
+                w.write_all(br#"{"event":"end","task":"#)?;
+                // The kept file holds these very bytes: copied, not encoded again.
+                match view.kept.as_ref().and_then(|k| kept(k).ok()) {
+                    Some((mut file, len)) => {
+                        if io::copy(&mut file, w)? != len {
+                            return Err(io::Error::other("the kept file is shorter than kept"));
+                        }
+                    }
+                    None => state::write_view(w, view)?,
+                }
+            }
+        }
+        w.write_all(b"}\n")
+    }
+}
+
+/// What readers wait on: how far the journal goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    /// Bytes appended.
+    len: u64,
+    /// Deferred lines.
+    items: usize,
+    ended: bool,
+}
+
+impl Store {
+    fn mark(&self) -> Mark {
+        Mark {
+            len: self.spilled + self.mem.len() as u64,
+            items: self.deferred.len(),
+            ended: self.ended,
+        }
+    }
 }
 
 /// The event lines of one run of one task.
@@ -94,8 +151,8 @@ pub struct Journal {
     id: String,
     /// A std mutex, never held across an await: appends and reads copy under it and go.
     store: Mutex<Store>,
-    /// (bytes appended, ended): what readers wait on.
-    len: watch::Sender<(u64, bool)>,
+    /// How far the journal goes, for readers to wait on.
+    mark: watch::Sender<Mark>,
 }
 
 impl Journal {
@@ -112,8 +169,14 @@ impl Journal {
                 mem: Vec::new(),
                 failed: false,
                 ended: false,
+                deferred: Vec::new(),
             }),
-            len: watch::channel((0, false)).0,
+            mark: watch::channel(Mark {
+                len: 0,
+                items: 0,
+                ended: false,
+            })
+            .0,
         };
         journal.append(&line::<_, CmdResult>(&Event::Task { task: &shell(task) }));
         Writer(Arc::new(journal))
@@ -129,8 +192,10 @@ impl Journal {
         Reader {
             journal: self.clone(),
             at: 0,
+            item: 0,
+            expanding: None,
             at_line_end: true,
-            len: self.len.subscribe(),
+            mark: self.mark.subscribe(),
         }
     }
 
@@ -160,16 +225,30 @@ impl Journal {
             let _ = w.write_all(b"\n");
         }
         let s = self.store.lock().unwrap();
-        let total = s.spilled + s.mem.len() as u64;
-        // Under the lock, so readers never see the length go back.
-        self.len.send_replace((total, false));
+        // Under the lock, so readers never see the journal go back.
+        self.mark.send_replace(s.mark());
+    }
+
+    /// A line written out when read, standing after everything appended so far.
+    fn defer(&self, item: Deferred) {
+        let mut s = self.store.lock().unwrap();
+        if s.ended {
+            return;
+        }
+        let at = s.mark().len;
+        s.deferred.push((at, Arc::new(item)));
+        self.mark.send_replace(s.mark());
+    }
+
+    /// The deferred line `i`, when there is one.
+    fn item(&self, i: usize) -> Option<(u64, Arc<Deferred>)> {
+        self.store.lock().unwrap().deferred.get(i).cloned()
     }
 
     fn close(&self) {
         let mut s = self.store.lock().unwrap();
         s.ended = true;
-        let total = s.spilled + s.mem.len() as u64;
-        self.len.send_replace((total, true));
+        self.mark.send_replace(s.mark());
     }
 
     /// Appends to `buf` at most `max` bytes from `at`.
@@ -274,19 +353,7 @@ impl Writer {
                 error: &error,
             }));
         }
-        j.write_line(|w| {
-            w.write_all(br#"{"event":"end","task":"#)?;
-            // The kept file holds these very bytes: copied, not encoded again.
-            match view.kept.as_ref().and_then(|k| kept(k).ok()) {
-                Some((mut file, len)) => {
-                    if io::copy(&mut file, w)? != len {
-                        return Err(io::Error::other("the kept file is shorter than kept"));
-                    }
-                }
-                None => state::write_view(w, view)?,
-            }
-            w.write_all(b"}")
-        });
+        j.defer(Deferred::End { view: view.clone() });
         j.close();
     }
 }
@@ -357,16 +424,9 @@ impl CommandEvents {
         let (out, err) = (self.out.finish(), self.err.finish());
         self.data(false, &out);
         self.data(true, &err);
-        let j = &self.journal;
-        j.write_line(|w| {
-            let id = serde_json::to_string(&j.id).map_err(io::Error::other)?;
-            write!(
-                w,
-                r#"{{"event":"exit","id":{id},"index":{},"result":"#,
-                self.index
-            )?;
-            state::write_result(w, result)?;
-            w.write_all(b"}")
+        self.journal.defer(Deferred::Exit {
+            index: self.index,
+            result: result.clone(),
         });
     }
 }
@@ -377,20 +437,53 @@ pub struct Reader {
     journal: Arc<Journal>,
     /// Bytes read so far.
     at: u64,
+    /// Deferred lines read (or being read) so far.
+    item: usize,
+    /// The deferred line being written out for this reader, chunk by chunk.
+    expanding: Option<mpsc::Receiver<io::Result<Bytes>>>,
     at_line_end: bool,
-    len: watch::Receiver<(u64, bool)>,
+    mark: watch::Receiver<Mark>,
 }
 
 impl Reader {
     /// The next bytes, as soon as there are any: whole lines, or a piece of one line longer
     /// than a read (its end comes with the next reads; a reader never holds a whole long
-    /// line). None once the journal has ended and everything was read (or its spill file
-    /// failed, which leaves the stream without `end`).
+    /// line). None once the journal has ended and everything was read (or a file failed,
+    /// which leaves the stream without `end`).
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
-            let (len, ended) = *self.len.borrow_and_update();
-            if self.at < len {
-                return match self.read(len) {
+            if let Some(rx) = &mut self.expanding {
+                match rx.recv().await {
+                    Some(Ok(b)) => {
+                        self.at_line_end = b.last() == Some(&b'\n');
+                        return Some(b);
+                    }
+                    Some(Err(e)) => {
+                        crate::log!(warn: "writing a run's event out failed: {e}");
+                        self.expanding = None;
+                        return None;
+                    }
+                    None => {
+                        self.expanding = None;
+                        self.item += 1;
+                        continue;
+                    }
+                }
+            }
+            let mark = *self.mark.borrow_and_update();
+            let next = (self.item < mark.items)
+                .then(|| self.journal.item(self.item))
+                .flatten();
+            let until = match &next {
+                Some((at, item)) if *at == self.at => {
+                    self.expanding = Some(expand(self.journal.id.clone(), item.clone()));
+                    continue;
+                }
+                Some((at, _)) => *at,
+                None => mark.len,
+            };
+            if self.at < until {
+                return match self.read(until) {
                     Ok(b) => Some(b),
                     Err(e) => {
                         crate::log!(warn: "reading a run's events back failed: {e}");
@@ -398,7 +491,7 @@ impl Reader {
                     }
                 };
             }
-            if ended || self.len.changed().await.is_err() {
+            if mark.ended || self.mark.changed().await.is_err() {
                 return None;
             }
         }
@@ -409,11 +502,11 @@ impl Reader {
         self.at_line_end
     }
 
-    /// Bytes from `at`: up to [`READ`], cut after their last newline when there is one.
-    fn read(&mut self, len: u64) -> io::Result<Bytes> {
+    /// Bytes from `at` to at most `until`: up to [`READ`], cut after their last newline
+    /// when there is one.
+    fn read(&mut self, until: u64) -> io::Result<Bytes> {
         let mut buf = Vec::new();
-        // Never past `len`: a line still being written lies beyond it.
-        let max = READ.min(len.saturating_sub(self.at) as usize);
+        let max = READ.min(until.saturating_sub(self.at) as usize);
         self.journal.read_into(self.at, max, &mut buf)?;
         if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
             buf.truncate(p + 1);
@@ -421,6 +514,55 @@ impl Reader {
         self.at += buf.len() as u64;
         self.at_line_end = buf.last() == Some(&b'\n');
         Ok(Bytes::from(buf))
+    }
+}
+
+/// Writes a deferred line out on a blocking thread (its outputs may lie in spill files), in
+/// chunks of at most [`READ`] handed over one or two at a time: the reader's pace.
+fn expand(id: String, item: Arc<Deferred>) -> mpsc::Receiver<io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut w = Chunks {
+            tx: &tx,
+            buf: Vec::with_capacity(READ),
+        };
+        if let Err(e) = item.write(&id, &mut w).and_then(|()| w.send()) {
+            // A reader that went away: nobody to tell.
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Gathers writes into chunks for a reader.
+struct Chunks<'a> {
+    tx: &'a mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Chunks<'_> {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(READ)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))
+    }
+}
+
+impl Write for Chunks<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= READ {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -715,7 +857,7 @@ mod tests {
         c.stdout(big.as_bytes());
         c.stdout(b"y");
         let mut r = w.journal().reader();
-        let len = r.len.borrow().0;
+        let len = r.mark.borrow().len;
         let first = r.read(len).unwrap();
         assert_eq!(lines(&first).len(), 2, "task and start fit in one read");
         assert!(r.at_line_end());

@@ -355,7 +355,10 @@ async fn a_runs_events_are_followed_live_then_rebuilt_from_its_end() {
     }
     let live = events_of(&journal).await;
     let kinds: Vec<&str> = live.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["task", "start", "stdout", "exit", "start", "exit", "end"]);
+    assert_eq!(
+        kinds,
+        ["task", "start", "stdout", "exit", "start", "exit", "end"]
+    );
     assert_eq!(live[2]["data"], "hi\n");
     assert_eq!(live[5]["result"]["exit_code"], 3);
     // Ended: the record lets the journal go, and the events are rebuilt from the view.
