@@ -4,7 +4,10 @@
 //! journal is append-only, in memory up to a small budget and then in a spill file
 //! ([`crate::spill::AppendFile`]): a slow reader costs disk, never Lessl's memory, and never
 //! stalls the run. Its size is bounded by the run's output caps, since events carry only the
-//! output kept within them. Also here: the events of a finished run rebuilt from its final
+//! output kept within them. The two lines that hold whole outputs (`exit`, `end`) are kept as
+//! the values they show and written out for each reader that reaches them, from the output's
+//! own spill file and the kept result, so a run nobody follows costs one copy of its output,
+//! not three. Also here: the events of a finished run rebuilt from its final
 //! view, and the UTF-8 decoder that keeps a character split across chunks whole. No HTTP, no
 //! Docker.
 
