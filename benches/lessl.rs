@@ -1,7 +1,8 @@
 //! The benchmark: one interleaved run measuring the raw Docker floor and Lessl on the same
 //! engine, printing medians, p90 and the ratios the performance targets are stated in, then
 //! what keeping large results costs in memory (RSS while a command prints 64 MB, and after
-//! keeping 6 tasks x 64 MB until their TTL).
+//! keeping 6 tasks x 64 MB until their TTL), and live output's latency from a command writing
+//! a line to the client reading its event.
 //!
 //!     cargo bench --bench lessl                # 30 rounds
 //!     cargo bench --bench lessl -- --rounds 60 --daemons 500
@@ -520,6 +521,14 @@ fn main() {
     files_out(&lessl);
     stdin_cost(&lessl);
 
+    let latency = live_latency(&lessl, 40);
+    println!("\nlive output (Accept: application/x-ndjson), 40 lines 50 ms apart:");
+    println!(
+        "  line written -> its event read   median {:>5.1} ms, p90 {:>5.1} ms (target <= 20)",
+        latency.median(),
+        latency.pct(0.9)
+    );
+
     let ids = ids.into_inner().unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
     throughput(ids.len(), a.flight, || {
@@ -706,6 +715,63 @@ fn stdin_cost(lessl: &Lessl) {
         l.delete(&id).expect(204);
     }
     exec.finish();
+}
+
+/// Live output's latency: a command prints, every 50 ms, the time it read from the kernel
+/// (`adjtimex`, microseconds; containers share the host's clock) and the client notes when
+/// that line's `stdout` event arrived. The gap is an upper bound of "written to read": it also
+/// holds the shell's `grep` exiting between reading the clock and `echo` writing the line.
+fn live_latency(lessl: &Lessl, lines: usize) -> Series {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let cmd = format!(
+        "for i in $(seq {lines}); do set -- $(adjtimex | grep tv_); echo \"$2 $4\"; sleep 0.05; done"
+    );
+    let body = json!({"image": BUSYBOX, "cmd": [cmd]}).to_string();
+    let mut s = std::net::TcpStream::connect(&lessl.addr).unwrap();
+    write!(
+        s,
+        "POST /tasks HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: application/x-ndjson\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap() > 2 {
+        line.clear();
+    }
+    let mut series = Series::default();
+    let mut partial = Vec::new();
+    loop {
+        // Chunked: a size line, the chunk, CRLF.
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).unwrap();
+        let arrived = std::time::SystemTime::now();
+        partial.extend_from_slice(&chunk[..n]);
+        while let Some(p) = partial.iter().position(|&b| b == b'\n') {
+            let l: Vec<u8> = partial.drain(..=p).collect();
+            let e: serde_json::Value = serde_json::from_slice(&l).unwrap();
+            if e["event"] != "stdout" {
+                continue;
+            }
+            for printed in e["data"].as_str().unwrap().lines() {
+                let (sec, usec) = printed.split_once(' ').unwrap();
+                let at = std::time::UNIX_EPOCH
+                    + Duration::from_secs(sec.parse().unwrap())
+                    + Duration::from_micros(usec.parse().unwrap());
+                let gap = arrived.duration_since(at).unwrap_or_default();
+                series.0.push(gap.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    assert_eq!(series.0.len(), lines, "every line arrived");
+    series
 }
 
 /// Idle pooled containers of a Lessl.

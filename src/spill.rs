@@ -63,6 +63,33 @@ impl Spiller {
     }
 }
 
+/// An append-only spill file read back at offsets while it grows: a run's event journal
+/// ([`crate::tasks::journal`]) past its memory budget. Removed when dropped.
+#[derive(Debug)]
+pub struct AppendFile(SpillFile);
+
+impl Spiller {
+    /// Bytes a stream keeps in memory before spilling.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// A new, empty append-only file; fails without a state directory.
+    pub fn append_file(&self) -> io::Result<AppendFile> {
+        self.create().map(AppendFile)
+    }
+}
+
+impl AppendFile {
+    pub fn append(&self, bytes: &[u8]) -> io::Result<()> {
+        (&self.0.file).write_all(bytes)
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+        self.0.file.read_at(buf, at)
+    }
+}
+
 /// One spill file; removed when dropped.
 #[derive(Debug)]
 struct SpillFile {

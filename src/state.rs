@@ -403,26 +403,31 @@ pub fn write_view(w: &mut impl Write, view: &TaskView) -> io::Result<()> {
         if i > 0 {
             w.write_all(b",")?;
         }
-        let empty = CmdResult {
-            cmd: r.cmd.clone(),
-            exit_code: r.exit_code,
-            stdout: Output::default(),
-            stderr: Output::default(),
-            duration_ms: r.duration_ms,
-            timed_out: r.timed_out,
-            truncated: r.truncated,
-            oom_killed: r.oom_killed,
-        };
-        let empty = serde_json::to_vec(&empty).map_err(io::Error::other)?;
-        let (before, rest) = split_after(&empty, b"\"stdout\":", b"\"\"")?;
-        w.write_all(before)?;
-        write_output(w, &r.stdout)?;
-        let (between, after) = split_after(&rest[2..], b"\"stderr\":", b"\"\"")?;
-        w.write_all(between)?;
-        write_output(w, &r.stderr)?;
-        w.write_all(&after[2..])?;
+        write_result(w, r)?;
     }
     w.write_all(tail)
+}
+
+/// Writes one command's result as `serde_json::to_writer` would, its outputs chunk by chunk.
+pub fn write_result(w: &mut impl Write, r: &CmdResult) -> io::Result<()> {
+    let empty = CmdResult {
+        cmd: r.cmd.clone(),
+        exit_code: r.exit_code,
+        stdout: Output::default(),
+        stderr: Output::default(),
+        duration_ms: r.duration_ms,
+        timed_out: r.timed_out,
+        truncated: r.truncated,
+        oom_killed: r.oom_killed,
+    };
+    let empty = serde_json::to_vec(&empty).map_err(io::Error::other)?;
+    let (before, rest) = split_after(&empty, b"\"stdout\":", b"\"\"")?;
+    w.write_all(before)?;
+    write_output(w, &r.stdout)?;
+    let (between, after) = split_after(&rest[2..], b"\"stderr\":", b"\"\"")?;
+    w.write_all(between)?;
+    write_output(w, &r.stderr)?;
+    w.write_all(&after[2..])
 }
 
 /// Splits `json` right after the first `key` that `value` follows: (up to and with `key`,

@@ -438,6 +438,7 @@ fn openapi_document_carries_the_task_schema_and_every_route() {
         ("put", "/tasks/{ref}"),
         ("delete", "/tasks/{ref}"),
         ("get", "/tasks/{ref}/files/{path}"),
+        ("get", "/tasks/{ref}/events"),
         ("get", "/health"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),

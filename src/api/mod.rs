@@ -1,11 +1,13 @@
 //! The HTTP API: routing, authentication, body limits, and the one place where errors
 //! become status codes. It parses requests and calls the task service; it never calls Docker.
 
+mod body;
 mod error;
+mod events;
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
@@ -13,17 +15,14 @@ use serde::Serialize;
 
 use crate::spec;
 use crate::state::{FileBody, Part};
-use crate::tasks::collect::{PathBody, PathOut};
+use crate::tasks::collect::PathOut;
 use crate::tasks::view::TaskView;
-use crate::tasks::{Answer, Tasks};
+use crate::tasks::{Answer, Events, Tasks};
+pub use body::ApiBody;
 pub use error::ApiError;
 
 /// The OpenAPI 3.1 document of this API, served as is at `GET /openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
-
-/// An answer's body: built in memory, streamed from a result kept in the state directory, or
-/// streamed out of a task's container (`GET /tasks/{ref}/files/...`).
-pub type ApiBody = Either<Full<Bytes>, Either<FileBody, PathBody>>;
 
 /// What every request handler shares.
 pub struct Api {
@@ -51,6 +50,7 @@ enum Route<'a> {
     GetTask(&'a str),
     /// A task's file or directory: the reference, and the path after `/files` (raw).
     GetPath(&'a str, &'a str),
+    TaskEvents(&'a str),
     PutTask(&'a str),
     DeleteTask(&'a str),
     ListVolumes,
@@ -86,6 +86,10 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         (["tasks", r], &Method::DELETE) if !r.is_empty() => Ok(Route::DeleteTask(r)),
         (["tasks", r], _) if !r.is_empty() => {
             Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE"))
+        }
+        (["tasks", r, "events"], &Method::GET) if !r.is_empty() => Ok(Route::TaskEvents(r)),
+        (["tasks", r, "events"], _) if !r.is_empty() => {
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
         }
         (["volumes"], &Method::GET) => Ok(Route::ListVolumes),
         (["volumes"], _) => Err(ApiError::MethodNotAllowed("GET, HEAD")),
@@ -164,9 +168,8 @@ impl Api {
             }
             Route::OpenApi => {
                 query.none()?;
-                let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(
-                    OPENAPI.as_bytes(),
-                ))));
+                let mut resp =
+                    Response::new(ApiBody::bytes(Bytes::from_static(OPENAPI.as_bytes())));
                 resp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Ok(resp)
@@ -174,7 +177,7 @@ impl Api {
             Route::Metrics => {
                 query.none()?;
                 let text = crate::metrics::METRICS.render(self.tasks.gauges());
-                let mut resp = Response::new(Either::Left(Full::new(Bytes::from(text))));
+                let mut resp = Response::new(ApiBody::bytes(text));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -205,6 +208,13 @@ impl Api {
                 })?;
                 Ok(path_answer(self.tasks.read_path(r, &path).await?))
             }
+            Route::TaskEvents(r) => {
+                query.none()?;
+                Ok(match self.tasks.events(r).await? {
+                    Events::Live(journal) => events::answer(StatusCode::OK, &[journal]),
+                    Events::Ended(lines) => events::whole(lines),
+                })
+            }
             Route::ListVolumes => {
                 query.none()?;
                 Ok(json(StatusCode::OK, &self.tasks.volumes().await?))
@@ -221,8 +231,15 @@ impl Api {
             }
             Route::CreateTask => {
                 let wait = query.wait()?;
+                let streamed = streamed(&req, wait)?;
                 let body = self.read_json(req).await?;
                 let request = spec::parse(&body, self.tasks.bounds())?;
+                if streamed {
+                    let journals = self.tasks.create_streamed(request).await?;
+                    let mut resp = events::answer(StatusCode::CREATED, &journals);
+                    set_location(&mut resp, journals[0].id());
+                    return Ok(resp);
+                }
                 let is_array = request.is_array;
                 let views = self.tasks.create(request, wait).await?;
                 let status = if wait {
@@ -236,6 +253,7 @@ impl Api {
             }
             Route::PutTask(r) => {
                 let wait = query.wait()?;
+                let streamed = streamed(&req, wait)?;
                 let reference = r.to_string();
                 let body = self.read_json(req).await?;
                 let mut specs = spec::parse(&body, self.tasks.bounds())?.tasks;
@@ -244,6 +262,20 @@ impl Api {
                         field: String::new(),
                         message: "PUT takes one task object".into(),
                     });
+                }
+                if streamed {
+                    let spec = specs.remove(0);
+                    let (created, journal) = self.tasks.put_streamed(&reference, spec).await?;
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    let mut resp = events::answer(status, std::slice::from_ref(&journal));
+                    if created {
+                        set_location(&mut resp, journal.id());
+                    }
+                    return Ok(resp);
                 }
                 let (created, view) = self.tasks.put(&reference, specs.remove(0), wait).await?;
                 let status = match (created, wait) {
@@ -309,6 +341,22 @@ impl Api {
             Ok(Err(e)) => Err(ApiError::ReadBody(e.to_string())),
         }
     }
+}
+
+/// Whether a POST or PUT answers with live events. Those follow the run to its end, so
+/// `wait=false` (answer as soon as it started) cannot go with them: refused by name rather
+/// than one of the two silently ignored.
+fn streamed(req: &Request<Incoming>, wait: bool) -> Result<bool, ApiError> {
+    let streamed = events::wanted(req);
+    if streamed && !wait {
+        return Err(ApiError::BadQuery {
+            param: "wait".into(),
+            message: "live events (Accept: application/x-ndjson) follow the run to its end; \
+                      wait=false cannot go with them: follow a started task with GET /tasks/{ref}/events"
+                .into(),
+        });
+    }
+    Ok(streamed)
 }
 
 /// Query parameters; only `wait` exists, and anything else is refused by name.
@@ -398,7 +446,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ApiBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
-    json_body(status, Either::Left(Full::new(Bytes::from(body))))
+    json_body(status, ApiBody::bytes(body))
 }
 
 fn json_body(status: StatusCode, body: ApiBody) -> Response<ApiBody> {
@@ -413,7 +461,7 @@ fn json_body(status: StatusCode, body: ApiBody) -> Response<ApiBody> {
 /// later GET of the same task answer the same bytes whichever way each is built.
 fn compact<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ApiBody> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    json_body(status, Either::Left(Full::new(Bytes::from(body))))
+    json_body(status, ApiBody::bytes(body))
 }
 
 /// The answer of a POST or PUT, in the request's shape (an array for an array): each task's
@@ -455,7 +503,7 @@ fn views_answer(status: StatusCode, views: &[TaskView], is_array: bool) -> Respo
 }
 
 fn kept_body(body: FileBody) -> ApiBody {
-    Either::Right(Either::Left(body))
+    ApiBody::Kept(body)
 }
 
 /// What follows `/tasks/{reference}/files` in `path`, its leading '/' kept ("" for none).
@@ -488,7 +536,7 @@ fn path_answer(out: PathOut) -> Response<ApiBody> {
         PathOut::File { size, body } => (body, "application/octet-stream", Some(size)),
         PathOut::Tree { body } => (body, "application/x-tar", None),
     };
-    let mut resp = Response::new(Either::Right(Either::Right(body)));
+    let mut resp = Response::new(ApiBody::Path(body));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(n) = length {
@@ -499,7 +547,7 @@ fn path_answer(out: PathOut) -> Response<ApiBody> {
 }
 
 fn empty(status: StatusCode) -> Response<ApiBody> {
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+    let mut resp = Response::new(ApiBody::bytes(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
@@ -528,6 +576,14 @@ mod tests {
         assert_eq!(
             route(&Method::DELETE, "/tasks/abc"),
             Ok(Route::DeleteTask("abc"))
+        );
+        assert_eq!(
+            route(&Method::GET, "/tasks/abc/events"),
+            Ok(Route::TaskEvents("abc"))
+        );
+        assert_eq!(
+            route(&Method::POST, "/tasks/abc/events"),
+            Err(ApiError::MethodNotAllowed("GET, HEAD"))
         );
         assert_eq!(route(&Method::GET, "/health"), Ok(Route::Health));
         assert_eq!(route(&Method::GET, "/openapi.json"), Ok(Route::OpenApi));

@@ -31,6 +31,8 @@ pub enum Command {
     Volume(VolumeArgs),
     /// Copy a file or directory out of a live task: `lessl cp TASK:/path LOCAL`.
     Cp(CpArgs),
+    /// Print a task's output: its last run's, or with `-f` its current run's as it comes.
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +43,18 @@ pub struct CpArgs {
     /// Where to write: a file's new name (or a directory to put it in); for a directory, the
     /// local directory it is unpacked into (created when missing), keeping its own name.
     pub dest: PathBuf,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id, short id or name.
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    pub task: String,
+    /// Follow the current run until it ends.
+    #[arg(short, long)]
+    pub follow: bool,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -171,7 +185,8 @@ impl Command {
             | Command::Status(_)
             | Command::Rm(_)
             | Command::Volume(_)
-            | Command::Cp(_) => 1,
+            | Command::Cp(_)
+            | Command::Logs(_) => 1,
         }
     }
 }

@@ -1,11 +1,12 @@
-//! One HTTP/1 request to a Lessl on a fresh connection (TCP or Unix socket), the `--url`
-//! parser, and the API's error body turned into a [`CliError`].
+//! One HTTP/1 request to a Lessl on a fresh connection (TCP or Unix socket), answered whole
+//! or as live events read line by line ([`Lines`], a pure decoder), the `--url` parser, and
+//! the API's error body turned into a [`CliError`].
 
 use std::path::PathBuf;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -122,6 +123,57 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, CliError> {
+        let mut whole = Vec::new();
+        self.request(method, path_and_query, body, false, |_, b| {
+            whole.extend_from_slice(b);
+            Ok(())
+        })
+        .await?;
+        Ok(Bytes::from(whole))
+    }
+
+    /// One request asking for live events: each line of a 2xx answer (without its newline)
+    /// goes to `on_line` as soon as it arrived; an error answer is the API's error.
+    pub(super) async fn stream(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        mut on_line: impl FnMut(&[u8]) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let what = format!(
+            "{method} {}",
+            path_and_query.split('?').next().unwrap_or("")
+        );
+        let mut lines = Lines::default();
+        let mut failed = None;
+        self.request(method, path_and_query, body, true, |_, chunk| {
+            lines.feed(chunk, |l| {
+                if failed.is_none() {
+                    failed = on_line(l).err();
+                }
+            });
+            Ok(())
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        lines.finish().map_err(|cut| CliError::Request {
+            what,
+            error: format!("the answer ended inside a line ({cut} bytes)"),
+        })
+    }
+
+    /// Sends the request; a 2xx answer's body goes to `on_body` chunk by chunk as it comes.
+    async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        events: bool,
+        on_body: impl FnMut(&str, &[u8]) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
         let what = format!(
             "{method} {}",
             path_and_query.split('?').next().unwrap_or("")
@@ -141,6 +193,9 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }
+        if events {
+            req = req.header(ACCEPT, NDJSON);
+        }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::Request {
@@ -151,136 +206,134 @@ impl Client {
             url: self.url.clone(),
             error,
         };
-        let (status, answer) = match &self.target {
+        let mut error_body = Vec::new();
+        let mut on_body = on_body;
+        let mut sink = |status: StatusCode, content_type: &str, chunk: &[u8]| {
+            if status.is_success() {
+                on_body(content_type, chunk)
+            } else {
+                error_body.extend_from_slice(chunk);
+                Ok(())
+            }
+        };
+        let status = match &self.target {
             Target::Tcp { host, port } => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(connect)?;
-                exchange(s, req).await
+                exchange(s, req, &mut sink).await
             }
             Target::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(connect)?;
-                exchange(s, req).await
+                exchange(s, req, &mut sink).await
             }
-        }
-        .map_err(|error| CliError::Request {
-            what: what.clone(),
-            error,
-        })?;
+        };
+        let status = match status {
+            Ok(s) => s,
+            Err(Exchange::Body(e)) => return Err(e),
+            Err(Exchange::Http(error)) => {
+                return Err(CliError::Request {
+                    what: what.clone(),
+                    error,
+                })
+            }
+        };
         if status.is_success() {
-            return Ok(answer);
+            return Ok(());
         }
-        Err(api_error(status, &answer, self.token.is_some()))
+        Err(api_error(status, &error_body, self.token.is_some()))
+    }
+
+    /// A GET whose 2xx body goes to `sink` a frame at a time as it arrives (never held whole),
+    /// with the answer's Content-Type; an error answer is the API's error.
+    pub(super) async fn get_streamed(
+        &self,
+        path: &str,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), CliError> {
+        self.request(Method::GET, path, None, false, sink).await
     }
 }
 
 /// Takes a streamed body a chunk at a time, with the answer's Content-Type.
 pub(super) type Sink<'a> = dyn FnMut(&str, &[u8]) -> Result<(), CliError> + 'a;
 
-/// A two-way byte stream to the daemon.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+/// The media type of live events.
+const NDJSON: &str = "application/x-ndjson";
 
-impl Client {
-    /// A GET whose 2xx body goes to `sink` a frame at a time as it arrives (never held whole),
-    /// with the answer's Content-Type; an error answer is read whole, as [`Client::send`] does.
-    pub(super) async fn get_streamed(
-        &self,
-        path: &str,
-        sink: &mut Sink<'_>,
-    ) -> Result<(), CliError> {
-        let what = format!("GET {}", path.split('?').next().unwrap_or(""));
-        let failed = |error: String| CliError::Request {
-            what: what.clone(),
-            error,
-        };
-        let mut req = Request::builder().method(Method::GET).uri(path).header(
-            HOST,
-            match &self.target {
-                Target::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
-                Target::Tcp { host, port } => format!("{host}:{port}"),
-                Target::Unix(_) => "localhost".to_string(),
-            },
-        );
-        if let Some(t) = &self.token {
-            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| failed(e.to_string()))?;
-        let connect = |error| CliError::Connect {
-            url: self.url.clone(),
-            error,
-        };
-        let io: Box<dyn Io> = match &self.target {
-            Target::Tcp { host, port } => Box::new(
-                tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(connect)?,
-            ),
-            Target::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(connect)?),
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
-        let driver = tokio::spawn(conn);
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
-        let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let answer = body
-                .collect()
-                .await
-                .map_err(|e| failed(error_chain(&e)))?
-                .to_bytes();
-            return Err(api_error(status, &answer, self.token.is_some()));
-        }
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| failed(error_chain(&e)))?;
-            if let Ok(data) = frame.into_data() {
-                sink(&content_type, &data)?;
-            }
-        }
-        drop(sender);
-        let _ = driver.await;
-        Ok(())
-    }
+/// Why an exchange stopped.
+enum Exchange {
+    Http(String),
+    /// What was done with the body failed (output closed).
+    Body(CliError),
 }
 
-async fn exchange<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+/// Sends `req` and hands each piece of the answer's body to `sink` as it arrives.
+async fn exchange<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+    sink: &mut impl FnMut(StatusCode, &str, &[u8]) -> Result<(), CliError>,
+) -> Result<StatusCode, Exchange>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let http = |e: hyper::Error| Exchange::Http(error_chain(&e));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(http)?;
     // The connection is driven beside the request; it ends once the answer is read.
     let driver = tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let resp = sender.send_request(req).await.map_err(http)?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| error_chain(&e))?
-        .to_bytes();
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(http)?.into_data() {
+            sink(status, &content_type, &data).map_err(Exchange::Body)?;
+        }
+    }
     drop(sender);
     let _ = driver.await;
-    Ok((status, body))
+    Ok(status)
+}
+
+/// Splits a byte stream into lines, whatever the pieces it arrives in. Pure.
+#[derive(Debug, Default)]
+pub(super) struct Lines {
+    /// The start of a line whose end has not arrived.
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// Calls `line` with each line (without its newline) that `chunk` completes.
+    pub(super) fn feed(&mut self, mut chunk: &[u8], mut line: impl FnMut(&[u8])) {
+        while let Some(p) = chunk.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                line(&chunk[..p]);
+            } else {
+                self.partial.extend_from_slice(&chunk[..p]);
+                line(&self.partial);
+                self.partial.clear();
+            }
+            chunk = &chunk[p + 1..];
+        }
+        self.partial.extend_from_slice(chunk);
+    }
+
+    /// The end of the stream: Err with the length of a last line cut short.
+    pub(super) fn finish(self) -> Result<(), usize> {
+        match self.partial.len() {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    }
 }
 
 /// The API's `{"error": {...}}` body as a [`CliError::Api`]; a body that is not one (a proxy's
@@ -338,6 +391,37 @@ fn api_error(status: StatusCode, body: &[u8], sent_token: bool) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn split(input: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, Result<(), usize>) {
+        let mut lines = Lines::default();
+        let mut seen = Vec::new();
+        let mut from = 0;
+        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+            lines.feed(&input[from..c], |l| seen.push(l.to_vec()));
+            from = c;
+        }
+        (seen, lines.finish())
+    }
+
+    #[test]
+    fn lines_come_whole_at_every_split() {
+        let input = b"{\"a\":1}\n\n{\"b\":\"x\\ny\"}\nlast\n";
+        let want: Vec<Vec<u8>> = [&b"{\"a\":1}"[..], b"", b"{\"b\":\"x\\ny\"}", b"last"]
+            .iter()
+            .map(|l| l.to_vec())
+            .collect();
+        assert_eq!(split(input, &[]), (want.clone(), Ok(())));
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                assert_eq!(split(input, &[i, j]), (want.clone(), Ok(())), "{i},{j}");
+            }
+        }
+        let every: Vec<usize> = (0..input.len()).collect();
+        assert_eq!(split(input, &every), (want, Ok(())));
+        // A last line without its newline: the stream was cut.
+        assert_eq!(split(b"a\nbc", &[3]).1, Err(2));
+    }
+
     use crate::cli::DEFAULT_URL;
 
     #[test]

@@ -22,7 +22,7 @@ pub use args::*;
 use client::Client;
 use render::{
     batch_exit_code, decode, decode_tasks, print_results, raw_json, table, with_progress,
-    write_out, Task,
+    with_progress_of, write_out, Live, Progress, Task,
 };
 
 use crate::util::{percent_encode, unix_now};
@@ -121,6 +121,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
         Command::Rm(a) => (&a.conn, None),
         Command::Volume(a) => (&a.conn, None),
         Command::Cp(a) => (&a.conn, None),
+        Command::Logs(a) => (&a.conn, None),
     };
     let client = Client::new(conn)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -139,6 +140,7 @@ pub fn main(cmd: Command) -> Result<u8, CliError> {
             Command::Rm(a) => rm(&client, &a.tasks).await,
             Command::Volume(a) => volume(&client, a.action).await,
             Command::Cp(a) => cp(&client, &a.source, &a.dest).await,
+            Command::Logs(a) => logs(&client, &a.task, a.follow).await,
         }
     })
 }
@@ -175,16 +177,18 @@ async fn run(
         }
         return Ok(0);
     }
-    let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
-    let tasks = decode_tasks("POST /tasks", &answer)?;
-    if json {
+    // An array's collected files go to a subdirectory per task.
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let tasks = if json {
+        let answer = with_progress(client.send(Method::POST, "/tasks", Some(body))).await?;
         write_out(&mut std::io::stdout().lock(), raw_json(&answer).as_bytes())?;
+        decode_tasks("POST /tasks", &answer)?
     } else {
-        print_results(&tasks)?;
-    }
+        live(client, Method::POST, "/tasks", Some(body)).await?
+    };
     // After the output, which a failure to write a file must not hide.
     if let Some(dir) = collect_to {
-        write_collected(&answer, dir)?;
+        write_collected(&tasks, is_array, dir)?;
     }
     if json {
         return Ok(batch_exit_code(&tasks));
@@ -201,23 +205,15 @@ async fn run(
 
 /// The `files` of each task in a POST answer, written under `dir` (a subdirectory per task
 /// for an array); entries left out are named on stderr.
-fn write_collected(answer: &hyper::body::Bytes, dir: &Path) -> Result<(), CliError> {
-    let value: Value = decode("POST /tasks", answer)?;
+fn write_collected(tasks: &[Task], per_task: bool, dir: &Path) -> Result<(), CliError> {
     let fail = |message: String| CliError::WriteFile { message };
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let (tasks, per_task) = match &value {
-        Value::Array(items) => (items.clone(), true),
-        one => (vec![one.clone()], false),
-    };
-    for task in &tasks {
-        let Some(files) = task["files"].as_array() else {
+    for task in tasks {
+        let Some(files) = &task.files else {
             continue;
         };
         let root = if per_task {
-            let name = task["name"]
-                .as_str()
-                .or(task["id"].as_str())
-                .unwrap_or("task");
+            let name = task.name.as_deref().unwrap_or(&task.id);
             let sub = extract::under_checked(dir, name).map_err(|e| fail(e.to_string()))?;
             std::fs::create_dir_all(&sub).map_err(|e| fail(e.to_string()))?;
             sub
@@ -374,12 +370,7 @@ async fn exec(client: &Client, a: ExecArgs) -> Result<u8, CliError> {
         body["pwd"] = Value::String(w);
     }
     let path = format!("/tasks/{}", percent_encode(&a.task));
-    let what = format!("PUT {path}");
-    let answer =
-        with_progress(client.send(Method::PUT, &path, Some(body.to_string().into()))).await?;
-    let task: Task = decode(&what, &answer)?;
-    let tasks = [task];
-    print_results(&tasks)?;
+    let tasks = live(client, Method::PUT, &path, Some(body.to_string().into())).await?;
     Ok(batch_exit_code(&tasks))
 }
 
@@ -395,6 +386,35 @@ fn piped_stdin() -> Result<Option<Vec<u8>>, CliError> {
         .read_to_end(&mut buf)
         .map_err(CliError::ReadStdin)?;
     Ok(Some(buf))
+}
+
+/// A request answered with live events: the commands' output printed as it arrives; the
+/// tasks as they ended.
+async fn live(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Vec<Task>, CliError> {
+    let what = format!("{method} {}", path.split('?').next().unwrap_or(""));
+    let progress = Progress::default();
+    let mut shown = Live::new(&progress);
+    let streamed = client.stream(method, path, body, |line| shown.line(&what, line));
+    with_progress_of(streamed, &progress).await?;
+    shown.finish(&what)
+}
+
+/// A task's output: its last run's, or (`follow`) its current run's as it comes, to its end.
+async fn logs(client: &Client, task: &str, follow: bool) -> Result<u8, CliError> {
+    let path = format!("/tasks/{}", percent_encode(task));
+    if follow {
+        live(client, Method::GET, &format!("{path}/events"), None).await?;
+        return Ok(0);
+    }
+    let answer = client.send(Method::GET, &path, None).await?;
+    let task: Task = decode(&format!("GET {path}"), &answer)?;
+    print_results(&[task])?;
+    Ok(0)
 }
 
 async fn ps(client: &Client, a: PsArgs) -> Result<u8, CliError> {
@@ -472,6 +492,7 @@ mod tests {
 
     #[test]
     fn collected_files_from_a_hostile_answer_never_leave_the_directory() {
+        let tasks = |answer: serde_json::Value| decode_tasks("test", &answer.to_string().into());
         let outer = std::env::temp_dir().join(format!("lessl-collect-to-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&outer);
         let dir = outer.join("to");
@@ -481,7 +502,8 @@ mod tests {
             {"path": "/out/link", "link": outer.display().to_string()},
             {"path": "/gone", "error": {"code": "collect.not_found", "message": "no"}},
         ]});
-        write_collected(&ok.to_string().into(), &dir).unwrap();
+        let ok = serde_json::json!({"id": "t", "files": ok["files"]});
+        write_collected(&tasks(ok).unwrap(), false, &dir).unwrap();
         assert_eq!(std::fs::read(dir.join("out/a.txt")).unwrap(), b"hi");
         assert!(!dir.join("gone").exists());
         for hostile in [
@@ -493,12 +515,15 @@ mod tests {
             // Over it.
             serde_json::json!({"path": "/out/link", "data_base64": "aGk="}),
         ] {
-            let answer = serde_json::json!({"files": [hostile]}).to_string();
-            assert!(write_collected(&answer.into(), &dir).is_err(), "{hostile}");
+            let answer = serde_json::json!({"id": "t", "files": [hostile]});
+            assert!(
+                write_collected(&tasks(answer).unwrap(), false, &dir).is_err(),
+                "{hostile}"
+            );
         }
         // A batch names its subdirectories after the tasks: a hostile name is refused too.
-        let batch = serde_json::json!([{"name": "../escape", "files": []}]).to_string();
-        assert!(write_collected(&batch.into(), &dir).is_err());
+        let batch = serde_json::json!([{"id": "t", "name": "../escape", "files": []}]);
+        assert!(write_collected(&tasks(batch).unwrap(), true, &dir).is_err());
         assert!(!outer.join("escape").exists());
         let _ = std::fs::remove_dir_all(&outer);
     }

@@ -30,6 +30,27 @@ pub(super) fn write_out(out: &mut impl Write, bytes: &[u8]) -> Result<(), CliErr
 /// Waits for `fut`; on a terminal, shows the elapsed time on stderr meanwhile, so a long
 /// run does not look hung. Piped, stderr carries only the commands' own output.
 pub(super) async fn with_progress<F: Future>(fut: F) -> F::Output {
+    with_progress_of(fut, &Progress::default()).await
+}
+
+/// The progress line of a live answer: shown until the first output, which clears it.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    shown: std::cell::Cell<bool>,
+    done: std::cell::Cell<bool>,
+}
+
+impl Progress {
+    /// Ends the progress line (cleared when it was shown): output comes next.
+    pub(super) fn stop(&self) {
+        if !self.done.replace(true) && self.shown.get() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// As [`with_progress`], for a future whose output stops the progress line as it comes.
+pub(super) async fn with_progress_of<F: Future>(fut: F, progress: &Progress) -> F::Output {
     if !std::io::stderr().is_terminal() {
         return fut.await;
     }
@@ -37,18 +58,17 @@ pub(super) async fn with_progress<F: Future>(fut: F) -> F::Output {
     let started = Instant::now();
     let period = Duration::from_secs(1);
     let mut tick = tokio::time::interval_at((started + period).into(), period);
-    let mut shown = false;
     loop {
         tokio::select! {
             out = &mut fut => {
-                if shown {
-                    eprint!("\r\x1b[K");
-                }
+                progress.stop();
                 return out;
             }
             _ = tick.tick() => {
-                eprint!("\r{}", progress_line(started.elapsed()));
-                shown = true;
+                if !progress.done.get() {
+                    eprint!("\r{}", progress_line(started.elapsed()));
+                    progress.shown.set(true);
+                }
             }
         }
     }
@@ -65,7 +85,7 @@ pub(super) fn progress_line(elapsed: Duration) -> String {
 pub(super) struct Task {
     pub(super) id: String,
     #[serde(default)]
-    name: Option<String>,
+    pub(super) name: Option<String>,
     #[serde(default)]
     image: String,
     #[serde(default)]
@@ -80,6 +100,9 @@ pub(super) struct Task {
     results: Vec<CmdResult>,
     #[serde(default)]
     error: Option<RunFailure>,
+    /// What the run collected (`collect`), as the API gives it.
+    #[serde(default)]
+    pub(super) files: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,26 +196,196 @@ pub(super) fn print_results(tasks: &[Task]) -> Result<(), CliError> {
     for task in tasks {
         for (i, r) in task.results.iter().enumerate() {
             write_out(&mut out, r.stdout.as_bytes())?;
-            // stderr is unbuffered and a closed stderr leaves nowhere to report to.
-            let _ = std::io::stderr().write_all(r.stderr.as_bytes());
-            // The agent ends stderr with its own line for a timeout or an OOM kill; only when
-            // the output was cut may that line be gone, so only then is it repeated here.
-            if r.truncated {
-                let cmd = format!("command {} ({})", i + 1, show_cmd(&r.cmd));
-                eprintln!("lessl: {cmd}: output was cut at the output limit");
-                if r.timed_out {
-                    eprintln!("lessl: {cmd} was killed at its time limit");
+            write_err(&r.stderr);
+            write_err(&notes(i, r));
+        }
+        write_err(&failure_note(task));
+    }
+    Ok(())
+}
+
+/// The agent ends stderr with its own line for a timeout or an OOM kill; only when the
+/// output was cut may that line be gone, so only then is it repeated here.
+fn notes(i: usize, r: &CmdResult) -> String {
+    let mut text = String::new();
+    if r.truncated {
+        let cmd = format!("command {} ({})", i + 1, show_cmd(&r.cmd));
+        text.push_str(&format!(
+            "lessl: {cmd}: output was cut at the output limit\n"
+        ));
+        if r.timed_out {
+            text.push_str(&format!("lessl: {cmd} was killed at its time limit\n"));
+        }
+        if r.oom_killed {
+            text.push_str(&format!("lessl: {cmd} was killed at the memory limit\n"));
+        }
+    }
+    text
+}
+
+fn failure_note(task: &Task) -> String {
+    match outcome(task) {
+        Outcome::Failed(why) => format!("lessl: task {}: {why}\n", short(&task.id)),
+        Outcome::Exited(_) => String::new(),
+    }
+}
+
+/// Writes to stderr: unbuffered, and a closed stderr leaves nowhere to report to.
+fn write_err(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// One line of a live answer; only what the client shows.
+#[derive(Debug, Deserialize)]
+struct Event {
+    event: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    result: Option<CmdResult>,
+    #[serde(default)]
+    task: Option<Task>,
+}
+
+/// Output on its way to the terminal.
+#[derive(Debug)]
+enum Out {
+    Stdout(String),
+    Stderr(String),
+}
+
+/// A live answer shown as it comes: each chunk of output on its stream at once, the notes
+/// of each command when it exits, and the tasks as they ended, for the exit code. In a batch
+/// the tasks' outputs do not mix: the first task's shows live, a later one's waits (in
+/// memory) until every task before it ended, as the whole answer would have been shown.
+#[derive(Debug)]
+pub(super) struct Live<'a> {
+    /// Cleared before the first output.
+    progress: &'a Progress,
+    /// Ids of the tasks that started (their `task` line), in the request's order.
+    started: Vec<String>,
+    /// How many of `started` ended and were shown whole: the next one shows live.
+    shown: usize,
+    /// Output of tasks after the one shown live, by task, in order.
+    waiting: Vec<(String, Vec<Out>)>,
+    /// Tasks that ended.
+    ended: Vec<Task>,
+}
+
+impl<'a> Live<'a> {
+    pub(super) fn new(progress: &'a Progress) -> Self {
+        Live {
+            progress,
+            started: Vec::new(),
+            shown: 0,
+            waiting: Vec::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    pub(super) fn line(&mut self, what: &str, line: &[u8]) -> Result<(), CliError> {
+        let e: Event = serde_json::from_slice(line).map_err(|e| CliError::Decode {
+            what: what.to_string(),
+            error: e.to_string(),
+        })?;
+        match e.event.as_str() {
+            "task" => {
+                if let Some(t) = e.task {
+                    self.started.push(t.id);
                 }
-                if r.oom_killed {
-                    eprintln!("lessl: {cmd} was killed at the memory limit");
+            }
+            "stdout" => self.out(&e.id, Out::Stdout(e.data))?,
+            "stderr" => self.out(&e.id, Out::Stderr(e.data))?,
+            "exit" => {
+                if let Some(r) = &e.result {
+                    let text = notes(e.index, r);
+                    if !text.is_empty() {
+                        self.out(&e.id, Out::Stderr(text))?;
+                    }
+                }
+            }
+            "end" => {
+                if let Some(task) = e.task {
+                    let text = failure_note(&task);
+                    if !text.is_empty() {
+                        self.out(&task.id, Out::Stderr(text))?;
+                    }
+                    self.ended.push(task);
+                    self.advance()?;
+                }
+            }
+            // `error` is said again by `end`'s task; newer events are not this client's.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Shows `out` of task `id` now when it is the live one, or keeps it for later.
+    fn out(&mut self, id: &str, out: Out) -> Result<(), CliError> {
+        if self.started.get(self.shown).is_none_or(|live| live == id) {
+            return self.show(out);
+        }
+        match self.waiting.iter_mut().find(|(w, _)| w == id) {
+            Some((_, outs)) => outs.push(out),
+            None => self.waiting.push((id.to_string(), vec![out])),
+        }
+        Ok(())
+    }
+
+    fn show(&self, out: Out) -> Result<(), CliError> {
+        self.progress.stop();
+        match out {
+            Out::Stdout(text) => write_out(&mut std::io::stdout().lock(), text.as_bytes()),
+            Out::Stderr(text) => {
+                write_err(&text);
+                Ok(())
+            }
+        }
+    }
+
+    /// Past every task that ended in order, showing what the next one printed meanwhile.
+    fn advance(&mut self) -> Result<(), CliError> {
+        while let Some(id) = self.started.get(self.shown).cloned() {
+            if let Some(i) = self.waiting.iter().position(|(w, _)| *w == id) {
+                for out in self.waiting.remove(i).1 {
+                    self.show(out)?;
+                }
+            }
+            if !self.ended.iter().any(|t| t.id == id) {
+                break;
+            }
+            self.shown += 1;
+        }
+        Ok(())
+    }
+
+    /// The tasks in the request's order, once the answer ended; an answer cut before a
+    /// run's `end` is a failure.
+    pub(super) fn finish(mut self, what: &str) -> Result<Vec<Task>, CliError> {
+        let mut tasks = Vec::with_capacity(self.started.len());
+        for id in &self.started {
+            match self.ended.iter().position(|t| &t.id == id) {
+                Some(i) => tasks.push(self.ended.swap_remove(i)),
+                None => {
+                    return Err(CliError::Request {
+                        what: what.to_string(),
+                        error: "the answer ended before the run did".into(),
+                    })
                 }
             }
         }
-        if let Outcome::Failed(why) = outcome(task) {
-            eprintln!("lessl: task {}: {why}", short(&task.id));
+        if tasks.is_empty() {
+            return Err(CliError::Request {
+                what: what.to_string(),
+                error: "the answer held no task".into(),
+            });
         }
+        Ok(tasks)
     }
-    Ok(())
 }
 
 pub(super) fn show_cmd(cmd: &Value) -> String {

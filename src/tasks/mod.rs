@@ -13,6 +13,7 @@
 //! - [`start`]: making a task's container (config, files, attach) — never runs commands.
 //! - [`runs`]: POST and PUT runs, their results, the state they leave, their persistence.
 //! - [`run`] and [`channel`]: one command, over the agent's attach stream or by exec.
+//! - [`journal`]: a run's live events (NDJSON lines) and their readers.
 //! - [`admission`]: run slots, daemon slots (counted from the records), allow-lists.
 //! - [`mirror`]: the engine's events, reconciliation after a restart, TTL expiry.
 //! - [`expiry`]: the TTL schedule; pure, on tokio's clock.
@@ -33,6 +34,7 @@ pub mod engine;
 mod error;
 pub mod expiry;
 pub mod files;
+pub mod journal;
 mod lookup;
 mod mirror;
 pub mod mounts;
@@ -53,6 +55,7 @@ pub use disk::DiskLimit;
 pub use error::TaskError;
 use lookup::label_u64;
 pub use lookup::Answer;
+pub use runs::Events;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -120,6 +120,8 @@ pub struct Record {
     pub persist_error: Option<RunFailure>,
     /// What the newest run collected, until its view is kept on disk.
     pub files: Option<Files>,
+    /// The newest run's live events while it runs, for followers.
+    pub events: Option<Arc<super::journal::Journal>>,
 }
 
 impl Record {
@@ -154,6 +156,7 @@ impl Record {
             stored: None,
             persist_error: None,
             files: None,
+            events: None,
         }
     }
 

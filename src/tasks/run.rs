@@ -21,6 +21,7 @@ use crate::spill::{Output, Sink, Spiller};
 use super::engine::Engine;
 
 use super::channel::{Channel, Closed, START_DEADLINE};
+use super::journal::CommandEvents;
 use crate::spec::{Cmd, Command, Limits};
 
 /// Where the agent binary is mounted in every task container.
@@ -123,7 +124,8 @@ impl Capture {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    /// Keeps what fits under the cap; returns how many of `bytes` that was.
+    fn push(&mut self, bytes: &[u8]) -> usize {
         let keep = &bytes[bytes.len().saturating_sub(TAIL)..];
         self.tail.extend_from_slice(keep);
         let excess = self.tail.len().saturating_sub(TAIL);
@@ -137,6 +139,7 @@ impl Capture {
             self.sink.push(keep);
             self.kept += keep.len();
         }
+        keep.len()
     }
 
     fn output(&self) -> Output {
@@ -177,19 +180,36 @@ pub fn agent_argv(cmd: &Cmd, limits: &Limits, pwd: Option<&str>) -> Vec<String> 
 }
 
 /// What one command printed so far, and since when it runs.
-struct Outputs {
+struct Outputs<'e> {
     started: Instant,
     out: Capture,
     err: Capture,
+    /// The run's live events: output within the cap goes there as it comes.
+    events: Option<&'e mut CommandEvents>,
 }
 
-impl Outputs {
-    fn new(limits: &Limits, spiller: &Spiller) -> Self {
+impl<'e> Outputs<'e> {
+    fn new(limits: &Limits, spiller: &Spiller, events: Option<&'e mut CommandEvents>) -> Self {
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         Outputs {
             started: Instant::now(),
             out: Capture::new(cap, spiller.clone()),
             err: Capture::new(cap, spiller.clone()),
+            events,
+        }
+    }
+
+    fn stdout(&mut self, bytes: &[u8]) {
+        let kept = self.out.push(bytes);
+        if let Some(e) = self.events.as_deref_mut() {
+            e.stdout(&bytes[..kept]);
+        }
+    }
+
+    fn stderr(&mut self, bytes: &[u8]) {
+        let kept = self.err.push(bytes);
+        if let Some(e) = self.events.as_deref_mut() {
+            e.stderr(&bytes[..kept]);
         }
     }
 
@@ -228,6 +248,8 @@ fn display(cmd: &Cmd) -> serde_json::Value {
 }
 
 /// Runs `cmd` in container `id` and waits for it, at most its limit plus a grace period.
+// The spec's parts, then where the command's live output goes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_command(
     docker: &dyn Engine,
     id: &str,
@@ -236,8 +258,9 @@ pub async fn run_command(
     pwd: Option<&str>,
     limits: &Limits,
     spiller: &Spiller,
+    events: Option<&mut CommandEvents>,
 ) -> Result<CmdResult, RunError> {
-    let mut o = Outputs::new(limits, spiller);
+    let mut o = Outputs::new(limits, spiller, events);
     // The exec path learns timeouts and OOM kills from the agent's last stderr line.
     let result = |o: &Outputs, exit_code: Option<i64>, timed_out| {
         let oom = exit_code == Some(SIGKILL_EXIT.into()) && o.err.ends_with_line(OOM_MARK);
@@ -306,8 +329,8 @@ pub async fn run_command(
             }
             Ok(Ok(n)) => {
                 let fed = demux.feed(&chunk[..n], |kind, bytes| match kind {
-                    StreamKind::Stdout => o.out.push(bytes),
-                    StreamKind::Stderr => o.err.push(bytes),
+                    StreamKind::Stdout => o.stdout(bytes),
+                    StreamKind::Stderr => o.stderr(bytes),
                     StreamKind::Stdin => {}
                 });
                 if let Err(e) = fed {
@@ -348,8 +371,9 @@ pub async fn run_attached(
     pwd: Option<&str>,
     limits: &Limits,
     spiller: &Spiller,
+    events: Option<&mut CommandEvents>,
 ) -> Option<Result<CmdResult, RunError>> {
-    let mut o = Outputs::new(limits, spiller);
+    let mut o = Outputs::new(limits, spiller, events);
     let request = Request {
         id: 0,
         hello: None,
@@ -401,8 +425,8 @@ pub async fn run_attached(
             Frame::Started(_) => started = true,
             // Only sent for a request the agent never read.
             Frame::Closed => return None,
-            Frame::Stdout(_, b) => o.out.push(&b),
-            Frame::Stderr(_, b) => o.err.push(&b),
+            Frame::Stdout(_, b) => o.stdout(&b),
+            Frame::Stderr(_, b) => o.stderr(&b),
             Frame::Exit(_, e) => {
                 return Some(Ok(o.result(
                     cmd,
@@ -466,8 +490,16 @@ mod tests {
         let playing = tokio::spawn(async move { agent(fake).await });
         let cmd = Cmd::plain(Command::Shell("echo hi".into()));
         let t = Instant::now();
-        let outcome =
-            run_attached(&chan, &cmd, &[], None, &limits(), &Spiller::memory_only()).await;
+        let outcome = run_attached(
+            &chan,
+            &cmd,
+            &[],
+            None,
+            &limits(),
+            &Spiller::memory_only(),
+            None,
+        )
+        .await;
         let took = t.elapsed();
         drop(playing.await.unwrap());
         (outcome, took)

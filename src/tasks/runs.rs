@@ -3,6 +3,24 @@
 //! results written to the state directory, and the removal of a finished container.
 
 use super::*;
+use journal::Journal;
+
+/// A run just started.
+pub(super) struct Started {
+    /// The task as it is now (the answer of a `?wait=false` request).
+    pub view: TaskView,
+    /// Yields the task with this run's results when it ends.
+    pub handle: tokio::task::JoinHandle<TaskView>,
+    /// The run's live events.
+    pub events: Arc<Journal>,
+}
+
+impl Started {
+    /// The task with this run's results, once it ended.
+    pub async fn ended(self) -> TaskView {
+        self.handle.await.expect("task runner panicked")
+    }
+}
 
 impl Tasks {
     /// POST: creates every task of the batch (all or none), then runs them concurrently.
@@ -12,6 +30,36 @@ impl Tasks {
         request: spec::Request,
         wait: bool,
     ) -> Result<Vec<TaskView>, TaskError> {
+        let runs = self.create_runs(request).await?;
+        let mut views = Vec::with_capacity(runs.len());
+        for run in runs {
+            views.push(if wait { run.ended().await } else { run.view });
+        }
+        Ok(views)
+    }
+
+    /// POST answered with live events: every task of the batch created (all or none), or
+    /// the error before anything started; then each run's events, in the request's order.
+    pub async fn create_streamed(
+        &self,
+        request: spec::Request,
+    ) -> Result<Vec<Arc<Journal>>, TaskError> {
+        let runs = self.create_runs(request).await?;
+        Ok(runs.into_iter().map(|r| r.events).collect())
+    }
+
+    /// PUT answered with live events; whether it created the task, and the run's events.
+    pub async fn put_streamed(
+        &self,
+        reference: &str,
+        spec: TaskSpec,
+    ) -> Result<(bool, Arc<Journal>), TaskError> {
+        let (created, run) = self.put_run(reference, spec).await?;
+        Ok((created, run.events))
+    }
+
+    /// POST: creates every task of the batch, then starts their runs.
+    async fn create_runs(&self, request: spec::Request) -> Result<Vec<Started>, TaskError> {
         let spec::Request {
             tasks: specs,
             is_array,
@@ -88,19 +136,11 @@ impl Tasks {
         // The records hold their slots now.
         drop(reservation);
         let mut permits = admission::split_permit(permit, started.len());
-        let mut handles = Vec::with_capacity(started.len());
+        let mut runs = Vec::with_capacity(started.len());
         for (record, spec) in started {
-            handles.push(self.spawn_run(record, spec, permits.pop()));
+            runs.push(self.spawn_run(record, spec, permits.pop()));
         }
-        let mut views = Vec::with_capacity(handles.len());
-        for (view, handle) in handles {
-            views.push(if wait {
-                handle.await.expect("task runner panicked")
-            } else {
-                view
-            });
-        }
-        Ok(views)
+        Ok(runs)
     }
 
     /// Starts a run of `spec`'s commands in the task of `record`, returning the task as it
@@ -110,12 +150,17 @@ impl Tasks {
         record: Shared,
         spec: TaskSpec,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> (TaskView, tokio::task::JoinHandle<TaskView>) {
+    ) -> Started {
         let seq = record.lock().unwrap().begin_run();
         let now = record.lock().unwrap().view();
         // A PUT naming its own callback_url is called back instead of the task's.
         let callback =
             (spec.callback_url.clone()).or_else(|| record.lock().unwrap().callback_url.clone());
+        // Every run has its events, since a follower may join any run; GET /events finds
+        // the newest run's on the record while it runs.
+        let events = Journal::begin(&now.id, self.inner.store.spiller(), &now);
+        let journal = events.journal().clone();
+        record.lock().unwrap().events = Some(journal.clone());
         let this = self.clone();
         let guard = self.inner.background.enter();
         let started = std::time::Instant::now();
@@ -130,6 +175,7 @@ impl Tasks {
                     &spec.env,
                     spec.pwd.as_deref(),
                     &spec.limits,
+                    &events,
                 )
                 .await;
             let kind = match (&outcome.error, outcome.failed_command) {
@@ -143,12 +189,25 @@ impl Tasks {
             let mut view = this.finish(&record, outcome);
             view.files = files;
             let view = this.persist(&record, seq, view).await;
+            events.end(&view);
+            let mut r = record.lock().unwrap();
+            if r.events
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, events.journal()))
+            {
+                r.events = None;
+            }
+            drop(r);
             if let Some(url) = callback {
                 this.call_back(url, &view);
             }
             view
         });
-        (now, handle)
+        Started {
+            view: now,
+            handle,
+            events: journal,
+        }
     }
 
     /// POSTs a run's final view to `url` in the background (under the guard shutdown waits
@@ -219,9 +278,19 @@ impl Tasks {
     pub async fn put(
         &self,
         reference: &str,
-        mut spec: TaskSpec,
+        spec: TaskSpec,
         wait: bool,
     ) -> Result<(bool, TaskView), TaskError> {
+        let (created, run) = self.put_run(reference, spec).await?;
+        Ok((created, if wait { run.ended().await } else { run.view }))
+    }
+
+    /// PUT: checks and places what the spec brings, then starts the run.
+    async fn put_run(
+        &self,
+        reference: &str,
+        mut spec: TaskSpec,
+    ) -> Result<(bool, Started), TaskError> {
         // A task this process watches live answers from memory: no Docker round trip.
         let record = match self.live_record(reference) {
             Some(r) => Some(r),
@@ -235,7 +304,7 @@ impl Tasks {
                 })?,
         };
         let Some(record) = record else {
-            return self.put_creates(reference, spec, wait).await;
+            return self.put_creates(reference, spec).await;
         };
         let (id, name, read_only) = {
             let r = record.lock().unwrap();
@@ -262,11 +331,7 @@ impl Tasks {
         self.fetch_resources(&mut spec.resources).await?;
         self.place_in_running(&record, &id, &spec.resources).await?;
         let permit = self.admit(1).await?;
-        let (view, handle) = self.spawn_run(record, spec, Some(permit));
-        if wait {
-            return Ok((false, handle.await.expect("task runner panicked")));
-        }
-        Ok((false, view))
+        Ok((false, self.spawn_run(record, spec, Some(permit))))
     }
 
     /// PUT to a name no live task has: creates the task, named after the path.
@@ -274,8 +339,7 @@ impl Tasks {
         &self,
         reference: &str,
         mut spec: TaskSpec,
-        wait: bool,
-    ) -> Result<(bool, TaskView), TaskError> {
+    ) -> Result<(bool, Started), TaskError> {
         if spec.image.is_none() {
             return Err(TaskError::NotFound(reference.to_string()));
         }
@@ -298,8 +362,8 @@ impl Tasks {
             tasks: vec![spec],
             is_array: false,
         };
-        let mut views = self.create(request, wait).await?;
-        Ok((true, views.remove(0)))
+        let mut runs = self.create_runs(request).await?;
+        Ok((true, runs.remove(0)))
     }
 
     /// The live channel of a record, attaching again (after a restart of Lessl, say) when the
@@ -332,6 +396,8 @@ impl Tasks {
     }
 
     /// Runs `cmds` in order until one fails, recording each result as it finishes.
+    // The spec's parts, then where the run's events go.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run(
         &self,
         record: &Shared,
@@ -340,13 +406,17 @@ impl Tasks {
         env: &[(String, String)],
         pwd: Option<&str>,
         limits: &Limits,
+        events: &journal::Writer,
     ) -> RunOutcome {
         let id = record.lock().unwrap().id.clone();
         let mut out = RunOutcome::default();
         let spill = self.inner.store.spiller();
         for (i, cmd) in cmds.iter().enumerate() {
+            let mut ev = events.command(i);
             let attached = match self.channel_for(record).await {
-                Some(chan) => run::run_attached(&chan, cmd, env, pwd, limits, &spill).await,
+                Some(chan) => {
+                    run::run_attached(&chan, cmd, env, pwd, limits, &spill, Some(&mut ev)).await
+                }
                 None => None,
             };
             // No channel, or the agent never read the request: nothing ran, so exec it.
@@ -354,13 +424,15 @@ impl Tasks {
                 Some(outcome) => outcome,
                 None => {
                     let engine = &*self.inner.engine;
-                    run::run_command(engine, &id, cmd, env, pwd, limits, &spill).await
+                    let ev = Some(&mut ev);
+                    run::run_command(engine, &id, cmd, env, pwd, limits, &spill, ev).await
                 }
             };
             let outcome = self.check_killed_with_container(&id, outcome).await;
             let ended = record.lock().unwrap().ended;
             let ended_failure = EndReason::failure;
             let r = outcome.as_ref().unwrap_or_else(RunError::partial);
+            ev.exit(r);
             crate::metrics::METRICS.command_ran(Duration::from_millis(r.duration_ms));
             let done = match outcome {
                 Ok(mut result) => {
@@ -574,5 +646,39 @@ impl Tasks {
                 task_log!(Warn, &id, None; "removal failed: {e}");
             }
         });
+    }
+}
+
+/// What `GET /tasks/{ref}/events` reads.
+pub enum Events {
+    /// The run in progress: what it printed so far, then live until it ends.
+    Live(Arc<Journal>),
+    /// The last run has ended: its events rebuilt from its final view, whole.
+    Ended(Vec<u8>),
+}
+
+impl Tasks {
+    /// The events of the newest run of task `reference`.
+    pub async fn events(&self, reference: &str) -> Result<Events, TaskError> {
+        let live = {
+            let records = self.inner.records.lock().unwrap();
+            records.values().find_map(|r| {
+                let r = r.lock().unwrap();
+                r.events.clone().filter(|_| r.answers_to(reference))
+            })
+        };
+        if let Some(journal) = live {
+            return Ok(Events::Live(journal));
+        }
+        let view = match self.get(reference).await? {
+            Answer::View(v) => serde_json::to_value(&*v).unwrap_or_default(),
+            Answer::Json(v) => v,
+            // Removed at its TTL since the lookup, or damaged: as GET would have it, gone.
+            Answer::Kept(stored) => state::read_body(&stored)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| TaskError::NotFound(reference.to_string()))?,
+        };
+        Ok(Events::Ended(journal::replay(&view)))
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::engine::fake::FakeEngine;
+use super::runs::Events;
 use super::*;
 use crate::spec::{Bounds, Limits};
 
@@ -441,4 +442,62 @@ async fn a_daemon_s_callback_url_is_kept_in_its_labels_across_a_restart() {
             .and_then(|r| r.lock().unwrap().callback_url.clone()),
         None
     );
+}
+
+/// Reads a journal to its end: its events, parsed.
+async fn events_of(journal: &Arc<journal::Journal>) -> Vec<serde_json::Value> {
+    let mut r = journal.reader();
+    let mut all = Vec::new();
+    while let Some(b) = r.next().await {
+        all.extend_from_slice(&b);
+    }
+    all.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runs_events_are_followed_live_then_rebuilt_from_its_end() {
+    let engine = FakeEngine::with_images(&[IMAGE]);
+    let tasks = start(&engine, 8);
+    let mut journals = tasks
+        .create_streamed(spec(
+            json!({"image": IMAGE, "cmd": ["echo hi; sleep 5", "exit 3", "echo never"]}),
+        ))
+        .await
+        .expect("created");
+    let journal = journals.remove(0);
+    let id = journal.id().to_string();
+    // While it runs, a follower finds the same journal.
+    settle().await;
+    match tasks.events(&id).await {
+        Ok(Events::Live(j)) => assert!(Arc::ptr_eq(&j, &journal)),
+        _ => panic!("a running task is followed live"),
+    }
+    let live = events_of(&journal).await;
+    let kinds: Vec<&str> = live.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["task", "start", "stdout", "exit", "start", "exit", "end"]
+    );
+    assert_eq!(live[2]["data"], "hi\n");
+    assert_eq!(live[5]["result"]["exit_code"], 3);
+    // Ended: the record lets the journal go, and the events are rebuilt from the view.
+    settle().await;
+    let Ok(Events::Ended(lines)) = tasks.events(&id).await else {
+        panic!("an ended run is rebuilt");
+    };
+    let rebuilt: Vec<serde_json::Value> = lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(rebuilt.len(), live.len());
+    assert_eq!(rebuilt[1..rebuilt.len() - 1], live[1..live.len() - 1]);
+    assert_eq!(rebuilt.last(), live.last());
+    assert!(matches!(
+        tasks.events("nosuch").await,
+        Err(TaskError::NotFound(_))
+    ));
 }
