@@ -529,6 +529,8 @@ fn main() {
         latency.pct(0.9)
     );
 
+    followers(&lessl, 16);
+
     let ids = ids.into_inner().unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
     throughput(ids.len(), a.flight, || {
@@ -772,6 +774,84 @@ fn live_latency(lessl: &Lessl, lines: usize) -> Series {
     }
     assert_eq!(series.0.len(), lines, "every line arrived");
     series
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name; USER_HZ is 100.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A chatty task (about 1 MB/s for 8 s) run alone, then with `n` followers reading it live
+/// through `GET /tasks/{id}/events`: Lessl's CPU time and RSS peak for each, and every
+/// follower's bytes.
+fn followers(lessl: &Lessl, n: usize) {
+    use std::io::{Read, Write};
+    let cmd = "for i in $(seq 80); do head -c 100000 /dev/zero | tr '\\0' x; sleep 0.1; done";
+    let body =
+        json!({"image": BUSYBOX, "cmd": [cmd], "limits": {"output_bytes": 16 << 20}}).to_string();
+    let run = |followers: usize| {
+        let (cpu0, rss0) = (cpu_s(lessl.pid()), rss_kib(lessl.pid()));
+        let v = lessl
+            .request_with("POST", "/tasks?wait=false", Some(&body), &[])
+            .expect(202)
+            .json();
+        let id = v["id"].as_str().unwrap().to_string();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (peak, got) = std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                let mut peak = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    peak = peak.max(rss_kib(lessl.pid()));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak
+            });
+            let readers: Vec<_> = (0..followers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut c = std::net::TcpStream::connect(&lessl.addr).unwrap();
+                        write!(
+                            c,
+                            "GET /tasks/{id}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                        )
+                        .unwrap();
+                        let mut all = Vec::new();
+                        c.read_to_end(&mut all).unwrap();
+                        all.len()
+                    })
+                })
+                .collect();
+            let got: Vec<usize> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+            // Without followers, wait for the run's end by reading the task.
+            while lessl.get(&format!("/tasks/{id}")).json()["state"] == "running" {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (sampler.join().unwrap(), got)
+        });
+        let cpu = cpu_s(lessl.pid()) - cpu0;
+        let _ = lessl.delete(&id);
+        (cpu, peak.saturating_sub(rss0), got)
+    };
+    let (cpu_alone, rss_alone, _) = run(0);
+    let (cpu_followed, rss_followed, got) = run(n);
+    println!("\n{n} followers of a task printing about 1 MB/s for 8 s (GET /tasks/{{id}}/events):");
+    println!(
+        "  Lessl CPU   alone {cpu_alone:>5.2} s, followed {cpu_followed:>5.2} s; RSS peak growth alone +{:.1} MiB, followed +{:.1} MiB",
+        rss_alone as f64 / 1024.0,
+        rss_followed as f64 / 1024.0
+    );
+    println!(
+        "  each follower read {:.1} MB (min {:.1})",
+        got.iter().max().copied().unwrap_or(0) as f64 / 1e6,
+        got.iter().min().copied().unwrap_or(0) as f64 / 1e6
+    );
 }
 
 /// Idle pooled containers of a Lessl.
