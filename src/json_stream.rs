@@ -179,6 +179,14 @@ fn escape(s: &str, out: &mut Vec<u8>) {
     debug_assert_eq!(w, dst.len());
 }
 
+/// Appends `s` as a JSON string, quotes included: what `serde_json` writes for it, at the cost
+/// of [`escape`] (for text full of escapes, such as output of short lines).
+pub fn quote(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    escape(s, out);
+    out.push(b'"');
+}
+
 /// Encodes `chunks` in one go: for tests and small values.
 pub fn encode<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
