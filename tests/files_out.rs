@@ -271,16 +271,6 @@ fn files_of_a_finished_task_are_a_conflict() {
     no_containers_left(&lessl);
 }
 
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn a_50_mib_file_streams_byte_exact_in_bounded_memory() {
     const SIZE: usize = 50 << 20;

@@ -52,16 +52,6 @@ fn listed_ids(lessl: &Lessl, path: &str) -> Vec<String> {
         .collect()
 }
 
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// The spill files in the instance's subdirectory.
 fn spill_files(dir: &Path, instance: &str) -> Vec<PathBuf> {
     files(dir, instance)

@@ -180,14 +180,7 @@ async fn follow(mut url: Url, policy: &Policy) -> Result<Vec<u8>, FetchError> {
         let (response, conn) = request(&url, &addrs, policy.connect_timeout).await?;
         let code = response.status().as_u16();
         if matches!(code, 301 | 302 | 303 | 307 | 308) {
-            if redirects >= policy.max_redirects {
-                return Err(FetchError::Redirect(format!(
-                    "more than {} redirects (the last from {url})",
-                    policy.max_redirects
-                )));
-            }
-            redirects += 1;
-            let next = next_hop(&url, response.headers())?;
+            let next = redirect(&url, response.headers(), &mut redirects, policy)?;
             // Closes this hop's connection before the next is opened.
             drop((response, conn));
             url = next;
@@ -203,6 +196,23 @@ async fn follow(mut url: Url, policy: &Policy) -> Result<Vec<u8>, FetchError> {
         drop(conn);
         return body;
     }
+}
+
+/// The next hop of a redirect from `url`, counted against `--max-redirects`.
+fn redirect(
+    url: &Url,
+    headers: &HeaderMap,
+    redirects: &mut usize,
+    policy: &Policy,
+) -> Result<Url, FetchError> {
+    if *redirects >= policy.max_redirects {
+        return Err(FetchError::Redirect(format!(
+            "more than {} redirects (the last from {url})",
+            policy.max_redirects
+        )));
+    }
+    *redirects += 1;
+    next_hop(url, headers)
 }
 
 /// Where a redirect leads: parsed like a user URL, never from https down to http.
@@ -377,14 +387,7 @@ pub async fn post(
             let (response, conn) = send(&url, &addrs, policy.connect_timeout, req).await?;
             let code = response.status().as_u16();
             if matches!(code, 307 | 308) {
-                if redirects >= policy.max_redirects {
-                    return Err(FetchError::Redirect(format!(
-                        "more than {} redirects (the last from {url})",
-                        policy.max_redirects
-                    )));
-                }
-                redirects += 1;
-                let next = next_hop(&url, response.headers())?;
+                let next = redirect(&url, response.headers(), &mut redirects, policy)?;
                 drop((response, conn));
                 url = next;
                 continue;
