@@ -58,6 +58,11 @@ impl TaskError {
                 field: format!("[{i}].{field}"),
                 error,
             },
+            // A resource the agent refused to place while the batch started.
+            (TaskError::Pack { field, message }, Some(i)) => TaskError::Pack {
+                field: format!("[{i}].{field}"),
+                message,
+            },
             (TaskError::Mount { field, message }, Some(i)) => TaskError::Mount {
                 field: format!("[{i}].{field}"),
                 message,

@@ -110,7 +110,7 @@ impl Tasks {
         let daemons = specs.iter().filter(|s| s.daemon).count();
         let reservation = self.reserve_daemons(daemons)?;
         let mut started = Vec::with_capacity(specs.len());
-        for (spec, archive) in specs.into_iter().zip(archives) {
+        for (i, (spec, archive)) in specs.into_iter().zip(archives).enumerate() {
             let warm = if self.warm_eligible(&spec) {
                 spec.image.as_deref().and_then(|i| self.inner.pool.take(i))
             } else {
@@ -129,7 +129,7 @@ impl Tasks {
                         self.forget(&id, EndReason::Deleted);
                         self.remove_in_background(id);
                     }
-                    return Err(e);
+                    return Err(e.prefixed(is_array.then_some(i)));
                 }
             }
         }
