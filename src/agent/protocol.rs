@@ -147,9 +147,6 @@ impl Request {
 
     /// The request as one line for the agent's stdin.
     pub fn to_line(&self) -> Vec<u8> {
-        if let Some(place) = self.place.as_ref().filter(|_| self.hello.is_none()) {
-            return place_line(self.id, place);
-        }
         let mut line = serde_json::to_vec(self).expect("a request always serializes");
         line.push(b'\n');
         line
@@ -167,58 +164,6 @@ impl Request {
         }
         Some(nonce)
     }
-}
-
-/// A placement request's line, written by hand: serde_json would scan every byte of the
-/// base64 for characters to escape, of which base64 has none. Parses as [`Request`] does.
-fn place_line(id: u64, place: &Place) -> Vec<u8> {
-    let str_json = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    let size: usize = place
-        .resources
-        .iter()
-        .flat_map(|r| &r.entries)
-        .map(|e| e.data.len() + e.path.len() + e.link.len() + 64)
-        .sum();
-    let mut out = Vec::with_capacity(size + 64);
-    out.extend_from_slice(format!("{{\"id\":{id},\"place\":{{\"resources\":[").as_bytes());
-    for (i, r) in place.resources.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let head = format!(
-            "{{\"home\":{},\"archive\":{},\"entries\":[",
-            str_json(&r.home),
-            r.archive
-        );
-        out.extend_from_slice(head.as_bytes());
-        for (j, e) in r.entries.iter().enumerate() {
-            if j > 0 {
-                out.push(b',');
-            }
-            let kind = serde_json::to_string(&e.kind).expect("a kind serializes");
-            let head = format!(
-                "{{\"path\":{},\"kind\":{kind},\"mode\":{},\"link\":{},\"data\":",
-                str_json(&e.path),
-                e.mode,
-                str_json(&e.link)
-            );
-            out.extend_from_slice(head.as_bytes());
-            if e.data
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-            {
-                out.push(b'"');
-                out.extend_from_slice(e.data.as_bytes());
-                out.push(b'"');
-            } else {
-                out.extend_from_slice(str_json(&e.data).as_bytes());
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"]}");
-    }
-    out.extend_from_slice(b"]}}\n");
-    out
 }
 
 /// 128 random bits chosen by Lessl for each attach.

@@ -33,7 +33,7 @@ const CHUNK: usize = 64 << 10;
 /// Codes of the per-path errors in `files`.
 pub const NOT_FOUND: &str = "collect.not_found";
 pub const TOO_LARGE: &str = "collect.too_large";
-pub const SKIPPED: &str = "collect.skipped";
+pub const NOT_REGULAR: &str = "collect.skipped";
 pub const CONTAINER_GONE: &str = "collect.container_gone";
 pub const READ: &str = "collect.read";
 pub const TIMEOUT: &str = "collect.timeout";
@@ -175,7 +175,7 @@ impl PathFiles<'_> {
                     .unwrap_or(m.link);
                 self.files.push(left_out(
                     &path,
-                    SKIPPED,
+                    NOT_REGULAR,
                     format!("a hard link to `{target}`: its content is collected there"),
                 ));
             }
@@ -187,8 +187,11 @@ impl PathFiles<'_> {
                     b'S' => "a sparse file",
                     _ => "not a regular file, directory or symlink",
                 };
-                self.files
-                    .push(left_out(&path, SKIPPED, format!("{what}: not collected")));
+                self.files.push(left_out(
+                    &path,
+                    NOT_REGULAR,
+                    format!("{what}: not collected"),
+                ));
             }
         }
         Next::More

@@ -82,11 +82,9 @@ fn line<V: Serialize, R: Serialize>(event: &Event<'_, V, R>) -> Vec<u8> {
 /// which output of short lines (`yes`) turns into most of a run's CPU time.
 fn data_line(id: &str, index: usize, stderr: bool, data: &str) -> Vec<u8> {
     let mut l = Vec::with_capacity(data.len() + data.len() / 2 + id.len() + 64);
-    l.extend_from_slice(if stderr {
-        b"{\"event\":\"stderr\",\"id\":"
-    } else {
-        b"{\"event\":\"stdout\",\"id\":"
-    });
+    l.extend_from_slice(b"{\"event\":\"");
+    l.extend_from_slice(if stderr { b"stderr" } else { b"stdout" });
+    l.extend_from_slice(b"\",\"id\":");
     crate::json_stream::quote(id, &mut l);
     l.extend_from_slice(format!(",\"index\":{index},\"data\":").as_bytes());
     crate::json_stream::quote(data, &mut l);
@@ -121,14 +119,16 @@ enum Deferred {
 impl Deferred {
     /// Writes the line, newline included, its outputs chunk by chunk.
     fn write(&self, id: &str, w: &mut impl Write) -> io::Result<()> {
+        // The line's object opens here and closes after the match, whichever event it is.
+        w.write_all(b"{")?;
         match self {
             Deferred::Exit { index, result } => {
                 let id = serde_json::to_string(id).map_err(io::Error::other)?;
-                write!(w, r#"{{"event":"exit","id":{id},"index":{index},"result":"#)?;
+                write!(w, r#""event":"exit","id":{id},"index":{index},"result":"#)?;
                 state::write_result(w, result)?;
             }
             Deferred::End { view } => {
-                w.write_all(br#"{"event":"end","task":"#)?;
+                w.write_all(br#""event":"end","task":"#)?;
                 // The kept file holds these very bytes: copied, not encoded again.
                 match view.kept.as_ref().and_then(|k| kept(k).ok()) {
                     Some((mut file, len)) => {
