@@ -200,10 +200,12 @@ fn a_callback_lands_with_the_answer_and_a_signature_the_receiver_can_check() {
     assert_eq!(r.json()["failed_command"], 1);
     let expected = format!("sha256={}", hmac_hex(&r.body));
     assert_eq!(r.header("lessl-signature"), Some(expected.as_str()));
-    assert_eq!(
-        metric(&lessl, "lessl_callbacks_total{outcome=\"delivered\"}", true),
-        Some(1)
-    );
+    // Counted once the receiver's answer is read, a moment after the receiver has the body.
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        &lessl,
+        "lessl_callbacks_total{outcome=\"delivered\"}",
+        true
+    ) == Some(1)));
     // One callback per run: nothing more arrives.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hook.accepts.load(Ordering::SeqCst), 1);
@@ -230,6 +232,9 @@ fn an_internal_callback_is_refused_without_a_connection() {
         metric(&lessl, "lessl_callback_attempts_failed_total", false),
         Some(1)
     );
+    wait_until(Duration::from_secs(10), || {
+        lessl.log().contains("callback to http://127.0.0.1")
+    });
     assert!(
         lessl.log().contains("callback to http://127.0.0.1"),
         "{}",
@@ -250,6 +255,10 @@ fn a_5xx_is_retried_and_a_4xx_is_not() {
     assert_eq!(got[0].body, got[1].body, "a retry sends the same body");
     assert_eq!(got[1].line, "POST /x?key=hunter2 HTTP/1.1");
     // The failure is logged, without the query that may hold the receiver's secret.
+    // The log is read from Lessl's stderr as it comes: wait for the line.
+    wait_until(Duration::from_secs(10), || {
+        lessl.log().contains("attempt 1 failed")
+    });
     let log = lessl.log();
     assert!(log.contains("attempt 1 failed"), "{log}");
     assert!(!log.contains("hunter2"), "{log}");
