@@ -182,9 +182,11 @@ pub struct ServeArgs {
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "LESSL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// How commands reach a task's agent: `attach` (over the container's attach stream, the
-    /// fast path) or `exec` (a Docker exec per command, the fallback, for debugging).
-    #[arg(long, env = "LESSL_RUNNER", default_value = "attach", value_parser = ["attach", "exec"])]
+    /// How commands reach a task's agent: `lane` (over the container's attach stream, and a
+    /// socket past the engine once the agent connected to it, where the agent is a bind and the
+    /// state directory usable), `attach` (the attach stream only), or `exec` (a Docker exec
+    /// per command, the fallback, for debugging).
+    #[arg(long, env = "LESSL_RUNNER", default_value = "lane", value_parser = ["lane", "attach", "exec"])]
     pub runner: String,
     /// Started containers to keep ready for IMAGE (repeatable, or comma-separated in the
     /// variable): a task for it that uses the default limits starts with no container start.
@@ -433,7 +435,7 @@ impl ServeArgs {
         let exec_only = self.runner == "exec";
         let warm = warm_targets(&self.warm)?;
         if exec_only && !warm.is_empty() {
-            return Err(bad("warm", "the warm pool needs --runner attach"));
+            return Err(bad("warm", "the warm pool needs --runner lane or attach"));
         }
         if let Err(message) = crate::tasks::check_runtime_floor(
             self.runtime.as_deref().filter(|r| !r.is_empty()),
@@ -461,6 +463,7 @@ impl ServeArgs {
             fetch: self.fetch()?,
             warm,
             exec_only,
+            lanes: self.runner == "lane",
             runtime: self.runtime.clone().filter(|r| !r.is_empty()),
             allow_volumes: non_empty(&self.allow_volumes),
             volume_idle: Duration::from_secs(self.volume_idle),

@@ -136,47 +136,98 @@ const ESCAPES: [u8; 256] = {
     t
 };
 
+/// Input bytes escaped at once into a stack buffer (at most 6 bytes out for each).
+const BLOCK: usize = 2048;
+
 /// Appends `s` escaped as serde_json escapes string contents: `"` and `\`, the short forms
 /// `\b \t \n \f \r`, other control characters as `\u00xx`; everything else as is.
 /// Output full of newlines is the common case: an escape every other byte must not cost a
-/// `memcpy` call (or a capacity check) each, so the exact length is counted first and every
-/// byte is stored by index.
+/// `memcpy` call (or a capacity check) each, so blocks are escaped into a stack buffer and
+/// appended with one copy; eight bytes that need no escape (most text) are copied as one word.
 fn escape(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
-    let extra: usize = bytes
-        .iter()
-        .map(|&b| match ESCAPES[usize::from(b)] {
-            0 => 0,
-            b'u' => 5,
-            _ => 1,
-        })
-        .sum();
-    let start = out.len();
-    out.resize(start + bytes.len() + extra, 0);
-    let dst = &mut out[start..];
+    if bytes.len() < 64 {
+        // Ids, short values: not worth a block buffer.
+        let mut buf = [0u8; 64 * 6];
+        let w = escape_block(bytes, &mut buf);
+        out.extend_from_slice(&buf[..w]);
+        return;
+    }
+    out.reserve(bytes.len() + bytes.len() / 2);
+    let mut buf = [0u8; BLOCK * 6];
+    for block in bytes.chunks(BLOCK) {
+        let w = escape_block(block, &mut buf);
+        out.extend_from_slice(&buf[..w]);
+    }
+}
+
+/// Escapes `block` into `buf` (at least 6 bytes per input byte); returns the length written.
+fn escape_block(block: &[u8], buf: &mut [u8]) -> usize {
+    let buf = &mut buf[..block.len() * 6];
     let mut w = 0;
-    for &b in bytes {
-        let short = ESCAPES[usize::from(b)];
-        if short == 0 {
-            dst[w] = b;
-            w += 1;
-        } else if short == b'u' {
-            dst[w..w + 6].copy_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
-            w += 6;
-        } else {
-            dst[w] = b'\\';
-            dst[w + 1] = short;
-            w += 2;
+    let mut words = block.chunks_exact(8);
+    for word in &mut words {
+        let eight: [u8; 8] = word.try_into().expect("chunks of 8");
+        if !needs_escape(u64::from_le_bytes(eight)) {
+            buf[w..w + 8].copy_from_slice(&eight);
+            w += 8;
+            continue;
+        }
+        for b in eight {
+            w = escape_byte(b, buf, w);
         }
     }
-    debug_assert_eq!(w, dst.len());
+    for &b in words.remainder() {
+        w = escape_byte(b, buf, w);
+    }
+    w
+}
+
+/// Whether any of the eight bytes of `word` needs an escape: below 0x20, `"` or `\`. The
+/// classic zero-byte test (exact for presence) on the word and on it xor each quote.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    below(word, 0x20) | below(quote, 1) | below(backslash, 1) != 0
+}
+
+/// Each byte's escape as two bytes to store (the second unused by a byte that stands for
+/// itself), and how many of them count; 6 for `\u00xx`, written apart.
+const PAIRS: [([u8; 2], u8); 256] = {
+    let mut t = [([0u8; 2], 1u8); 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match ESCAPES[b] {
+            0 => ([b as u8, 0], 1),
+            b'u' => ([0, 0], 6),
+            short => ([b'\\', short], 2),
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Writes the escape of one byte at `buf[w..]` (which has room for 6); returns where the
+/// next goes. Branch-free but for `\u00xx`: two bytes are stored whatever the length.
+#[inline(always)]
+fn escape_byte(b: u8, buf: &mut [u8], w: usize) -> usize {
+    let (pair, len) = PAIRS[usize::from(b)];
+    if len == 6 {
+        buf[w..w + 6].copy_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]);
+        return w + 6;
+    }
+    buf[w..w + 2].copy_from_slice(&pair);
+    w + usize::from(len)
 }
 
 /// Appends `s` as a JSON string, quotes included: what `serde_json` writes for it, at the cost

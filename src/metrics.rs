@@ -101,6 +101,22 @@ const CALLBACK_OUTCOMES: [(CallbackOutcome, &str); 4] = [
     (CallbackOutcome::GaveUp, "gave_up"),
 ];
 
+/// How an offer of the agent's lane ended, or one connection to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneOutcome {
+    /// The agent connected with the token.
+    Up,
+    /// Nobody sent the token in time: the attach stream carries everything.
+    NoAgent,
+    /// A connection without the right token (counted per connection).
+    Refused,
+}
+
+/// The `# HELP` and `# TYPE` lines of one metric.
+fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
 /// Every metric Lessl keeps.
 pub struct Metrics {
     runs: [AtomicU64; 3],
@@ -119,6 +135,10 @@ pub struct Metrics {
     callbacks: [AtomicU64; 4],
     /// Callback attempts that failed, retried or not.
     callback_attempts_failed: AtomicU64,
+    /// Lane offers that came up, that found no agent; connections refused.
+    lanes: [AtomicU64; 3],
+    /// Requests sent to agents, over the attach stream and over the lane.
+    agent_requests: [AtomicU64; 2],
 }
 
 pub static METRICS: Metrics = Metrics::new();
@@ -145,6 +165,8 @@ impl Metrics {
             results_not_kept: AtomicU64::new(0),
             callbacks: [const { AtomicU64::new(0) }; 4],
             callback_attempts_failed: AtomicU64::new(0),
+            lanes: [const { AtomicU64::new(0) }; 3],
+            agent_requests: [const { AtomicU64::new(0) }; 2],
         }
     }
 
@@ -197,6 +219,15 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn lane_ended(&self, outcome: LaneOutcome) {
+        self.lanes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request went to an agent, over its lane or its attach stream.
+    pub fn agent_request(&self, lane: bool) {
+        self.agent_requests[usize::from(lane)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn result_not_kept(&self) {
         self.results_not_kept.fetch_add(1, Ordering::Relaxed);
     }
@@ -204,9 +235,6 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, g: Gauges) -> String {
         let mut out = String::new();
-        let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-        };
         help(
             &mut out,
             "lessl_runs_total",
@@ -235,24 +263,8 @@ impl Metrics {
         );
         let n = self.results_not_kept.load(Ordering::Relaxed);
         let _ = writeln!(out, "lessl_results_not_kept_total {n}");
-        help(
-            &mut out,
-            "lessl_callbacks_total",
-            "counter",
-            "Callbacks (a run's final view POSTed to its callback_url) by how they ended.",
-        );
-        for (i, (_, label)) in CALLBACK_OUTCOMES.iter().enumerate() {
-            let n = self.callbacks[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "lessl_callbacks_total{{outcome=\"{label}\"}} {n}");
-        }
-        help(
-            &mut out,
-            "lessl_callback_attempts_failed_total",
-            "counter",
-            "Callback attempts that failed (connection error, timeout, refusal or non-2xx).",
-        );
-        let n = self.callback_attempts_failed.load(Ordering::Relaxed);
-        let _ = writeln!(out, "lessl_callback_attempts_failed_total {n}");
+        self.render_callbacks(&mut out);
+        self.render_lanes(&mut out);
         help(
             &mut out,
             "lessl_run_duration_seconds",
@@ -331,6 +343,61 @@ impl Metrics {
         );
         let _ = writeln!(out, "lessl_pooled_containers {}", g.pooled_containers);
         out
+    }
+
+    fn render_callbacks(&self, out: &mut String) {
+        help(
+            out,
+            "lessl_callbacks_total",
+            "counter",
+            "Callbacks (a run's final view POSTed to its callback_url) by how they ended.",
+        );
+        for (i, (_, label)) in CALLBACK_OUTCOMES.iter().enumerate() {
+            let n = self.callbacks[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "lessl_callbacks_total{{outcome=\"{label}\"}} {n}");
+        }
+        help(
+            out,
+            "lessl_callback_attempts_failed_total",
+            "counter",
+            "Callback attempts that failed (connection error, timeout, refusal or non-2xx).",
+        );
+        let n = self.callback_attempts_failed.load(Ordering::Relaxed);
+        let _ = writeln!(out, "lessl_callback_attempts_failed_total {n}");
+    }
+
+    fn render_lanes(&self, out: &mut String) {
+        help(
+            out,
+            "lessl_lanes_total",
+            "counter",
+            "Offers of an agent's lane (its socket past the engine) by outcome: up, or no_agent when none connected in time (an older agent, a runtime without host sockets).",
+        );
+        for (outcome, label) in [(LaneOutcome::Up, "up"), (LaneOutcome::NoAgent, "no_agent")] {
+            let n = self.lanes[outcome as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "lessl_lanes_total{{outcome=\"{label}\"}} {n}");
+        }
+        help(
+            out,
+            "lessl_lane_connections_refused_total",
+            "counter",
+            "Connections to an offered lane that did not send its token (a command in the container, say).",
+        );
+        let n = self.lanes[LaneOutcome::Refused as usize].load(Ordering::Relaxed);
+        let _ = writeln!(out, "lessl_lane_connections_refused_total {n}");
+        help(
+            out,
+            "lessl_agent_requests_total",
+            "counter",
+            "Requests sent to agents (commands, placements), by transport: the engine's attach stream, or the lane.",
+        );
+        for (i, label) in ["attach", "lane"].iter().enumerate() {
+            let n = self.agent_requests[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "lessl_agent_requests_total{{transport=\"{label}\"}} {n}"
+            );
+        }
     }
 }
 

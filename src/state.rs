@@ -122,6 +122,9 @@ impl StateError {
     }
 }
 
+/// Subdirectory of the instance's directory that holds the agents' lanes, not results.
+pub const LANES_DIR: &str = "lanes";
+
 /// The instance's state directory, or none when it could not be used.
 pub struct Store {
     /// `<state-dir>/<instance>`; None keeps results in memory only.
@@ -175,6 +178,11 @@ impl Store {
         self.dir.is_some()
     }
 
+    /// `<state-dir>/<instance>`, when results are kept there.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// Where running commands spill their output: this directory, or memory only.
     pub fn spiller(&self) -> Spiller {
         match &self.dir {
@@ -217,6 +225,10 @@ impl Store {
                 log!(warn: "state: removing {name}, output a crash left spilled");
                 let _ = fs::remove_file(&path);
                 skipped += 1;
+                continue;
+            }
+            // The agents' lanes (src/tasks/lane.rs) live beside the results.
+            if name == LANES_DIR {
                 continue;
             }
             let Some(id) = name.strip_suffix(SUFFIX).filter(|id| is_task_id(id)) else {

@@ -236,6 +236,8 @@ fn the_agent_says_when_its_input_closes_and_keeps_running() {
         output_bytes: 100,
         stdin_base64: None,
         place: None,
+        lane: None,
+        payload: 0,
     };
     input.write_all(&request.to_line()).unwrap();
     input.flush().unwrap();

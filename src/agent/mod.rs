@@ -123,8 +123,21 @@ pub fn keep_alive() -> std::io::Result<()> {
         let mut term = termination_pipe()?;
         let reaper = Arc::new(Reaper::new(Scope::All));
         let (frames, outbox) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(outbox));
-        tokio::spawn(read_requests(reaper.clone(), frames));
+        tokio::spawn(write_frames(async_out(std::io::stdout().as_fd()), outbox));
+        // Only a pipe can carry requests; anything else (/dev/null) means an exec-only
+        // container.
+        if let Some(stdin) = own_stdin() {
+            let (lanes, offers) = mpsc::unbounded_channel();
+            tokio::spawn(serve_lanes(offers, reaper.clone()));
+            let how = Transport::Stdin;
+            tokio::spawn(read_requests(
+                stdin,
+                how,
+                reaper.clone(),
+                frames,
+                Some(lanes),
+            ));
+        }
         let mut byte = [0u8; 1];
         // An end or error cannot happen while we hold the write end; if it did, the engine's
         // SIGKILL still stops us.
@@ -156,9 +169,12 @@ fn async_out(fd: std::os::fd::BorrowedFd<'_>) -> Box<dyn tokio::io::AsyncWrite +
     }
 }
 
-/// The one writer of stdout, so frames of concurrent commands never interleave.
-async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
-    let mut stdout = async_out(std::io::stdout().as_fd());
+/// The one writer of a transport (stdout, or the lane), so frames of concurrent commands
+/// never interleave.
+async fn write_frames(
+    mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    mut outbox: mpsc::UnboundedReceiver<Frame>,
+) {
     while let Some(frame) = outbox.recv().await {
         // Everything already queued goes in one write: a short command's output and exit
         // then reach Lessl together.
@@ -166,42 +182,97 @@ async fn write_frames(mut outbox: mpsc::UnboundedReceiver<Frame>) {
         while let Ok(more) = outbox.try_recv() {
             more.encode_into(&mut bytes);
         }
-        if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
-            // Nobody attached: the frames are lost, which is what Docker does with output too.
+        if out.write_all(&bytes).await.is_err() || out.flush().await.is_err() {
+            // Nobody reads (no attach, a Lessl gone): the frames are lost, which is what
+            // Docker does with output too.
             continue;
         }
     }
 }
 
-async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>) {
-    // Only a pipe can carry requests; anything else (/dev/null) means an exec-only container.
-    let stdin = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .ok()
-        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
-    let Some(stdin) = stdin else { return };
-    // A placement arrives as one line of megabytes: read in large pieces, not 8 KiB ones.
-    let mut lines = tokio::io::BufReader::with_capacity(REQUEST_BUFFER, stdin).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// Where requests come from; each is answered on the transport it came by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// The attach stream: JSON lines only, resynchronised by empty lines.
+    Stdin,
+    /// The lane: one connection per Lessl process, whose lines may carry a payload.
+    Lane,
+}
+
+/// Largest payload the agent takes after a line: a sanity bound far above what Lessl sends
+/// (its resource limit), so a corrupt count cannot make it allocate without end.
+const MAX_PAYLOAD: u64 = 1 << 30;
+
+/// Serves the requests of one transport. `lanes` takes the tokens of lane offers (stdin only).
+async fn read_requests<R: AsyncRead + Unpin>(
+    input: R,
+    how: Transport,
+    reaper: Arc<Reaper>,
+    frames: mpsc::UnboundedSender<Frame>,
+    lanes: Option<mpsc::UnboundedSender<String>>,
+) {
+    // A placement arrives as megabytes: read in large pieces, not 8 KiB ones.
+    let mut reader = tokio::io::BufReader::with_capacity(REQUEST_BUFFER, input);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(1..) if line.ends_with(b"\n") => {
+                line.pop();
+            }
+            // End of input, an error, or a line cut by the end.
+            _ => break,
+        }
         // Lessl starts every attach with an empty line, ending whatever half line a previous
         // Lessl process left behind.
         if line.is_empty() {
             continue;
         }
-        let request: Request = match serde_json::from_str(&line) {
+        let request: Request = match serde_json::from_slice(&line) {
             Ok(r) => r,
+            // On the lane a payload may follow: nothing after a bad line can be trusted.
+            Err(e) if how == Transport::Lane => {
+                eprintln!("lessl agent: closing the lane after a malformed request: {e}");
+                break;
+            }
             Err(e) => {
                 eprintln!("lessl agent: ignoring a malformed request: {e}");
                 continue;
             }
         };
+        let payload = match (how, request.payload) {
+            (_, 0) => Vec::new(),
+            (Transport::Lane, n) if n <= MAX_PAYLOAD => {
+                let mut bytes = vec![0u8; n as usize];
+                if reader.read_exact(&mut bytes).await.is_err() {
+                    break;
+                }
+                bytes
+            }
+            (_, n) => {
+                eprintln!("lessl agent: ignoring a request announcing {n} bytes it cannot carry");
+                if how == Transport::Lane {
+                    break;
+                }
+                continue;
+            }
+        };
+        // A placement's line held megabytes of base64: not kept for the next, short one.
+        if line.capacity() > REQUEST_BUFFER {
+            line = Vec::new();
+        }
         // Placed here, before the next request is read: the commands sent after it see
         // every file. Inline, since a task at its pids limit may allow no other thread.
         if let Some(files) = request.place {
-            drop(line);
-            let placed = place::place(&mut place::Real, files);
+            let placed = place::place(&mut place::Real, files, &payload);
             let _ = frames.send(Frame::Placed(request.id, placed));
+            continue;
+        }
+        if let Some(token) = &request.lane {
+            // An offer made on the lane itself carries nothing: only stdin's are taken.
+            if let Some(lanes) = &lanes {
+                let _ = lanes.send(token.clone());
+            }
             continue;
         }
         if request.hello.is_some() {
@@ -221,9 +292,51 @@ async fn read_requests(reaper: Arc<Reaper>, frames: mpsc::UnboundedSender<Frame>
             let _ = frames.send(Frame::Exit(id, exit));
         });
     }
-    // Said once, so Lessl stops sending at once (what it sent unanswered by `Started` was never
-    // read); the commands already running still answer, and PID 1 keeps reaping.
-    let _ = frames.send(Frame::Closed);
+    // Said once on stdin, so Lessl stops sending at once (what it sent unanswered by
+    // `Started` was never read); the commands already running still answer, and PID 1 keeps
+    // reaping. A lane just ends: its Lessl is gone, and the next one offers another.
+    if how == Transport::Stdin {
+        let _ = frames.send(Frame::Closed);
+    }
+}
+
+/// How long connecting to the lane and sending its token may take.
+const LANE_CONNECT: Duration = Duration::from_secs(2);
+
+/// Takes Lessl's offers of the lane, one per attach: connects to [`protocol::LANE_SOCKET`]
+/// (a read-only mount no task can change), proves it is the agent with the offer's token, and
+/// serves the requests that come that way. A failure (a runtime that cannot reach host
+/// sockets, say) leaves everything on stdin.
+async fn serve_lanes(mut offers: mpsc::UnboundedReceiver<String>, reaper: Arc<Reaper>) {
+    while let Some(token) = offers.recv().await {
+        if let Some(stream) = connect_lane(&token).await {
+            let (read, write) = stream.into_split();
+            let (frames, outbox) = mpsc::unbounded_channel();
+            tokio::spawn(write_frames(Box::new(write), outbox));
+            let how = Transport::Lane;
+            tokio::spawn(read_requests(read, how, reaper.clone(), frames, None));
+        }
+    }
+}
+
+async fn connect_lane(token: &str) -> Option<tokio::net::UnixStream> {
+    let connected = tokio::time::timeout(LANE_CONNECT, async {
+        let mut s = tokio::net::UnixStream::connect(protocol::LANE_SOCKET).await?;
+        s.write_all(format!("{token}\n").as_bytes()).await?;
+        Ok::<_, std::io::Error>(s)
+    })
+    .await;
+    match connected {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            eprintln!("lessl agent: no lane ({e}); requests stay on stdin");
+            None
+        }
+        Err(_) => {
+            eprintln!("lessl agent: no lane (connecting took over {LANE_CONNECT:?})");
+            None
+        }
+    }
 }
 
 /// Where a supervised command's output goes.
@@ -303,6 +416,8 @@ pub fn supervise(opts: RunOptions) -> i32 {
         output_bytes: opts.output_bytes,
         stdin_base64: None,
         place: None,
+        lane: None,
+        payload: 0,
     };
     let run = async {
         let mut child = signal(SignalKind::child())?;
@@ -635,6 +750,8 @@ mod tests {
             output_bytes,
             stdin_base64: None,
             place: None,
+            lane: None,
+            payload: 0,
         }
     }
 

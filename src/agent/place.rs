@@ -195,8 +195,10 @@ struct Work<D> {
     created: Vec<(D, String)>,
 }
 
-/// Places every resource of `place`, or none: the answer the agent sends back.
-pub fn place<F: Fs>(fs: &mut F, place: Place) -> Placed {
+/// Places every resource of `place`, or none: the answer the agent sends back. Entries that
+/// give a `size` take their bytes from `payload`, in order.
+pub fn place<F: Fs>(fs: &mut F, place: Place, payload: &[u8]) -> Placed {
+    let mut rest = payload;
     let mut work = Work {
         staged: Vec::new(),
         created: Vec::new(),
@@ -221,7 +223,7 @@ pub fn place<F: Fs>(fs: &mut F, place: Place) -> Placed {
             break 'all;
         }
         for entry in resource.entries {
-            if let Err(e) = stage(fs, entry, &mut work) {
+            if let Err(e) = stage(fs, entry, &mut rest, &mut work) {
                 refusal = Some(refuse(entry_field, e));
                 break 'all;
             }
@@ -256,7 +258,12 @@ pub fn place<F: Fs>(fs: &mut F, place: Place) -> Placed {
 }
 
 /// Stages one entry: its directory walked (and made), its content under a temporary name.
-fn stage<F: Fs>(fs: &mut F, entry: PlaceEntry, work: &mut Work<F::Dir>) -> Result<(), PlaceError> {
+fn stage<F: Fs>(
+    fs: &mut F,
+    entry: PlaceEntry,
+    payload: &mut &[u8],
+    work: &mut Work<F::Dir>,
+) -> Result<(), PlaceError> {
     check_path(&entry.path)?;
     let failed = |e: io::Error| PlaceError::Failed(format!("{}: {e}", entry.path));
     if entry.kind == EntryKind::Dir {
@@ -279,11 +286,30 @@ fn stage<F: Fs>(fs: &mut F, entry: PlaceEntry, work: &mut Work<F::Dir>) -> Resul
     }
     let temp = match entry.kind {
         EntryKind::File => {
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(entry.data.as_bytes())
-                .map_err(|e| PlaceError::Forbidden(format!("{}: bad base64: {e}", entry.path)))?;
-            drop(entry.data);
-            fs.write_temp(&reached.dir, &data, entry.mode & 0o7777)
+            let decoded;
+            let data: &[u8] = match entry.size {
+                Some(n) => {
+                    let Some(n) = usize::try_from(n).ok().filter(|n| *n <= payload.len()) else {
+                        return Err(PlaceError::Forbidden(format!(
+                            "{}: {n} bytes announced, {} left in the payload",
+                            entry.path,
+                            payload.len()
+                        )));
+                    };
+                    let (mine, after) = payload.split_at(n);
+                    *payload = after;
+                    mine
+                }
+                None => {
+                    decoded = base64::engine::general_purpose::STANDARD
+                        .decode(entry.data.as_bytes())
+                        .map_err(|e| {
+                            PlaceError::Forbidden(format!("{}: bad base64: {e}", entry.path))
+                        })?;
+                    &decoded
+                }
+            };
+            fs.write_temp(&reached.dir, data, entry.mode & 0o7777)
                 .map_err(failed)?
         }
         EntryKind::Symlink => fs.symlink_temp(&reached.dir, &entry.link).map_err(failed)?,
@@ -591,6 +617,7 @@ mod tests {
             mode: 0o640,
             link: String::new(),
             data: base64::engine::general_purpose::STANDARD.encode(data),
+            size: None,
         }
     }
 
@@ -618,9 +645,43 @@ mod tests {
     }
 
     fn refusal(fs: &mut Fake, rs: Vec<PlaceResource>) -> Option<(usize, String, bool)> {
-        place(fs, Place { resources: rs })
+        place(fs, Place { resources: rs }, &[])
             .refused
             .map(|r| (r.index, r.field, r.forbidden))
+    }
+
+    #[test]
+    fn payload_entries_take_their_bytes_in_order_and_a_short_payload_places_nothing() {
+        let sized = |path: &str, n: u64| PlaceEntry {
+            data: String::new(),
+            size: Some(n),
+            ..file(path, b"")
+        };
+        let mut fs = planted();
+        let rs = vec![
+            res("/srv", false, vec![sized("/srv/a", 3)]),
+            res(
+                "/opt",
+                false,
+                vec![file("/opt/b64", b"b"), sized("/opt/c", 2)],
+            ),
+        ];
+        let placed = place(&mut fs, Place { resources: rs }, b"aaacc");
+        assert_eq!(placed.refused, None);
+        assert_eq!(fs.nodes["/srv/a"], Node::File(b"aaa".to_vec(), 0o640));
+        assert_eq!(fs.nodes["/opt/b64"], Node::File(b"b".to_vec(), 0o640));
+        assert_eq!(fs.nodes["/opt/c"], Node::File(b"cc".to_vec(), 0o640));
+        let mut fs = planted();
+        let before = fs.nodes.clone();
+        let rs = vec![res(
+            "/srv",
+            false,
+            vec![sized("/srv/a", 3), sized("/srv/b", 3)],
+        )];
+        let placed = place(&mut fs, Place { resources: rs }, b"aaab");
+        let refused = placed.refused.unwrap();
+        assert!(refused.forbidden && refused.reason.contains("3 bytes announced, 1 left"));
+        assert_eq!(fs.nodes, before, "nothing placed");
     }
 
     #[test]
@@ -688,6 +749,7 @@ mod tests {
             mode: 0o777,
             link: to.into(),
             data: String::new(),
+            size: None,
         };
         let dir = PlaceEntry {
             kind: EntryKind::Dir,

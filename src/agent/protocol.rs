@@ -1,6 +1,8 @@
-//! The wire protocol between Lessl and the agent in a task container, over the container's
-//! attach stream: requests are JSON lines on the agent's stdin; answers are binary frames on
-//! its stdout. Pure encoding, decoding and stream synchronisation, shared by both ends; no I/O.
+//! The wire protocol between Lessl and the agent in a task container: requests are JSON
+//! lines, answers are binary frames. They travel over the container's attach stream (the
+//! agent's stdin and stdout) and, where Lessl offers one, over the agent's lane: a Unix socket
+//! that bypasses the engine, where a request line may be followed by raw bytes ([`Request::payload`]).
+//! Pure encoding, decoding and stream synchronisation, shared by both ends; no I/O.
 //!
 //! An attach stream may start anywhere in the agent's output (the previous Lessl process was
 //! attached before, and its commands keep answering), so a reader first runs a [`Sync`]: it
@@ -43,7 +45,27 @@ pub struct Request {
     /// answers [`Frame::Placed`]; `argv` and the rest are then ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<Place>,
+    /// An offer of the lane: the agent connects to [`LANE_SOCKET`], writes these 32 hex
+    /// digits and a newline, and reads requests there too (answering each where it came from).
+    /// Sent on stdin only, as a line of its own, so an older agent just ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    /// Raw bytes that follow this line on the lane (never on stdin, where a line cut by a dead
+    /// Lessl is ended by the next one's empty line): the data of the [`PlaceEntry`]s that
+    /// give a `size`, in order.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub payload: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where Lessl mounts the directory of a container's lane (read-only): inside the agent's
+/// own directory, which every placement rule already keeps tasks out of.
+pub const LANE_DIR: &str = "/.lessl/lane";
+/// The socket Lessl listens on while it offers the lane, as the agent sees it.
+pub const LANE_SOCKET: &str = "/.lessl/lane/s";
 
 /// A task's resources for the agent to write, in the order of the spec. Every path was
 /// checked by Lessl (the tar rules of `src/tar.rs`, nothing reserved); the agent checks them
@@ -82,6 +104,33 @@ pub struct PlaceEntry {
     /// and a line cut by a dead Lessl is ended by the next one's empty line.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data: String,
+    /// Instead of `data`: the file's bytes are the next `size` bytes of the request's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+impl Place {
+    /// Total of the entries' `size`s: the payload that must follow the request.
+    pub fn payload_len(&self) -> u64 {
+        self.entries().filter_map(|e| e.size).sum()
+    }
+
+    /// For a transport without payloads (stdin): the bytes of every entry that has a `size`
+    /// (`parts`, one per such entry, in order) moved into its `data` as base64.
+    pub fn inline<B: AsRef<[u8]>>(&mut self, parts: &[B]) {
+        use base64::Engine as _;
+        let mut parts = parts.iter();
+        for e in self.resources.iter_mut().flat_map(|r| r.entries.iter_mut()) {
+            if e.size.take().is_some() {
+                let part = parts.next().map(AsRef::as_ref).unwrap_or_default();
+                e.data = base64::engine::general_purpose::STANDARD.encode(part);
+            }
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &PlaceEntry> {
+        self.resources.iter().flat_map(|r| r.entries.iter())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +177,24 @@ impl Request {
             output_bytes: 0,
             stdin_base64: None,
             place: None,
+            lane: None,
+            payload: 0,
         }
+    }
+
+    /// An offer of the lane, with its one-time token.
+    pub fn lane(token: &str) -> Request {
+        Request {
+            lane: Some(token.to_string()),
+            ..Request::hello([0; 16])
+        }
+        .without_hello()
     }
 
     /// A request to place files.
     pub fn place(place: Place) -> Request {
         Request {
+            payload: place.payload_len(),
             place: Some(place),
             ..Request::hello([0; 16])
         }
@@ -592,6 +653,8 @@ mod tests {
             output_bytes: 11,
             stdin_base64: Some("AAEC/w==".into()),
             place: None,
+            lane: None,
+            payload: 0,
         };
         let line = r.to_line();
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
@@ -599,6 +662,12 @@ mod tests {
         let back: Request = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, r);
         let hello: Request = serde_json::from_slice(&Request::hello(NONCE).to_line()).unwrap();
+        // A lane offer is a line of its own, naming only its token.
+        let offer = Request::lane("ab".repeat(16).as_str()).to_line();
+        let text = String::from_utf8(offer.clone()).unwrap();
+        assert_eq!(text, format!("{{\"id\":0,\"argv\":[],\"env\":[],\"cwd\":null,\"timeout_ms\":0,\"output_bytes\":0,\"lane\":\"{}\"}}\n", "ab".repeat(16)));
+        let offer: Request = serde_json::from_slice(&offer).unwrap();
+        assert_eq!((offer.hello, offer.payload), (None, 0));
         assert_eq!(hello.hello_nonce(), Some(NONCE));
         assert_eq!(r.hello_nonce(), None);
         let place = Request::place(Place {
@@ -611,6 +680,7 @@ mod tests {
                     mode: 0o755,
                     link: String::new(),
                     data: "IyEvYmluL3NoCg==".into(),
+                    size: None,
                 }],
             }],
         });
@@ -630,6 +700,7 @@ mod tests {
                     mode: 0o777,
                     link: "../x\\y".into(),
                     data: String::new(),
+                    size: None,
                 },
                 PlaceEntry {
                     path: "/srv/d".into(),
@@ -637,6 +708,7 @@ mod tests {
                     mode: 0o750,
                     link: String::new(),
                     data: "not base64 \"\n".into(),
+                    size: None,
                 },
             ],
         });

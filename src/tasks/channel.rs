@@ -1,8 +1,10 @@
 //! The fast path to a task container's agent: one Docker attach stream per container,
 //! carrying command requests to the agent's stdin and its answer frames back from its
-//! stdout. No exec per command, and killable on timeout by the agent itself. Owns the
-//! channel's life (syncing, open, ended, dead), request ids, and the agent's stderr in the log;
-//! never runs an exec itself.
+//! stdout, and, where the container has one, its lane ([`super::lane`]): a socket past the
+//! engine that carries the requests (placements with raw bytes) and answers once the agent
+//! connected. No exec per command, and killable on timeout by the agent itself. Owns the
+//! channel's life (syncing, open, ended, dead), request ids, which transport a request takes,
+//! and the agent's stderr in the log; never runs an exec itself.
 //!
 //! Guarantees, whatever the agent or a previous Lessl process left in the stream:
 //! - Every attach starts with a hello carrying a fresh random nonce; every byte before the
@@ -31,6 +33,8 @@ use crate::docker::stream::{Demuxer, StreamKind};
 use crate::docker::DockerError;
 
 use super::engine::Engine;
+use super::lane::Offer;
+use crate::metrics::METRICS;
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -41,6 +45,11 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 pub const START_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest line of the agent's stderr copied to the log; the rest is cut.
 const LOG_LINE: usize = 256;
+/// How long an offered lane may take to come up before its offer lapses.
+const LANE_WAIT: Duration = Duration::from_secs(5);
+/// How long [`Channel::synced`] waits, after the agent's hello, for an offered lane: it
+/// connects before it answers, so only Lessl's side of the accept is left.
+const LANE_SETTLE: Duration = Duration::from_millis(100);
 /// Lines of the agent's stderr logged per [`LOG_WINDOW`] and channel; the rest are counted.
 const LOG_LINES: u32 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -50,6 +59,13 @@ pub struct Channel {
     /// The agent's stdin, and whether this attach's hello was written to it yet. Written
     /// lazily with the first request, since a channel opens before its container starts.
     writer: tokio::sync::Mutex<(Writer, bool)>,
+    /// The lane's writer once the agent connected: requests go there first. Its own lock,
+    /// held for one request (and its payload) at a time.
+    lane: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    /// The lane offered with the hello, until the hello is written.
+    offer: Mutex<Option<Offer>>,
+    /// True once no lane is pending: none offered, or the offer came up or lapsed.
+    lane_settled: Arc<watch::Sender<bool>>,
     /// State shared with the reader task.
     shared: Arc<Shared>,
     /// This attach's nonce, written in the hello.
@@ -110,15 +126,30 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    /// Attaches to container `id` and starts routing its agent's frames.
-    pub async fn open(docker: &dyn Engine, id: &str) -> Result<Arc<Channel>, ChannelError> {
+    /// Attaches to container `id` and starts routing its agent's frames; `lane` is offered
+    /// to the agent with the hello.
+    pub async fn open(
+        docker: &dyn Engine,
+        id: &str,
+        lane: Option<Offer>,
+    ) -> Result<Arc<Channel>, ChannelError> {
         let io = docker.attach(id).await.map_err(ChannelError::Attach)?;
         let (reader, writer) = tokio::io::split(io);
-        Ok(Channel::over(reader, Box::new(writer), super::short(id)))
+        Ok(Channel::over(
+            reader,
+            Box::new(writer),
+            super::short(id),
+            lane,
+        ))
     }
 
     /// A channel over any two-way stream carrying Docker's framing (tests use a pipe).
-    pub(crate) fn over<R>(reader: R, writer: Writer, short: &str) -> Arc<Channel>
+    pub(crate) fn over<R>(
+        reader: R,
+        writer: Writer,
+        short: &str,
+        lane: Option<Offer>,
+    ) -> Arc<Channel>
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
@@ -130,6 +161,9 @@ impl Channel {
         });
         let channel = Arc::new(Channel {
             writer: tokio::sync::Mutex::new((writer, false)),
+            lane: Arc::default(),
+            lane_settled: Arc::new(watch::Sender::new(lane.is_none())),
+            offer: Mutex::new(lane),
             shared: shared.clone(),
             nonce,
             synced,
@@ -166,7 +200,18 @@ impl Channel {
     /// agent's input closed before it read this request.
     pub async fn send(
         &self,
+        request: Request,
+    ) -> Result<mpsc::UnboundedReceiver<Frame>, ChannelError> {
+        self.send_with(request, &[]).await
+    }
+
+    /// [`Channel::send`] of a request whose `payload` bytes are these parts (one per placed
+    /// entry with a `size`): raw after the line on the lane, moved into the request as base64
+    /// on the attach stream.
+    async fn send_with(
+        &self,
         mut request: Request,
+        payload: &[&[u8]],
     ) -> Result<mpsc::UnboundedReceiver<Frame>, ChannelError> {
         request.id = next_id();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -178,6 +223,36 @@ impl Channel {
             state
                 .pending
                 .insert(request.id, Pending { tx, started: false });
+        }
+        let mut lane = self.lane.lock().await;
+        if let Some(w) = lane.as_mut() {
+            let line = request.to_line();
+            let mut sent = self.write(w, &line).await;
+            for part in payload {
+                if sent.is_ok() {
+                    sent = self.write(w, part).await;
+                }
+            }
+            return match sent {
+                Ok(()) => {
+                    METRICS.agent_request(true);
+                    Ok(rx)
+                }
+                Err(why) => {
+                    // The agent cannot act on a request it did not read whole.
+                    *lane = None;
+                    self.forget(request.id);
+                    self.shared.mark(Closed::Ended(format!("lane: {why}")));
+                    Err(ChannelError::Closed)
+                }
+            };
+        }
+        drop(lane);
+        if request.payload > 0 {
+            if let Some(place) = request.place.as_mut() {
+                place.inline(payload);
+            }
+            request.payload = 0;
         }
         let mut w = self.writer.lock().await;
         // A placement's line runs to megabytes: copied only when a hello goes first.
@@ -192,26 +267,26 @@ impl Channel {
         match self.write(&mut w.0, &bytes).await {
             Ok(()) => {
                 w.1 = true;
+                METRICS.agent_request(false);
                 Ok(rx)
             }
             Err(why) => {
-                self.shared
-                    .state
-                    .lock()
-                    .unwrap()
-                    .pending
-                    .remove(&request.id);
+                self.forget(request.id);
                 self.mark_dead(&why);
                 Err(ChannelError::Closed)
             }
         }
     }
 
+    fn forget(&self, id: u64) {
+        self.shared.state.lock().unwrap().pending.remove(&id);
+    }
+
     /// Asks the agent to place files and waits up to `wait` for its answer. None when the
     /// channel closed first, or the agent did not answer in time (the channel is then dead):
     /// the files may be partly staged but none is in place unless the agent answered.
-    pub async fn place(&self, place: Place, wait: Duration) -> Option<Placed> {
-        let mut rx = self.send(Request::place(place)).await.ok()?;
+    pub async fn place(&self, place: Place, payload: &[&[u8]], wait: Duration) -> Option<Placed> {
+        let mut rx = self.send_with(Request::place(place), payload).await.ok()?;
         match tokio::time::timeout(wait, rx.recv()).await {
             Ok(Some(Frame::Placed(_, placed))) => Some(placed),
             Ok(_) => None,
@@ -222,32 +297,57 @@ impl Channel {
         }
     }
 
+    /// Writes this attach's hello (and the lane's offer) if not done yet, without waiting
+    /// for the answer: called once the container started, so that the lane is up by the
+    /// time requests come. False when the write failed (the channel is then dead).
+    pub async fn greet(&self) -> bool {
+        let mut w = self.writer.lock().await;
+        if w.1 {
+            return true;
+        }
+        let hello = self.hello_bytes();
+        if let Err(why) = self.write(&mut w.0, &hello).await {
+            self.mark_dead(&why);
+            return false;
+        }
+        w.1 = true;
+        true
+    }
+
     /// Sends this attach's hello if not done yet and waits until the agent answered it:
     /// whether the agent is there and reads its stdin (a container of an older Lessl may
-    /// carry the label without an agent that answers).
+    /// carry the label without an agent that answers). An offered lane then has a moment to
+    /// come up, so the requests that follow take it.
     pub async fn synced(&self, wait: Duration) -> bool {
-        {
-            let mut w = self.writer.lock().await;
-            if !w.1 {
-                let hello = self.hello_bytes();
-                if let Err(why) = self.write(&mut w.0, &hello).await {
-                    self.mark_dead(&why);
-                    return false;
-                }
-                w.1 = true;
-            }
+        if !self.greet().await {
+            return false;
         }
         let mut synced = self.synced.clone();
         let answered = tokio::time::timeout(wait, synced.wait_for(|s| *s))
             .await
             .is_ok_and(|r| r.is_ok());
+        if answered {
+            let mut settled = self.lane_settled.subscribe();
+            let _ = tokio::time::timeout(LANE_SETTLE, settled.wait_for(|s| *s)).await;
+        }
         answered
     }
 
     /// An empty line first: it ends whatever half line a previous Lessl process left in the
-    /// agent's stdin, which would otherwise swallow the hello.
+    /// agent's stdin, which would otherwise swallow the hello. The lane's offer, if any, goes
+    /// before the hello, so the agent connects before it answers; an older agent ignores it.
     fn hello_bytes(&self) -> Vec<u8> {
         let mut bytes = b"\n".to_vec();
+        if let Some(offer) = self.offer.lock().unwrap().take() {
+            bytes.extend(Request::lane(offer.token()).to_line());
+            let lane = Lane {
+                slot: self.lane.clone(),
+                shared: self.shared.clone(),
+                settled: self.lane_settled.clone(),
+                short: self.short.clone(),
+            };
+            tokio::spawn(lane.take(offer));
+        }
         bytes.extend(Request::hello(self.nonce).to_line());
         bytes
     }
@@ -291,9 +391,52 @@ fn next_id() -> u64 {
     (u64::from(prefix) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// What the task that takes an offered lane needs of its channel.
+struct Lane {
+    slot: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    shared: Arc<Shared>,
+    settled: Arc<watch::Sender<bool>>,
+    short: String,
+}
+
+impl Lane {
+    /// Waits for the agent on `offer`; once it connected, requests go by the lane and its
+    /// frames are routed until it ends, which closes the channel as the attach stream's end
+    /// does (the agent went; attaching again may bring it back).
+    async fn take(self, offer: Offer) {
+        let stream = offer.accept(LANE_WAIT).await;
+        let Ok(stream) = stream else {
+            self.settled.send_replace(true);
+            return;
+        };
+        let (mut reader, writer) = stream.into_split();
+        *self.slot.lock().await = Some(Box::new(writer));
+        self.settled.send_replace(true);
+        let mut frames = Decoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let closed = loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => break Closed::Ended("the lane ended".to_string()),
+                Ok(n) => n,
+                Err(e) => break Closed::Ended(format!("the lane failed: {e}")),
+            };
+            let decoded = match frames.feed(&buf[..n]) {
+                Ok(f) => f,
+                Err(e) => break Closed::Dead(format!("broken frame on the lane: {e}")),
+            };
+            let mut state = self.shared.state.lock().unwrap();
+            for frame in decoded {
+                deliver(&mut state, frame, &self.short);
+            }
+        };
+        *self.slot.lock().await = None;
+        end(&self.shared, closed, &self.short);
+    }
+}
+
 /// Fills `buf` from the kernel's random source; falls back to the clock and pid mixed,
 /// which still differ between processes, if /dev/urandom cannot be read.
-fn random_bytes(buf: &mut [u8]) {
+pub(super) fn random_bytes(buf: &mut [u8]) {
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
     if read.is_err() {
         let nanos = std::time::SystemTime::now()
@@ -358,6 +501,12 @@ async fn route<R: AsyncRead + Unpin>(
             deliver(&mut state, frame, &short);
         }
     };
+    end(&shared, closed, &short);
+}
+
+/// A reader of the channel ended: nothing more is sent on it, and every run still waiting
+/// for frames is let go.
+fn end(shared: &Shared, closed: Closed, short: &str) {
     let dead = matches!(closed, Closed::Dead(_));
     let why = match &closed {
         Closed::Ended(w) | Closed::Dead(w) => w.clone(),
@@ -365,9 +514,9 @@ async fn route<R: AsyncRead + Unpin>(
     shared.mark(closed);
     let waiting = std::mem::take(&mut shared.state.lock().unwrap().pending);
     if dead {
-        crate::task_log!(Warn, &short, None; "agent channel dead ({why}); {} run(s) failed, commands go by exec", waiting.len());
+        crate::task_log!(Warn, short, None; "agent channel dead ({why}); {} run(s) failed, commands go by exec", waiting.len());
     } else if !waiting.is_empty() {
-        crate::task_log!(Warn, &short, None; "agent stream closed ({why}) under {} run(s)", waiting.len());
+        crate::task_log!(Warn, short, None; "agent stream closed ({why}) under {} run(s)", waiting.len());
     }
 }
 
@@ -491,7 +640,7 @@ pub(crate) mod fake {
         pub fn new() -> FakeAgent {
             let (agent_side, lessl_side) = tokio::io::duplex(1 << 16);
             let (reader, writer) = tokio::io::split(lessl_side);
-            let chan = Channel::over(reader, Box::new(writer), "test");
+            let chan = Channel::over(reader, Box::new(writer), "test", None);
             let (read, write) = tokio::io::split(agent_side);
             FakeAgent {
                 chan,
@@ -569,6 +718,8 @@ mod tests {
             output_bytes: 10,
             stdin_base64: None,
             place: None,
+            lane: None,
+            payload: 0,
         }
     }
 
@@ -703,7 +854,7 @@ mod tests {
         // A one-byte pipe nobody reads: the write cannot finish.
         let (_agent_side, lessl_side) = tokio::io::duplex(1);
         let (reader, writer) = tokio::io::split(lessl_side);
-        let chan = Channel::over(reader, Box::new(writer), "test");
+        let chan = Channel::over(reader, Box::new(writer), "test", None);
         let t = Instant::now();
         assert!(matches!(
             chan.send(req(&["a"])).await,

@@ -2,6 +2,8 @@
 //! commands run, or into the same entries as a placement request for the agent. Pure: bytes
 //! in, bytes out.
 
+use std::borrow::Cow;
+
 use crate::spec::{Content, Resource};
 use crate::tar::{self, TarBuilder};
 
@@ -59,19 +61,24 @@ fn pack_at(
     Ok(Some(builder.finish()))
 }
 
+/// The bytes that follow a placement on the agent's lane, one part per entry with a `size`.
+pub type Payload<'a> = Vec<Cow<'a, [u8]>>;
+
 /// The request for the agent to write `resources` itself (in a running container), under the
 /// very rules [`pack`] applies: each resource is built as its own archive (so a refusal names
-/// it) and its entries sent as they would be extracted. None when there is nothing to place.
+/// it) and its entries sent as they would be extracted. With it, the bytes of each entry that
+/// has a `size`, in order: a file resource's own (never copied), an archive's entries' copied
+/// out of it. None when there is nothing to place.
 pub fn placement(
     resources: &[Resource],
     mtime: u64,
-) -> Result<Option<crate::agent::protocol::Place>, PackError> {
+) -> Result<Option<(crate::agent::protocol::Place, Payload<'_>)>, PackError> {
     use crate::agent::protocol::{EntryKind, Place, PlaceEntry, PlaceResource};
-    use base64::Engine as _;
     if resources.is_empty() {
         return Ok(None);
     }
     let mut out = Vec::with_capacity(resources.len());
+    let mut payload = Vec::new();
     for r in resources {
         let mut builder = TarBuilder::new(mtime).reserving(ROOT_RESERVED);
         let rel = r.path.trim_start_matches('/').trim_end_matches('/');
@@ -79,16 +86,17 @@ pub fn placement(
             field: format!("{}.{what}", r.field),
             message: e.to_string(),
         };
-        let archive = match &r.content {
+        // A file's bytes go straight from the resource: the builder checks only its name.
+        let (archive, own) = match &r.content {
             Content::File(data) => {
                 builder
-                    .file(rel, r.mode, data)
+                    .file(rel, r.mode, &[])
                     .map_err(|e| fail(e, "dest"))?;
-                false
+                (false, Some(data.as_slice()))
             }
             Content::Archive(bytes) => {
                 tar::rebase(bytes, rel, &mut builder).map_err(|e| fail(e, "data"))?;
-                true
+                (true, None)
             }
             Content::Download { url, .. } => {
                 return Err(PackError {
@@ -112,10 +120,17 @@ pub fn placement(
                     tar::Kind::Hardlink => format!("/{}", e.link),
                     _ => e.link.to_string(),
                 },
-                data: if e.data.is_empty() {
-                    String::new()
-                } else {
-                    base64::engine::general_purpose::STANDARD.encode(e.data)
+                data: String::new(),
+                size: match (e.kind, own) {
+                    (tar::Kind::File, Some(data)) if !data.is_empty() => {
+                        payload.push(Cow::Borrowed(data));
+                        Some(data.len() as u64)
+                    }
+                    _ if !e.data.is_empty() => {
+                        payload.push(Cow::Owned(e.data.to_vec()));
+                        Some(e.data.len() as u64)
+                    }
+                    _ => None,
                 },
             })
             .collect();
@@ -125,7 +140,7 @@ pub fn placement(
             entries,
         });
     }
-    Ok(Some(Place { resources: out }))
+    Ok(Some((Place { resources: out }, payload)))
 }
 
 /// Why the destinations of a task's resources could not be checked in its container.
@@ -388,7 +403,12 @@ mod tests {
             file("resources[0]", "/opt/job.sh"),
             archive("resources[1]", "/srv", &[("a/b", None), ("c", Some("a/b"))]),
         ];
-        let p = placement(&rs, 0).unwrap().unwrap();
+        let (mut p, payload) = placement(&rs, 0).unwrap().unwrap();
+        // The file's byte, then the archive's one file (the hard link carries none).
+        assert_eq!(payload, [&b"x"[..], &b"x"[..]]);
+        assert_eq!(p.payload_len(), 2);
+        p.inline(&payload);
+        assert_eq!(p.payload_len(), 0);
         let (f, a) = (&p.resources[0], &p.resources[1]);
         assert_eq!((f.home.as_str(), f.archive), ("/opt", false));
         assert_eq!(f.entries[0].path, "/opt/job.sh");

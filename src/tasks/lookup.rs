@@ -35,6 +35,9 @@ impl Tasks {
                 );
                 record.life = TaskState::Idle;
                 record.attachable = found.labels.contains_key(LABEL_CHANNEL);
+                if let Some(key) = found.labels.get(LABEL_LANE) {
+                    self.inner.lanes.adopt(&found.id, key);
+                }
                 record.container = if found.running {
                     Container::Up
                 } else {

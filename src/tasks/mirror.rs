@@ -61,6 +61,9 @@ impl Tasks {
 
     /// A container stopped or went away: the records say so at once.
     pub(super) fn apply_event(&self, action: &str, id: &str) {
+        if matches!(action, "destroy" | "remove") {
+            self.inner.lanes.release(id);
+        }
         let Some(record) = self.record(id) else {
             return;
         };
@@ -138,6 +141,8 @@ impl Tasks {
                 adopted += 1;
             }
         }
+        // Every live container's lane is known now: the others' directories can go.
+        self.inner.lanes.sweep();
         log!("reconciled: {adopted} task(s) adopted, {removed} removed");
         Ok(())
     }

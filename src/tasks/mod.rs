@@ -35,6 +35,7 @@ mod error;
 pub mod expiry;
 pub mod files;
 pub mod journal;
+pub mod lane;
 mod lookup;
 mod mirror;
 pub mod mounts;
@@ -65,7 +66,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
-use crate::docker::models::{ContainerConfig, HostConfig, LogConfig};
+use crate::docker::models::{ContainerConfig, CreateResponse, HostConfig, LogConfig};
 use crate::docker::{DockerError, Removed};
 use crate::fetch;
 use crate::spec::{self, Bounds, Cmd, Limits, TaskSpec};
@@ -105,6 +106,8 @@ const LABEL_CALLBACK: &str = "lessl.callback_url";
 const SWEEP_FOR: Duration = Duration::from_secs(60);
 /// Present when the container's agent takes commands over its attach stream (stdin open).
 const LABEL_CHANNEL: &str = "lessl.channel";
+/// The key of the container's lane directory, when it has one.
+const LABEL_LANE: &str = "lessl.lane";
 
 /// How long expiry waits before retrying a removal Docker refused (Docker down, say).
 const EXPIRY_RETRY: Duration = Duration::from_secs(5);
@@ -146,6 +149,8 @@ pub struct Settings {
     pub warm: Vec<(String, usize)>,
     /// Run every command by Docker exec (`--runner exec`), never over the attach stream.
     pub exec_only: bool,
+    /// Offer agents a lane (a socket past the engine) where the agent is a bind.
+    pub lanes: bool,
     /// OCI runtime of every task container (`--runtime`); None is the engine's default.
     pub runtime: Option<String>,
     /// Volume name patterns tasks may mount (`--allow-volumes`).
@@ -246,6 +251,8 @@ struct Inner {
     volumes: mounts::Volumes,
     /// Whether the engine can cap a container's writable layer (learnt from the engine).
     disk: Mutex<DiskLimit>,
+    /// The directories of agents' lanes.
+    lanes: lane::Lanes,
 }
 
 /// Unix milliseconds.
@@ -271,6 +278,13 @@ impl Tasks {
             None => Store::memory_only(),
         };
         let kept = store.sweep(now_ms());
+        let bind = settings.agent_source == agent_volume::AgentSource::Bind;
+        let lanes = match store.dir() {
+            Some(dir) if settings.lanes && bind && !settings.exec_only => {
+                lane::Lanes::open(dir.join(crate::state::LANES_DIR))
+            }
+            _ => lane::Lanes::disabled(),
+        };
         let tasks = Tasks {
             inner: Arc::new(Inner {
                 agent: agent_volume::AgentMount::new(settings.agent_source, &settings.agent),
@@ -289,6 +303,7 @@ impl Tasks {
                 disk: Mutex::new(DiskLimit::Unknown),
                 store,
                 restored: Mutex::default(),
+                lanes,
             }),
         };
         tasks.restore(kept);

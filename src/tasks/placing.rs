@@ -1,4 +1,4 @@
-//! Putting a task's files into its running container: by its agent over the attach stream
+//! Putting a task's files into its running container: by its agent over its channel
 //! when there is one (no engine round trip, written as the task's user, all or none), else
 //! by the engine's archive upload, which stays the way for a container with no live agent.
 
@@ -43,17 +43,12 @@ impl Tasks {
             field: e.field,
             message: e.message,
         };
-        let Some(place) = files::placement(resources, mtime).map_err(pack_error)? else {
+        let Some((place, payload)) = files::placement(resources, mtime).map_err(pack_error)? else {
             return Ok(ByAgent::Placed);
         };
-        let bytes = resources
-            .iter()
-            .map(|r| match &r.content {
-                spec::Content::File(d) | spec::Content::Archive(d) => d.len(),
-                spec::Content::Download { .. } => 0,
-            })
-            .sum();
-        let answer = chan.place(place, place_deadline(bytes)).await;
+        let parts: Vec<&[u8]> = payload.iter().map(|p| p.as_ref()).collect();
+        let wait = place_deadline(parts.iter().map(|p| p.len()).sum());
+        let answer = chan.place(place, &parts, wait).await;
         match answer {
             Some(Placed { refused: None }) => Ok(ByAgent::Placed),
             Some(Placed {

@@ -119,7 +119,7 @@ mod tests {
     fn warm(id: &str) -> (Warm, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(64);
         let (r, w) = tokio::io::split(ours);
-        let channel = Channel::over(r, Box::new(w), id);
+        let channel = Channel::over(r, Box::new(w), id, None);
         let born = Instant::now();
         (
             Warm {

@@ -388,6 +388,8 @@ pub async fn run_attached(
             base64::engine::general_purpose::STANDARD.encode(b)
         }),
         place: None,
+        lane: None,
+        payload: 0,
     };
     let mut frames = channel.send(request).await.ok()?;
     let start_by = Instant::now() + START_DEADLINE;

@@ -23,10 +23,12 @@ impl Tasks {
         let quota = self.asks_for_quota();
         self.inner.agent.prepare(&*self.inner.engine).await?;
         let mut config = self.container_config(spec, &image, now, expires, binds, quota);
+        let lane = self.with_lane(&mut config);
         let name = spec.name.as_deref().map(|n| self.container_name(n));
         let created = self
             .create_container(spec, &image, name.as_deref(), &mut config, quota)
-            .await?;
+            .await;
+        let created = self.lane_created(created, lane)?;
         let id = created.id;
         // Registered at once, so reconciliation never mistakes it for an orphan.
         let mut record = Record::new(&id, spec.name.clone(), image, spec.daemon, now, expires);
@@ -51,6 +53,10 @@ impl Tasks {
             let channel = self.open_channel(&id).await;
             record.lock().unwrap().channel = channel.clone();
             self.inner.engine.start_container(&id).await?;
+            // The hello (and the lane's offer) now, so the lane is up by the first request.
+            if let Some(chan) = &channel {
+                chan.greet().await;
+            }
             if let Some(chan) = channel.filter(|_| by_agent) {
                 match self.place_by_agent(&chan, &spec.resources, now / 1000).await? {
                     placing::ByAgent::Placed => archive = None,
@@ -86,7 +92,7 @@ impl Tasks {
         name: Option<&str>,
         config: &mut ContainerConfig,
         quota: bool,
-    ) -> Result<crate::docker::models::CreateResponse, DockerError> {
+    ) -> Result<CreateResponse, DockerError> {
         let attempt = self.inner.engine.create_container(name, config).await;
         let refused = match &attempt {
             Err(e) if quota && matches!(e.status(), Some(400 | 500)) => e,
@@ -115,7 +121,7 @@ impl Tasks {
         name: Option<&str>,
         config: &mut ContainerConfig,
         quota: bool,
-    ) -> Result<crate::docker::models::CreateResponse, TaskError> {
+    ) -> Result<CreateResponse, TaskError> {
         let mut attempt = self.create_with_quota(name, config, quota).await;
         if attempt.as_ref().is_err_and(|e| e.status() == Some(404)) && self.may_pull(image) {
             log!("pulling {image}, which Docker does not have");
@@ -290,13 +296,41 @@ impl Tasks {
         if self.inner.settings.exec_only {
             return None;
         }
-        match channel::Channel::open(&*self.inner.engine, id).await {
+        let lane = self.inner.lanes.offer(id);
+        match channel::Channel::open(&*self.inner.engine, id, lane).await {
             Ok(c) => Some(c),
             Err(e) => {
                 task_log!(Warn, id, None; "no attach stream ({e:?}); commands go by exec");
                 None
             }
         }
+    }
+
+    /// Gives the container about to be made from `config` a lane, when lanes are on: its
+    /// directory mounted and its key labelled. Returns the key.
+    pub(super) fn with_lane(&self, config: &mut ContainerConfig) -> Option<String> {
+        if self.inner.settings.exec_only {
+            return None;
+        }
+        let (key, bind) = self.inner.lanes.prepare()?;
+        config.host_config.binds.push(bind);
+        config.labels.insert(LABEL_LANE.to_string(), key.clone());
+        Some(key)
+    }
+
+    /// After a create: the new container's lane is remembered, or a failed create's removed.
+    pub(super) fn lane_created<E>(
+        &self,
+        created: Result<CreateResponse, E>,
+        lane: Option<String>,
+    ) -> Result<CreateResponse, E> {
+        if let Some(key) = lane {
+            match &created {
+                Ok(c) => self.inner.lanes.adopt(&c.id, &key),
+                Err(_) => self.inner.lanes.discard(&key),
+            }
+        }
+        created
     }
 
     /// A create that failed without Docker's answer (timeout, broken connection) may still

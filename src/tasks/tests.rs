@@ -48,6 +48,7 @@ fn settings(max_daemons: usize) -> Settings {
         fetch: fetch::Policy::default(),
         warm: Vec::new(),
         exec_only: false,
+        lanes: false,
         runtime: None,
         allow_volumes: Vec::new(),
         volume_idle: Duration::from_secs(3600),

@@ -60,7 +60,9 @@ impl Tasks {
         config
             .labels
             .insert(LABEL_POOL.to_string(), "true".to_string());
-        let created = match self.inner.engine.create_container(None, &config).await {
+        let lane = self.with_lane(&mut config);
+        let created = self.inner.engine.create_container(None, &config).await;
+        let created = match self.lane_created(created, lane) {
             Ok(c) => c,
             Err(e) => {
                 self.sweep_lost_create(&config);
@@ -73,7 +75,8 @@ impl Tasks {
                 return Err(TaskError::LimitDiscarded { warnings: w });
             }
             self.inner.agent.ensure(&*self.inner.engine, image).await?;
-            let channel = channel::Channel::open(&*self.inner.engine, &id)
+            let lane = self.inner.lanes.offer(&id);
+            let channel = channel::Channel::open(&*self.inner.engine, &id, lane)
                 .await
                 .map_err(|e| match e {
                     channel::ChannelError::Attach(d) => TaskError::Docker(d),
@@ -83,6 +86,7 @@ impl Tasks {
                     },
                 })?;
             self.inner.engine.start_container(&id).await?;
+            channel.greet().await;
             Ok(channel)
         }
         .await;

@@ -304,7 +304,24 @@ pub fn http(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Resp {
+    let mut raw = Vec::new();
+    send(addr, method, path, body, headers, &mut raw);
+    parse_response(&raw)
+}
+
+/// Sends one request and reads the whole raw answer into `raw` (cleared first; a caller that
+/// reuses it across requests pays no growth). Nagle's algorithm is off: the head and the
+/// body are two writes, and the second must not wait for the server's delayed ACK.
+pub fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+    raw: &mut Vec<u8>,
+) {
     let mut s = TcpStream::connect(addr).expect("connect to lessl");
+    s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -319,12 +336,11 @@ pub fn http(
         // The server may answer (413) and close before reading a large body.
         let _ = s.write_all(b);
     }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    parse_response(&raw)
+    raw.clear();
+    let _ = s.read_to_end(raw);
 }
 
-fn parse_response(raw: &[u8]) -> Resp {
+pub fn parse_response(raw: &[u8]) -> Resp {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
