@@ -4,11 +4,13 @@
 //! journal is append-only, in memory up to a small budget and then in a spill file
 //! ([`crate::spill::AppendFile`]): a slow reader costs disk, never Lessl's memory, and never
 //! stalls the run. Its size is bounded by the run's output caps, since events carry only the
-//! output kept within them. The two lines that hold whole outputs (`exit`, `end`) are kept as
+//! output kept within them. What it stores are records ([`Record`]): output as the raw text
+//! it is, escaped into its `stdout`/`stderr` line only for a reader that reads it, and other
+//! events as their lines. The two lines that hold whole outputs (`exit`, `end`) are kept as
 //! the values they show and written out for each reader that reaches them, from the output's
-//! own spill file and the kept result, so a run nobody follows costs one copy of its output,
-//! not three. Also here: the events of a finished run rebuilt from its final
-//! view, and the UTF-8 decoder that keeps a character split across chunks whole. No HTTP, no
+//! own spill file and the kept result. So a run nobody follows costs one raw copy of its
+//! output, and no JSON. Also here: the events of a finished run rebuilt from its final view,
+//! and the UTF-8 decoder that keeps a character split across chunks whole. No HTTP, no
 //! Docker.
 
 use std::borrow::Cow;
@@ -30,8 +32,10 @@ pub const MEDIA_TYPE: &str = "application/x-ndjson";
 /// Journal bytes kept in memory before the rest goes to a spill file: small, since every
 /// run has a journal (a follower may join any run) whether or not anyone reads it.
 const BUDGET: usize = 64 << 10;
-/// Bytes a reader takes at once; more only when one line is longer.
+/// Bytes of records a reader takes at once (their lines may be longer: output escapes).
 const READ: usize = 64 << 10;
+/// Most text one output record holds: a larger chunk is split, so that a read stays small.
+const MAX_DATA: usize = 64 << 10;
 
 /// One event line, as the contract names it. Generic over what a task view and a result
 /// are, so a live run (typed) and a rebuilt one (JSON read back) write the same lines.
@@ -90,6 +94,46 @@ fn data_line(id: &str, index: usize, stderr: bool, data: &str) -> Vec<u8> {
     crate::json_stream::quote(data, &mut l);
     l.extend_from_slice(b"}\n");
     l
+}
+
+/// What one stored record is: `[kind u8][index u32 LE][len u32 LE]`, then `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// A whole event line, newline included.
+    Line,
+    /// Text command `index` wrote on stdout (valid UTF-8), its line made when read.
+    Stdout(u32),
+    Stderr(u32),
+}
+
+const HEAD: usize = 9;
+
+impl Record {
+    fn head(self, len: usize) -> [u8; HEAD] {
+        let (kind, index) = match self {
+            Record::Line => (0u8, 0),
+            Record::Stdout(i) => (1, i),
+            Record::Stderr(i) => (2, i),
+        };
+        let mut h = [0u8; HEAD];
+        h[0] = kind;
+        h[1..5].copy_from_slice(&index.to_le_bytes());
+        h[5..9].copy_from_slice(&(len as u32).to_le_bytes());
+        h
+    }
+
+    /// The record a head starts, and its length; None for bytes this journal never wrote.
+    fn parse(h: &[u8]) -> Option<(Record, usize)> {
+        let index = u32::from_le_bytes(h.get(1..5)?.try_into().ok()?);
+        let len = u32::from_le_bytes(h.get(5..9)?.try_into().ok()?) as usize;
+        let record = match h[0] {
+            0 => Record::Line,
+            1 => Record::Stdout(index),
+            2 => Record::Stderr(index),
+            _ => return None,
+        };
+        Some((record, len))
+    }
 }
 
 /// The bytes of a journal: the first `spilled` in the file, then `mem`.
@@ -219,32 +263,19 @@ impl Journal {
         }
     }
 
+    /// Appends one event line (newline included).
     fn append(&self, line: &[u8]) {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        self.write_line(|w| w.write_all(line));
+        self.record(Record::Line, line);
     }
 
-    /// Appends one line written by `write` (without its newline) piece by piece; readers
-    /// see it once it is whole. Only the run writes, one line at a time.
-    fn write_line(&self, write: impl FnOnce(&mut Appender<'_>) -> io::Result<()>) {
-        if self.store.lock().unwrap().ended {
+    /// Appends one record; readers see it at once, whole.
+    fn record(&self, record: Record, payload: &[u8]) {
+        let mut s = self.store.lock().unwrap();
+        if s.ended {
             return;
         }
-        let mut w = Appender(self);
-        if let Err(e) = write(&mut w) {
-            // Only a spill file of the output that cannot be read back: the broken line ends
-            // here and says so on the next.
-            crate::log!(warn: "writing a run's event failed: {e}");
-            let error = serde_json::json!({"code": "task.events", "message": e.to_string()});
-            let _ = w.write_all(b"\n");
-            let _ = w.write_all(&line::<TaskView, CmdResult>(&Event::Error {
-                id: &self.id,
-                error: &error,
-            }));
-        } else {
-            let _ = w.write_all(b"\n");
-        }
-        let s = self.store.lock().unwrap();
+        s.push(&record.head(payload.len()));
+        s.push(payload);
         // Under the lock, so readers never see the journal go back.
         self.mark.send_replace(s.mark());
     }
@@ -269,6 +300,23 @@ impl Journal {
         let mut s = self.store.lock().unwrap();
         s.ended = true;
         self.mark.send_replace(s.mark());
+    }
+
+    /// Appends to `buf` the `len` bytes from `at`, which were appended before.
+    fn read_exact(&self, at: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        let start = buf.len();
+        while buf.len() - start < len {
+            let got = (buf.len() - start) as u64;
+            let before = buf.len();
+            self.read_into(at + got, len - (before - start), buf)?;
+            if buf.len() == before {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the events end inside a record",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Appends to `buf` at most `max` bytes from `at`.
@@ -302,28 +350,18 @@ impl Journal {
     }
 }
 
-/// Writes into the journal's store (memory, then its file), not yet shown to readers.
-struct Appender<'a>(&'a Journal);
-
-impl Write for Appender<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut s = self.0.store.lock().unwrap();
-        s.mem.extend_from_slice(bytes);
-        if s.mem.len() > s.budget && !s.failed {
-            if let Err(e) = s.spill() {
+impl Store {
+    /// Appends bytes (memory, then the file), not yet shown to readers.
+    fn push(&mut self, bytes: &[u8]) {
+        self.mem.extend_from_slice(bytes);
+        if self.mem.len() > self.budget && !self.failed {
+            if let Err(e) = self.spill() {
                 crate::log!(warn: "spilling a run's events failed ({e}); the rest is kept in memory");
-                s.failed = true;
+                self.failed = true;
             }
         }
-        Ok(bytes.len())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Store {
     fn spill(&mut self) -> io::Result<()> {
         if self.file.is_none() {
             self.file = Some(Arc::new(self.spiller.append_file()?));
@@ -425,12 +463,24 @@ impl CommandEvents {
         self.data(true, &text);
     }
 
-    fn data(&self, stderr: bool, data: &str) {
-        if data.is_empty() {
-            return;
+    /// The text as it is, in records of at most [`MAX_DATA`] bytes cut between characters:
+    /// escaped into its line only when read.
+    fn data(&self, stderr: bool, mut data: &str) {
+        let index = self.index as u32;
+        let record = if stderr {
+            Record::Stderr(index)
+        } else {
+            Record::Stdout(index)
+        };
+        while !data.is_empty() {
+            let mut cut = data.len().min(MAX_DATA);
+            while !data.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, rest) = data.split_at(cut);
+            self.journal.record(record, piece.as_bytes());
+            data = rest;
         }
-        self.journal
-            .append(&data_line(&self.journal.id, self.index, stderr, data));
     }
 
     /// The command's `exit` with its final result, after what its streams still held back
@@ -512,23 +562,37 @@ impl Reader {
         }
     }
 
-    /// Whether everything read so far ends with a whole line.
+    /// Whether everything read so far ends with a whole line (always, since a read returns
+    /// whole records' lines; kept for the readers that check).
     pub fn at_line_end(&self) -> bool {
         self.at_line_end
     }
 
-    /// Bytes from `at` to at most `until`: up to [`READ`], cut after their last newline
-    /// when there is one.
+    /// The lines of the records from `at` to `until`, up to [`READ`] bytes of records (and
+    /// at least one record): output escaped into its `stdout` or `stderr` line now.
     fn read(&mut self, until: u64) -> io::Result<Bytes> {
-        let mut buf = Vec::new();
-        let max = READ.min(until.saturating_sub(self.at) as usize);
-        self.journal.read_into(self.at, max, &mut buf)?;
-        if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
-            buf.truncate(p + 1);
+        let (mut out, mut raw) = (Vec::new(), Vec::new());
+        let mut taken = 0;
+        while self.at < until && (taken == 0 || taken + HEAD <= READ) {
+            raw.clear();
+            self.journal.read_exact(self.at, HEAD, &mut raw)?;
+            let (record, len) = Record::parse(&raw)
+                .ok_or_else(|| io::Error::other("the events hold a record of no known kind"))?;
+            raw.clear();
+            self.journal.read_exact(self.at + HEAD as u64, len, &mut raw)?;
+            match record {
+                Record::Line => out.extend_from_slice(&raw),
+                Record::Stdout(i) | Record::Stderr(i) => {
+                    let text = String::from_utf8_lossy(&raw);
+                    let stderr = matches!(record, Record::Stderr(_));
+                    out.extend(data_line(&self.journal.id, i as usize, stderr, &text));
+                }
+            }
+            self.at += (HEAD + len) as u64;
+            taken += HEAD + len;
         }
-        self.at += buf.len() as u64;
-        self.at_line_end = buf.last() == Some(&b'\n');
-        Ok(Bytes::from(buf))
+        self.at_line_end = true;
+        Ok(Bytes::from(out))
     }
 }
 
@@ -742,7 +806,8 @@ mod tests {
     async fn read_all(mut r: Reader) -> (Vec<u8>, usize) {
         let (mut all, mut reads) = (Vec::new(), 0);
         while let Some(b) = r.next().await {
-            assert!(b.len() <= READ);
+            // Records of at most READ bytes; output escapes to at most 6 bytes a byte.
+            assert!(b.len() <= 6 * READ + 256, "{}", b.len());
             all.extend_from_slice(&b);
             reads += 1;
         }
@@ -889,27 +954,36 @@ mod tests {
     }
 
     #[test]
-    fn a_line_longer_than_a_read_comes_in_pieces_that_say_so() {
+    fn long_output_is_stored_raw_in_pieces_cut_between_characters_and_read_as_whole_lines() {
         let w = Journal::begin("t4", Spiller::memory_only(), &view("t4"));
         let mut c = w.command(0);
-        let big = "x".repeat(3 * READ);
+        // A two-byte character straddles every MAX_DATA boundary of the first chunk.
+        let big = format!("x{}", "\u{e9}".repeat(3 * MAX_DATA / 2));
         c.stdout(big.as_bytes());
-        c.stdout(b"y");
+        c.stdout(b"y\n");
+        let stored = w.journal().mark.borrow().len as usize;
+        assert!(
+            stored < big.len() + 6 * HEAD + 512,
+            "output is kept raw, not escaped: {stored} bytes for {}",
+            big.len()
+        );
         let mut r = w.journal().reader();
         let len = r.mark.borrow().len;
-        let first = r.read(len).unwrap();
-        assert_eq!(lines(&first).len(), 2, "task and start fit in one read");
-        assert!(r.at_line_end());
-        let mut long = Vec::new();
-        for _ in 0..3 {
-            long.extend_from_slice(&r.read(len).unwrap());
-            assert!(!r.at_line_end());
+        let mut pieces = Vec::new();
+        while r.at < len {
+            let got = r.read(len).unwrap();
+            assert!(r.at_line_end());
+            assert_eq!(got.last(), Some(&b'\n'));
+            pieces.extend(lines(&got));
         }
-        let rest = r.read(len).unwrap();
-        assert!(r.at_line_end());
-        long.extend_from_slice(&rest);
-        let events = lines(&long);
-        assert_eq!(events[0]["data"].as_str().unwrap(), big);
-        assert_eq!(events[1]["data"], "y");
+        assert_eq!(pieces[0]["event"], "task");
+        assert_eq!(pieces[1]["event"], "start");
+        let data: Vec<&str> = pieces[2..]
+            .iter()
+            .map(|e| e["data"].as_str().unwrap())
+            .collect();
+        assert!(data.iter().all(|d| d.len() <= MAX_DATA));
+        assert!(data.len() >= 4, "{} pieces", data.len());
+        assert_eq!(data.concat(), format!("{big}y\n"));
     }
 }
