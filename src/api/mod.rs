@@ -229,67 +229,84 @@ impl Api {
                 self.tasks.delete(r).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
-            Route::CreateTask => {
-                let wait = query.wait()?;
-                let streamed = streamed(&req, wait)?;
-                let body = self.read_json(req).await?;
-                let request = spec::parse(&body, self.tasks.bounds())?;
-                if streamed {
-                    let journals = self.tasks.create_streamed(request).await?;
-                    let mut resp = events::answer(StatusCode::CREATED, &journals);
-                    set_location(&mut resp, journals[0].id());
-                    return Ok(resp);
-                }
-                let is_array = request.is_array;
-                let views = self.tasks.create(request, wait).await?;
-                let status = if wait {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::ACCEPTED
-                };
-                let mut resp = views_answer(status, &views, is_array);
-                set_location(&mut resp, &views[0].id);
-                Ok(resp)
-            }
+            Route::CreateTask => self.create_task(req, query).await,
             Route::PutTask(r) => {
-                let wait = query.wait()?;
-                let streamed = streamed(&req, wait)?;
                 let reference = r.to_string();
-                let body = self.read_json(req).await?;
-                let mut specs = spec::parse(&body, self.tasks.bounds())?.tasks;
-                if specs.len() != 1 {
-                    return Err(ApiError::BadRequest {
-                        field: String::new(),
-                        message: "PUT takes one task object".into(),
-                    });
-                }
-                if streamed {
-                    let spec = specs.remove(0);
-                    let (created, journal) = self.tasks.put_streamed(&reference, spec).await?;
-                    let status = if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    let mut resp = events::answer(status, std::slice::from_ref(&journal));
-                    if created {
-                        set_location(&mut resp, journal.id());
-                    }
-                    return Ok(resp);
-                }
-                let (created, view) = self.tasks.put(&reference, specs.remove(0), wait).await?;
-                let status = match (created, wait) {
-                    (_, false) => StatusCode::ACCEPTED,
-                    (true, true) => StatusCode::CREATED,
-                    (false, true) => StatusCode::OK,
-                };
-                let mut resp = views_answer(status, std::slice::from_ref(&view), false);
-                if created {
-                    set_location(&mut resp, &view.id);
-                }
-                Ok(resp)
+                self.put_task(req, query, &reference).await
             }
         }
+    }
+
+    /// POST /tasks: one task or a batch, answered whole or streamed.
+    async fn create_task(
+        &self,
+        req: Request<Incoming>,
+        query: Query,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let wait = query.wait()?;
+        let streamed = streamed(&req, wait)?;
+        let body = self.read_json(req).await?;
+        let request = spec::parse(&body, self.tasks.bounds())?;
+        if streamed {
+            let journals = self.tasks.create_streamed(request).await?;
+            let mut resp = events::answer(StatusCode::CREATED, &journals);
+            set_location(&mut resp, journals[0].id());
+            return Ok(resp);
+        }
+        let is_array = request.is_array;
+        let views = self.tasks.create(request, wait).await?;
+        let status = if wait {
+            StatusCode::CREATED
+        } else {
+            StatusCode::ACCEPTED
+        };
+        let mut resp = views_answer(status, &views, is_array);
+        set_location(&mut resp, &views[0].id);
+        Ok(resp)
+    }
+
+    /// PUT /tasks/{ref}: more commands in a live task, or a named task made.
+    async fn put_task(
+        &self,
+        req: Request<Incoming>,
+        query: Query,
+        reference: &str,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let wait = query.wait()?;
+        let streamed = streamed(&req, wait)?;
+        let body = self.read_json(req).await?;
+        let mut specs = spec::parse(&body, self.tasks.bounds())?.tasks;
+        if specs.len() != 1 {
+            return Err(ApiError::BadRequest {
+                field: String::new(),
+                message: "PUT takes one task object".into(),
+            });
+        }
+        if streamed {
+            let spec = specs.remove(0);
+            let (created, journal) = self.tasks.put_streamed(reference, spec).await?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut resp = events::answer(status, std::slice::from_ref(&journal));
+            if created {
+                set_location(&mut resp, journal.id());
+            }
+            return Ok(resp);
+        }
+        let (created, view) = self.tasks.put(reference, specs.remove(0), wait).await?;
+        let status = match (created, wait) {
+            (_, false) => StatusCode::ACCEPTED,
+            (true, true) => StatusCode::CREATED,
+            (false, true) => StatusCode::OK,
+        };
+        let mut resp = views_answer(status, std::slice::from_ref(&view), false);
+        if created {
+            set_location(&mut resp, &view.id);
+        }
+        Ok(resp)
     }
 
     fn authenticate(&self, req: &Request<Incoming>) -> Result<(), ApiError> {

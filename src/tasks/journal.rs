@@ -579,7 +579,8 @@ impl Reader {
             let (record, len) = Record::parse(&raw)
                 .ok_or_else(|| io::Error::other("the events hold a record of no known kind"))?;
             raw.clear();
-            self.journal.read_exact(self.at + HEAD as u64, len, &mut raw)?;
+            self.journal
+                .read_exact(self.at + HEAD as u64, len, &mut raw)?;
             match record {
                 Record::Line => out.extend_from_slice(&raw),
                 Record::Stdout(i) | Record::Stderr(i) => {
