@@ -271,6 +271,10 @@ impl Build {
             s,
         } = self;
         let [put, put_s, hot, hot_s, cold, cold_s, put_in, put_out, put_null] = s;
+        // The PUTs on a quiet machine: the last round's warm POSTs are refilled and its
+        // containers removed (both off the answers' paths, but on the same two cores).
+        support::wait_until(Duration::from_secs(10), || pooled(warm) >= flight);
+        std::thread::sleep(Duration::from_millis(300));
         let put_echo = || {
             let v = lessl
                 .put(daemon, r#"{"cmd": ["echo hello"]}"#)
@@ -439,6 +443,7 @@ fn main() {
         // A pooled container taken now was refilled since the last round.
         support::wait_until(Duration::from_secs(10), pool_full);
         hot.time(|| post_echo(&warm));
+        support::wait_until(Duration::from_secs(10), pool_full);
         for (_, b) in &mut builds {
             b.round(a.flight);
         }
