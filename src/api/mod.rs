@@ -7,7 +7,7 @@ mod events;
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
@@ -349,13 +349,27 @@ impl Api {
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(too_large);
         }
+        // Read into one buffer sized by the declared length (bounded above), not gathered
+        // and joined: a body of megabytes is copied once.
+        let max = self.max_body_bytes;
+        let mut body = req.into_body();
+        let read = async {
+            let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiError::ReadBody(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > max {
+                        return Err(ApiError::BodyTooLarge(max));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Bytes::from(buf))
+        };
         // A client that trickles its body must not hold a connection (and memory) forever.
-        let body = Limited::new(req.into_body(), self.max_body_bytes).collect();
-        match tokio::time::timeout(self.request_timeout, body).await {
+        match tokio::time::timeout(self.request_timeout, read).await {
             Err(_) => Err(ApiError::BodyTimeout(self.request_timeout)),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Ok(Err(e)) => Err(ApiError::ReadBody(e.to_string())),
+            Ok(read) => read,
         }
     }
 }
