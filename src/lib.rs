@@ -42,8 +42,11 @@
 //!   Imports nothing.
 //! - [`util`]: the error chain, short ids, the clock, RFC 3339, percent-encoding. Imports
 //!   nothing, so any module may use it.
+//! - [`alloc`]: the binary's allocator, the system's with a cache of large freed blocks.
+//!   Imports nothing.
 
 pub mod agent;
+pub mod alloc;
 pub mod api;
 pub mod callback;
 pub mod cli;

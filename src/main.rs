@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use lessl::config::ServeArgs;
 use lessl::server::{self, Listener};
 
+/// musl's allocator with large freed blocks kept for reuse (see `src/alloc.rs`): the agent
+/// in task containers is this binary too, and gains the same.
+#[global_allocator]
+static ALLOC: lessl::alloc::Retaining = lessl::alloc::Retaining;
+
 #[derive(Parser)]
 #[command(
     name = "lessl",

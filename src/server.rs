@@ -126,6 +126,16 @@ pub async fn run_supervised(
     let engine = Docker::new(docker.endpoint, docker.timeout);
     let tasks = Tasks::new(Arc::new(engine), settings);
     tasks.spawn_background();
+    // Large blocks kept by the allocator go back to the system once Lessl is idle.
+    crate::alloc::keep_large_blocks();
+    tokio::spawn(async {
+        let mut seen = 0;
+        let mut tick = tokio::time::interval(crate::alloc::TRIM_EVERY);
+        loop {
+            tick.tick().await;
+            crate::alloc::trim_if_idle(&mut seen);
+        }
+    });
     let api = Arc::new(Api {
         tasks: tasks.clone(),
         token: server.token.clone(),
