@@ -21,6 +21,8 @@ const SLOTS: usize = 16;
 const CACHE_BYTES: usize = 96 << 20;
 /// Alignment of every cached block (what musl gives any large block); larger ones bypass.
 const ALIGN: usize = 16;
+/// Largest block handled here: past it (an absurd size) the system is asked as it is.
+const MAX: usize = 1 << 40;
 
 /// The allocator of the `lessl` binary (see `main.rs`).
 pub struct Retaining;
@@ -56,11 +58,14 @@ static LARGE: AtomicU64 = AtomicU64::new(0);
 /// The size class of a large block: `size` rounded up to a power of two. Pages a block never
 /// touches cost nothing, so the rounding costs address space, not memory.
 fn class(size: usize) -> usize {
-    size.checked_next_power_of_two().unwrap_or(size)
+    // At most MAX (a power of two) for the sizes `cached` lets through.
+    size.next_power_of_two()
 }
 
+/// Whether a block of `layout` is one of ours: large, plainly aligned, of a sane size.
+/// Decided by the layout alone, so `alloc` and `dealloc` always agree.
 fn cached(layout: &Layout) -> bool {
-    layout.size() >= MIN && layout.align() <= ALIGN
+    (MIN..=MAX).contains(&layout.size()) && layout.align() <= ALIGN
 }
 
 /// Whether a freed large block may be kept (the cache is on, and has room).

@@ -391,6 +391,32 @@ fn next_id() -> u64 {
     (u64::from(prefix) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A read buffer that starts small and doubles, up to [`READ_MAX`], whenever a read fills
+/// it: an idle channel (hundreds of daemon tasks) holds 4 KiB, a busy one reads big pieces.
+struct ReadBuf(Vec<u8>);
+
+const READ_MAX: usize = 64 << 10;
+
+impl ReadBuf {
+    fn new() -> ReadBuf {
+        ReadBuf(vec![0; 4 << 10])
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    fn data(&self, n: usize) -> &[u8] {
+        &self.0[..n]
+    }
+
+    fn grow_if_filled(&mut self, n: usize) {
+        if n == self.0.len() && n < READ_MAX {
+            self.0.resize(2 * n, 0);
+        }
+    }
+}
+
 /// What the task that takes an offered lane needs of its channel.
 struct Lane {
     slot: Arc<tokio::sync::Mutex<Option<Writer>>>,
@@ -413,17 +439,18 @@ impl Lane {
         *self.slot.lock().await = Some(Box::new(writer));
         self.settled.send_replace(true);
         let mut frames = Decoder::new();
-        let mut buf = vec![0u8; 64 << 10];
+        let mut buf = ReadBuf::new();
         let closed = loop {
-            let n = match reader.read(&mut buf).await {
+            let n = match reader.read(buf.space()).await {
                 Ok(0) => break Closed::Ended("the lane ended".to_string()),
                 Ok(n) => n,
                 Err(e) => break Closed::Ended(format!("the lane failed: {e}")),
             };
-            let decoded = match frames.feed(&buf[..n]) {
+            let decoded = match frames.feed(buf.data(n)) {
                 Ok(f) => f,
                 Err(e) => break Closed::Dead(format!("broken frame on the lane: {e}")),
             };
+            buf.grow_if_filled(n);
             let mut state = self.shared.state.lock().unwrap();
             for frame in decoded {
                 deliver(&mut state, frame, &self.short);
@@ -467,20 +494,21 @@ async fn route<R: AsyncRead + Unpin>(
     let mut sync = Sync::new(nonce);
     let mut frames = Decoder::new();
     let mut agent_log = AgentLog::new(Instant::now());
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = ReadBuf::new();
     let closed = loop {
-        let n = match reader.read(&mut buf).await {
+        let n = match reader.read(buf.space()).await {
             Ok(0) => break Closed::Ended("end of stream".to_string()),
             Ok(n) => n,
             Err(e) => break Closed::Ended(e.to_string()),
         };
         let mut agent_bytes = Vec::new();
         let mut said = Vec::new();
-        let fed = demux.feed(&buf[..n], |kind, bytes| match kind {
+        let fed = demux.feed(buf.data(n), |kind, bytes| match kind {
             StreamKind::Stdout => agent_bytes.extend_from_slice(bytes),
             StreamKind::Stderr => said.extend_from_slice(bytes),
             StreamKind::Stdin => {}
         });
+        buf.grow_if_filled(n);
         if let Err(e) = fed {
             break Closed::Dead(format!("attach stream broken: {e}"));
         }
