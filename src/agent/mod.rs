@@ -288,7 +288,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         tokio::spawn(async move {
             let id = request.id;
             let sink = Sink::Frames(id, frames.clone());
-            let exit = supervise_one(&reaper, &request, &sink).await;
+            let exit = supervise_one(&reaper, &request, payload, &sink).await;
             let _ = frames.send(Frame::Exit(id, exit));
         });
     }
@@ -492,10 +492,12 @@ async fn drain_own_stdin() {
     .await;
 }
 
-/// [`supervise_input`] with the stdin the request carries.
-async fn supervise_one(reaper: &Reaper, req: &Request, sink: &Sink) -> Exit {
+/// [`supervise_input`] with the stdin the request carries: the bytes after its line (on the
+/// lane), or its base64 (on stdin).
+async fn supervise_one(reaper: &Reaper, req: &Request, payload: Vec<u8>, sink: &Sink) -> Exit {
     use base64::Engine as _;
     let input = match &req.stdin_base64 {
+        None if !payload.is_empty() => Input::Bytes(payload),
         None => Input::Null,
         Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
             Ok(bytes) => Input::Bytes(bytes),
@@ -767,7 +769,7 @@ mod tests {
             }
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let exit = supervise_one(&reaper, &req, &Sink::Frames(req.id, tx)).await;
+        let exit = supervise_one(&reaper, &req, Vec::new(), &Sink::Frames(req.id, tx)).await;
         reaping.abort();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Ok(f) = rx.try_recv() {

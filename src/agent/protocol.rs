@@ -52,7 +52,7 @@ pub struct Request {
     pub lane: Option<String>,
     /// Raw bytes that follow this line on the lane (never on stdin, where a line cut by a dead
     /// Lessl is ended by the next one's empty line): the data of the [`PlaceEntry`]s that
-    /// give a `size`, in order.
+    /// give a `size`, in order, or the command's stdin.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub payload: u64,
 }

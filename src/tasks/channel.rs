@@ -206,9 +206,9 @@ impl Channel {
     }
 
     /// [`Channel::send`] of a request whose `payload` bytes are these parts (one per placed
-    /// entry with a `size`): raw after the line on the lane, moved into the request as base64
-    /// on the attach stream.
-    async fn send_with(
+    /// entry with a `size`, or a command's stdin): raw after the line on the lane, moved into
+    /// the request as base64 on the attach stream.
+    pub async fn send_with(
         &self,
         mut request: Request,
         payload: &[&[u8]],
@@ -249,8 +249,13 @@ impl Channel {
         }
         drop(lane);
         if request.payload > 0 {
-            if let Some(place) = request.place.as_mut() {
-                place.inline(payload);
+            match request.place.as_mut() {
+                Some(place) => place.inline(payload),
+                None => {
+                    use base64::Engine as _;
+                    let stdin = base64::engine::general_purpose::STANDARD.encode(payload.concat());
+                    request.stdin_base64 = Some(stdin);
+                }
             }
             request.payload = 0;
         }

@@ -28,11 +28,14 @@ pub struct Pool {
     idle: Mutex<HashMap<String, VecDeque<Warm>>>,
     /// Wakes the refill loop after a take.
     pub wake: Notify,
+    /// Drained for shutdown: takes no more containers.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
     pub fn new(targets: Vec<(String, usize)>) -> Pool {
         Pool {
+            closed: Default::default(),
             targets,
             ..Pool::default()
         }
@@ -54,13 +57,19 @@ impl Pool {
         None
     }
 
-    pub fn put(&self, image: &str, warm: Warm) {
-        self.idle
-            .lock()
-            .unwrap()
-            .entry(image.to_string())
-            .or_default()
-            .push_back(warm);
+    /// Whether the pool was drained for shutdown.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pools `warm`; once the pool was drained it is handed back, for the caller to remove.
+    pub fn put(&self, image: &str, warm: Warm) -> Option<Warm> {
+        let mut idle = self.idle.lock().unwrap();
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some(warm);
+        }
+        idle.entry(image.to_string()).or_default().push_back(warm);
+        None
     }
 
     /// Images and how many containers each lacks.
@@ -96,6 +105,7 @@ impl Pool {
     /// Empties the pool, returning every container id.
     pub fn drain(&self) -> Vec<String> {
         let mut idle = self.idle.lock().unwrap();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         idle.drain()
             .flat_map(|(_, q)| q.into_iter().map(|w| w.id))
             .collect()
@@ -166,6 +176,11 @@ mod tests {
         assert_eq!(pool.retire(cutoff), vec!["a".to_string()]);
         assert_eq!(pool.len(), 1);
         assert_eq!(pool.drain(), vec!["b".to_string()]);
+        assert!(pool.is_empty());
+        // A container made while shutdown drained the pool is handed back, not pooled.
+        assert!(pool.is_closed());
+        let (c, _pc) = warm("c");
+        assert_eq!(pool.put("img", c).map(|w| w.id), Some("c".to_string()));
         assert!(pool.is_empty());
     }
 }

@@ -383,15 +383,19 @@ pub async fn run_attached(
         timeout_ms: (limits.timeout_s * 1000.0).ceil() as u64,
         // One byte past the cap, so Lessl can tell "exactly the cap" from "cut".
         output_bytes: limits.output_bytes + 1,
-        stdin_base64: cmd.stdin.as_deref().map(|b| {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.encode(b)
-        }),
+        // Empty input is said in the line; bytes follow it (the channel encodes them into
+        // the line where its transport carries no payload).
+        stdin_base64: cmd
+            .stdin
+            .as_ref()
+            .filter(|b| b.is_empty())
+            .map(|_| String::new()),
         place: None,
         lane: None,
-        payload: 0,
+        payload: cmd.stdin.as_ref().map_or(0, |b| b.len() as u64),
     };
-    let mut frames = channel.send(request).await.ok()?;
+    let stdin = cmd.stdin.as_deref().unwrap_or_default();
+    let mut frames = channel.send_with(request, &[stdin]).await.ok()?;
     let start_by = Instant::now() + START_DEADLINE;
     let deadline = o.started + Duration::from_secs_f64(limits.timeout_s) + AGENT_GRACE;
     let mut started = false;

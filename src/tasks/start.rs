@@ -87,7 +87,7 @@ impl Tasks {
     /// One create, with the storage quota when `quota` asks for it. An engine that refuses
     /// the quota teaches Lessl it has none (its words, or its `/info` when the words are
     /// another engine's), and the create is made again without it.
-    async fn create_with_quota(
+    pub(super) async fn create_with_quota(
         &self,
         name: Option<&str>,
         config: &mut ContainerConfig,

@@ -18,8 +18,19 @@ impl Tasks {
             let mut failed = false;
             for (image, missing) in self.inner.pool.deficit() {
                 for _ in 0..missing {
+                    // Shutdown waits for a container being made; one it drained the pool
+                    // before is removed, not pooled.
+                    let _guard = self.inner.background.enter();
+                    if self.inner.pool.is_closed() {
+                        return;
+                    }
                     match self.start_warm(&image).await {
-                        Ok(w) => self.inner.pool.put(&image, w),
+                        Ok(w) => {
+                            if let Some(late) = self.inner.pool.put(&image, w) {
+                                self.remove_in_background(late.id);
+                                return;
+                            }
+                        }
                         Err(e) => {
                             log!(warn: "warm pool: cannot start a container of {image}: {e}");
                             failed = true;
@@ -61,11 +72,14 @@ impl Tasks {
             .labels
             .insert(LABEL_POOL.to_string(), "true".to_string());
         let lane = self.with_lane(&mut config);
-        let created = self.inner.engine.create_container(None, &config).await;
+        let created = self.create_with_quota(None, &mut config, quota).await;
         let created = match self.lane_created(created, lane) {
             Ok(c) => c,
             Err(e) => {
-                self.sweep_lost_create(&config);
+                // Only a create whose answer was lost may have made a container.
+                if e.status().is_none() {
+                    self.sweep_lost_create(&config);
+                }
                 return Err(e.into());
             }
         };
