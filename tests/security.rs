@@ -278,11 +278,22 @@ fn created_containers_are_hardened() {
     assert!(hc["NanoCpus"].as_i64().unwrap() > 0);
     // Docker's default masked paths stay in force.
     assert!(hc["MaskedPaths"].as_array().is_some_and(|a| !a.is_empty()));
-    // The only mount is Lessl's own agent, read-only.
+    // The only mounts are Lessl's own, read-only: the agent, and its lane's directory in the
+    // instance's state directory.
     let mounts = c["Mounts"].as_array().unwrap();
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
-    assert_eq!(mounts[0]["Destination"], "/.lessl/lessl");
-    assert_eq!(mounts[0]["RW"], false);
+    let mut dests: Vec<&str> = mounts
+        .iter()
+        .map(|m| m["Destination"].as_str().unwrap())
+        .collect();
+    dests.sort();
+    assert_eq!(dests, ["/.lessl/lane", "/.lessl/lessl"], "{mounts:?}");
+    assert!(mounts.iter().all(|m| m["RW"] == false), "{mounts:?}");
+    let lane = mounts.iter().find(|m| m["Destination"] == "/.lessl/lane");
+    let source = lane.unwrap()["Source"].as_str().unwrap();
+    assert!(
+        source.contains(&format!("/{}/lanes/", lessl.instance)),
+        "{source}"
+    );
     // Inside: no capabilities, no network interface but loopback.
     let v = lessl
         .put(

@@ -27,11 +27,13 @@ fn start(instance: &str, dir: &Path, extra: &[&str]) -> Lessl {
     Lessl::start_instance(instance, &args)
 }
 
-/// The files in the instance's subdirectory, sorted.
+/// The files in the instance's subdirectory, sorted; not `lanes`, the directory of the
+/// agents' lanes (src/tasks/lane.rs), which holds no results.
 fn files(dir: &Path, instance: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(instance))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
+    v.retain(|p| !p.ends_with("lanes"));
     v.sort();
     v
 }
