@@ -468,7 +468,10 @@ pub fn import_busybox(dir: &std::path::Path, import: &str) -> Result<(), String>
     }
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .map_err(|e| format!("copy /bin/busybox: {e}"))?;
-    let list = Command::new(bin.join("busybox"))
+    // The original lists the applets: the copy was just written by this process, and a
+    // child another test thread forks meanwhile holds it open for writing until its own
+    // exec, so executing the copy can fail with "Text file busy".
+    let list = Command::new("/bin/busybox")
         .arg("--list")
         .output()
         .map_err(|e| e.to_string())?;
