@@ -196,28 +196,58 @@ fn attack(dir: &Path, stop: &AtomicBool) -> Attack {
     seen
 }
 
+/// A daemon task whose lane is up, then its Lessl killed (SIGKILL): what a restart needs.
+struct Killed {
+    state: PathBuf,
+    state_flag: String,
+    instance: String,
+    id: String,
+    /// The task's lane directory on the host.
+    dir: PathBuf,
+    _first: Lessl,
+}
+
+fn daemon_on_lane_then_killed(name: &str) -> Killed {
+    let state = temp_state_dir(name);
+    let state_flag = state.display().to_string();
+    let mut first = Lessl::start(&["--state-dir", state_flag.as_str()]);
+    let id = daemon(&first);
+    until_on_lane(&first, &id);
+    let dir = lane_dir(&state, &first, &id);
+    first.kill9();
+    Killed {
+        state,
+        state_flag,
+        instance: first.instance.clone(),
+        id,
+        dir,
+        _first: first,
+    }
+}
+
+impl Killed {
+    /// A new Lessl on the same instance and state directory.
+    fn restart(&self) -> Lessl {
+        Lessl::start_instance(&self.instance, &["--state-dir", self.state_flag.as_str()])
+    }
+}
+
 /// Busybox's `nc` has no Unix sockets, so the process trying its luck on the offered socket
 /// runs on the host (the socket is 0666 there as in the container).
 #[test]
 fn connections_without_the_token_get_nothing_and_change_nothing() {
-    let state = temp_state_dir("lane-attack");
-    let state_flag = state.display().to_string();
-    let flags = ["--state-dir", state_flag.as_str()];
-    let mut first = Lessl::start(&flags);
-    let id = daemon(&first);
-    until_on_lane(&first, &id);
-    let dir = lane_dir(&state, &first, &id);
+    let killed = daemon_on_lane_then_killed("lane-attack");
+    let (id, dir) = (&killed.id, &killed.dir);
     let socket = dir.join("s");
-    first.kill9();
     let stop = AtomicBool::new(false);
     let (lessl, seen) = std::thread::scope(|s| {
-        let lessl = Lessl::start_instance(&first.instance, &flags);
+        let lessl = killed.restart();
         // The first PUT re-attaches, offering a new lane while the attackers connect.
-        let attackers = [(); 2].map(|()| s.spawn(|| attack(&dir, &stop)));
+        let attackers = [(); 2].map(|()| s.spawn(|| attack(dir, &stop)));
         let stopper = Stop(&stop);
         for n in 0..5 {
             let cmd = format!("echo after-{n}; exit {n}");
-            check(&lessl, &id, &cmd, &format!("after-{n}\n"), n);
+            check(&lessl, id, &cmd, &format!("after-{n}\n"), n);
         }
         let settled = wait_until(LONG, || metric(&lessl, UP) + metric(&lessl, NO_AGENT) >= 1);
         assert!(settled, "the offer never ended; log:\n{}", lessl.log());
@@ -243,34 +273,22 @@ fn connections_without_the_token_get_nothing_and_change_nothing() {
     }
     // Whoever won the race, results stay right and the socket is gone.
     gone(&socket);
-    check(&lessl, &id, "echo fine; ls -A /.lessl/lane", "fine\n", 0);
-    lessl.delete(&id).expect(204);
+    check(&lessl, id, "echo fine; ls -A /.lessl/lane", "fine\n", 0);
+    lessl.delete(id).expect(204);
     lessl.finish();
 }
 
 #[test]
 fn a_restarted_lessl_takes_a_new_lane_and_delete_removes_its_directory() {
-    let state = temp_state_dir("lane-restart");
-    let state_flag = state.display().to_string();
-    let flags = ["--state-dir", state_flag.as_str()];
-    let mut first = Lessl::start(&flags);
-    let id = daemon(&first);
-    until_on_lane(&first, &id);
-    let dir = lane_dir(&state, &first, &id);
+    let killed = daemon_on_lane_then_killed("lane-restart");
+    let (id, dir) = (&killed.id, &killed.dir);
     assert!(dir.is_dir(), "{} missing", dir.display());
-    first.kill9();
-    let lessl = Lessl::start_instance(&first.instance, &flags);
-    check(&lessl, &id, "echo first; exit 3", "first\n", 3);
+    let lessl = killed.restart();
+    check(&lessl, id, "echo first; exit 3", "first\n", 3);
     let mut puts = 0;
     let on_lane = wait_until(LONG, || {
         puts += 1;
-        check(
-            &lessl,
-            &id,
-            &format!("echo {puts}"),
-            &format!("{puts}\n"),
-            0,
-        );
+        check(&lessl, id, &format!("echo {puts}"), &format!("{puts}\n"), 0);
         metric(&lessl, BY_LANE) > 0
     });
     let log = lessl.log();
@@ -281,9 +299,9 @@ fn a_restarted_lessl_takes_a_new_lane_and_delete_removes_its_directory() {
     );
     assert_eq!(metric(&lessl, UP), 1);
     assert!(dir.is_dir(), "the lane directory went while its task lives");
-    assert_eq!(lane_dir(&state, &lessl, &id), dir, "the key changed");
-    lessl.delete(&id).expect(204);
-    gone(&dir);
+    assert_eq!(lane_dir(&killed.state, &lessl, id), *dir, "the key changed");
+    lessl.delete(id).expect(204);
+    gone(dir);
     lessl.finish();
 }
 
