@@ -95,9 +95,7 @@ impl Lanes {
     /// label) and the `HostConfig.Binds` entry that mounts it. None: the container gets none.
     pub fn prepare(&self) -> Option<(String, String)> {
         let root = self.root.as_ref()?;
-        let mut raw = [0u8; 16];
-        super::channel::random_bytes(&mut raw);
-        let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let key = random_hex();
         let dir = root.join(&key);
         let made = std::fs::create_dir(&dir)
             .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)));
@@ -143,9 +141,7 @@ impl Lanes {
                 return None;
             }
         };
-        let mut raw = [0u8; 16];
-        super::channel::random_bytes(&mut raw);
-        let token = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = random_hex();
         Some(Offer {
             listener,
             path,
@@ -200,6 +196,13 @@ fn bind(dir: &Path, path: &Path) -> std::io::Result<UnixListener> {
     use std::os::fd::AsRawFd;
     let short = format!("/proc/self/fd/{}/{SOCKET}", handle.as_raw_fd());
     UnixListener::bind(short)
+}
+
+/// 128 random bits as 32 hex digits: a lane's key, an offer's token.
+fn random_hex() -> String {
+    let mut raw = [0u8; 16];
+    super::channel::random_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_key(key: &str) -> bool {
