@@ -14,7 +14,7 @@ const REPLACEMENT: &str = "\u{FFFD}";
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Encodes one JSON string, quotes included, from the chunks it is fed.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct JsonString {
     /// The opening quote is written.
     started: bool,

@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 
-use crate::json_stream::JsonString;
 use crate::log;
 use crate::spill::{self, Output, Spiller};
 use crate::tasks::run::CmdResult;
@@ -342,10 +341,16 @@ impl Store {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
+        // The result this one replaces is held open across the rename, so that freeing its
+        // pages happens when it is closed off this thread, not in the rename.
+        let replaced = File::open(&path).ok();
         fs::rename(&temp, &path).map_err(|e| {
             let _ = fs::remove_file(&temp);
             StateError::Rename(e)
         })?;
+        if let Some(replaced) = replaced {
+            spill::close_off_thread(replaced);
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(StateError::Sync)?;
@@ -454,16 +459,7 @@ fn split_after<'a>(json: &'a [u8], key: &[u8], value: &[u8]) -> io::Result<(&'a 
 
 /// Writes `output` as a JSON string, chunk by chunk.
 fn write_output(w: &mut impl Write, output: &Output) -> io::Result<()> {
-    let mut enc = JsonString::new();
-    let mut buf = Vec::with_capacity(CHUNK + CHUNK / 2);
-    output.for_each_chunk(|chunk| {
-        enc.feed(chunk, &mut buf);
-        w.write_all(&buf)?;
-        buf.clear();
-        Ok(())
-    })?;
-    enc.finish(&mut buf);
-    w.write_all(&buf)
+    output.for_each_json_chunk(|chunk| w.write_all(chunk))
 }
 
 /// Counts bytes on their way to the file: the body's length for the header.

@@ -235,7 +235,12 @@ impl Tasks {
                 _ => text,
             };
             // The answer's own encoding; spilled output is read from its files.
-            let body = match tokio::task::spawn_blocking(move || serde_json::to_vec(&view)).await {
+            let body = match tokio::task::spawn_blocking(move || {
+                let mut body = Vec::new();
+                state::write_view(&mut body, &view).map(|()| body)
+            })
+            .await
+            {
                 Ok(Ok(body)) => body,
                 Ok(Err(e)) => {
                     METRICS.callback_ended(CallbackOutcome::GaveUp);
