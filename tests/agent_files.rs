@@ -420,3 +420,54 @@ fn a_reader_never_sees_half_of_a_50_mib_file() {
     lessl.delete(&name).expect(204);
     lessl.finish();
 }
+
+/// What a placement replaces is let go after its answer (held by an `O_PATH` descriptor,
+/// which opens nothing): a FIFO planted at the destination by an earlier command is replaced
+/// without the agent blocking on it, a command still reading a replaced 3 MiB file reads
+/// all of the old one, and the new files land whole.
+#[test]
+fn what_a_placement_replaces_is_let_go_without_being_opened() {
+    const OLD: usize = 3 << 20;
+    let lessl = Lessl::start(&[]);
+    let name = daemon(
+        &lessl,
+        json!({}),
+        &format!("mkfifo /tmp/fifo && head -c {OLD} /dev/zero > /tmp/big"),
+    );
+    // A reader of the old file: opened now, read after the replacement.
+    let reader = "exec 3< /tmp/big; sleep 1; wc -c <&3 > /tmp/old-size";
+    lessl
+        .request_with(
+            "PUT",
+            &format!("/tasks/{name}?wait=false"),
+            Some(&json!({"cmd": [reader]}).to_string()),
+            &[],
+        )
+        .expect(202);
+    std::thread::sleep(Duration::from_millis(300));
+    let data: Vec<u8> = (0..(2 << 20)).map(|i| (i % 253) as u8).collect();
+    let body = json!({"resources": [
+            {"content_type": "application/octet-stream", "data": b64(&data), "dest": "/tmp/big"},
+            {"data": "not a fifo", "dest": "/tmp/fifo"}],
+        "cmd": ["wc -c < /tmp/big; od -An -tu1 -j 1000000 -N 2 /tmp/big | tr -s ' '",
+                "test -p /tmp/fifo || cat /tmp/fifo"]});
+    let started = std::time::Instant::now();
+    let v = lessl.put(&name, &body.to_string()).expect(200).json();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the agent blocked on the FIFO"
+    );
+    assert_eq!(stdout(&v, 0), format!("{}\n 144 145\n", 2 << 20), "{v}");
+    assert_eq!(stdout(&v, 1), "not a fifo");
+    assert!(placed_by_agent(&lessl), "{}", lessl.log());
+    assert!(wait_until(Duration::from_secs(20), || {
+        lessl.get(&format!("/tasks/{name}")).json()["state"] == "idle"
+    }));
+    let v = lessl
+        .put(&name, r#"{"cmd": ["cat /tmp/old-size"]}"#)
+        .expect(200)
+        .json();
+    assert_eq!(stdout(&v, 0), format!("{OLD}\n"), "the old file's reader");
+    lessl.delete(&name).expect(204);
+    lessl.finish();
+}

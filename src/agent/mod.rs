@@ -264,8 +264,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
         // Placed here, before the next request is read: the commands sent after it see
         // every file. Inline, since a task at its pids limit may allow no other thread.
         if let Some(files) = request.place {
-            let placed = place::place(&mut place::Real, files, &payload);
+            let mut fs = place::Real::default();
+            let placed = place::place(&mut fs, files, &payload);
             let _ = frames.send(Frame::Placed(request.id, placed));
+            fs.let_go();
             continue;
         }
         if let Some(token) = &request.lane {

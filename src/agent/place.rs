@@ -335,9 +335,39 @@ fn stage<F: Fs>(
 }
 
 /// The real file system, through `*at` system calls on `O_PATH` directory descriptors.
-pub struct Real;
+/// Large files a placement replaced are held until [`Real::let_go`]: the rename that drops a
+/// file's last name frees its pages, milliseconds for megabytes, while an `O_PATH` descriptor
+/// (which opens nothing: no FIFO blocks, no device acts) keeps that for later.
+#[derive(Default)]
+pub struct Real {
+    replaced: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Replaced files smaller than this are let go in the rename: holding them saves nothing.
+const HOLD_FROM: u64 = 1 << 20;
 
 impl Real {
+    /// Lets the replaced files go on a thread of their own once the answer is out; inline
+    /// when the task's pids limit allows no thread (the spawn's error drops them here).
+    pub fn let_go(self) {
+        if self.replaced.is_empty() {
+            return;
+        }
+        let replaced = self.replaced;
+        let _ = std::thread::Builder::new()
+            .name("lessl-let-go".into())
+            .spawn(move || drop(replaced));
+    }
+
+    /// The regular file at `name`, if it is one of at least [`HOLD_FROM`] bytes.
+    fn large_file(at: &std::os::fd::OwnedFd, name: &str) -> Option<std::os::fd::OwnedFd> {
+        let held = sys::openat(at, name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+        let meta = std::fs::File::from(held.try_clone().ok()?)
+            .metadata()
+            .ok()?;
+        (meta.is_file() && meta.len() >= HOLD_FROM).then_some(held)
+    }
+
     /// Unique in this process's life, so a staged file never collides with another.
     fn temp_name(&mut self) -> String {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -500,11 +530,13 @@ impl Fs for Real {
     fn rename(&mut self, at: &Self::Dir, from: &str, to: &str) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let (f, t) = (sys::cstr(from)?, sys::cstr(to)?);
+        let held = Real::large_file(at, to);
         // SAFETY: valid descriptor and NUL-terminated strings.
         sys::check(unsafe {
             libc::renameat(at.as_raw_fd(), f.as_ptr(), at.as_raw_fd(), t.as_ptr())
-        })
-        .map(drop)
+        })?;
+        self.replaced.extend(held);
+        Ok(())
     }
 
     fn unlink(&mut self, at: &Self::Dir, name: &str) -> io::Result<()> {
