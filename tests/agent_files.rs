@@ -46,6 +46,18 @@ fn daemon(lessl: &Lessl, extra: Value, setup: &str) -> String {
     name
 }
 
+/// Starts `cmd` in daemon task `name` without waiting for it (`?wait=false`).
+fn run_detached(lessl: &Lessl, name: &str, cmd: &str) {
+    lessl
+        .request_with(
+            "PUT",
+            &format!("/tasks/{name}?wait=false"),
+            Some(&json!({"cmd": [cmd]}).to_string()),
+            &[],
+        )
+        .expect(202);
+}
+
 /// On the attach path, whether the agent placed every file (no archive fallback was logged).
 fn placed_by_agent(lessl: &Lessl) -> bool {
     !lessl.log().contains("uploading an archive")
@@ -389,14 +401,7 @@ fn a_reader_never_sees_half_of_a_50_mib_file() {
         "n=0; while [ ! -e /tmp/stop ]; do s=$(wc -c < /tmp/big); n=$((n+1)); \
          case $s in 1048576|{BIG}) ;; *) echo \"torn $s\" >> /tmp/torn;; esac; done; echo $n reads"
     );
-    lessl
-        .request_with(
-            "PUT",
-            &format!("/tasks/{name}?wait=false"),
-            Some(&json!({"cmd": [reader]}).to_string()),
-            &[],
-        )
-        .expect(202);
+    run_detached(&lessl, &name, &reader);
     std::thread::sleep(Duration::from_millis(500));
     let data: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
     let body = json!({"resources": [{"content_type": "application/octet-stream",
@@ -436,14 +441,7 @@ fn what_a_placement_replaces_is_let_go_without_being_opened() {
     );
     // A reader of the old file: opened now, read after the replacement.
     let reader = "exec 3< /tmp/big; sleep 1; wc -c <&3 > /tmp/old-size";
-    lessl
-        .request_with(
-            "PUT",
-            &format!("/tasks/{name}?wait=false"),
-            Some(&json!({"cmd": [reader]}).to_string()),
-            &[],
-        )
-        .expect(202);
+    run_detached(&lessl, &name, reader);
     std::thread::sleep(Duration::from_millis(300));
     let data: Vec<u8> = (0..(2 << 20)).map(|i| (i % 253) as u8).collect();
     let body = json!({"resources": [
