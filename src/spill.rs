@@ -326,7 +326,11 @@ impl Sink {
         }
         if let Some((enc, json)) = &mut self.json {
             enc.feed(bytes, &mut json.mem);
-            if json.spill_past_budget(&self.spiller).is_err() {
+            // Output of control bytes encodes to six times its size (`\u0001`): past twice
+            // the raw bytes (and a budget's slack), the copy would cost more disk than the
+            // escaping it saves later.
+            let bloated = json.len() > 2 * self.raw.len() + self.spiller.budget as u64;
+            if bloated || json.spill_past_budget(&self.spiller).is_err() {
                 // Its result is encoded from the raw bytes when written instead.
                 self.json = None;
             }
@@ -376,7 +380,7 @@ mod tests {
         let mut sink = Sink::new(Spiller::new(Some(dir.clone()), 10));
         let mut want = Vec::new();
         for i in 0..50u8 {
-            let chunk = vec![i; 1 + (i as usize % 7)];
+            let chunk = vec![b'a' + i % 26; 1 + (i as usize % 7)];
             sink.push(&chunk);
             want.extend_from_slice(&chunk);
             assert!(sink.raw.mem.len() <= 10, "memory stays within the budget");
@@ -470,6 +474,27 @@ mod tests {
             }
             assert_eq!(json_of(&sink.output()), expected(text), "byte by byte");
         }
+        assert_eq!(spill_files(&dir), 0);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn output_that_encodes_to_many_times_its_size_is_encoded_when_read() {
+        let dir = temp_dir("bloat");
+        let mut sink = Sink::new(Spiller::new(Some(dir.clone()), 16));
+        sink.push(b"plain text, then control bytes: ");
+        assert!(sink.json.is_some());
+        let mut all = b"plain text, then control bytes: ".to_vec();
+        for _ in 0..8 {
+            sink.push(&[1; 8]);
+            all.extend_from_slice(&[1; 8]);
+        }
+        assert!(
+            sink.json.is_none(),
+            "past twice its size, the encoding is dropped"
+        );
+        assert_eq!(json_of(&sink.output()), expected(&all));
+        drop(sink);
         assert_eq!(spill_files(&dir), 0);
         let _ = fs::remove_dir_all(&dir);
     }
