@@ -24,7 +24,7 @@ pub const SUFFIX: &str = ".spill";
 /// Bytes of a stream kept in memory before they go to a spill file.
 pub const BUDGET: usize = 256 << 10;
 /// Largest read when an output is read back.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 64 << 10;
 
 /// Where a command's output spills, or nowhere (no usable state directory: memory up to the
 /// cap, as before spill files existed).
