@@ -42,6 +42,11 @@ const CANNOT_RUN_EXIT: i32 = 126;
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Output is read and forwarded in pieces of at most this size.
 const CHUNK: usize = 64 << 10;
+/// After a read, what follows within this long goes into the same piece (up to [`CHUNK`]):
+/// a command printing fast is forwarded in pieces of tens of KiB, not one per write of its own
+/// (a few KiB: a wakeup, a frame and a journal record each, here and in Lessl, half of the
+/// agent's time), while a line printed alone still leaves within a millisecond or two.
+const GATHER: Duration = Duration::from_millis(1);
 /// Buffer of the request reader (pages are only touched as lines fill them).
 const REQUEST_BUFFER: usize = 256 << 10;
 
@@ -175,10 +180,14 @@ async fn write_frames(
     mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     mut outbox: mpsc::UnboundedReceiver<Frame>,
 ) {
+    // One buffer for the life of the stream: a fresh one per write of output would be a
+    // fresh mapping of its pages from the C library's allocator, page faults and all.
+    let mut bytes = Vec::new();
     while let Some(frame) = outbox.recv().await {
         // Everything already queued goes in one write: a short command's output and exit
         // then reach Lessl together.
-        let mut bytes = frame.encode();
+        bytes.clear();
+        frame.encode_into(&mut bytes);
         while let Ok(more) = outbox.try_recv() {
             more.encode_into(&mut bytes);
         }
@@ -186,6 +195,10 @@ async fn write_frames(
             // Nobody reads (no attach, a Lessl gone): the frames are lost, which is what
             // Docker does with output too.
             continue;
+        }
+        // A burst's megabytes are not kept for the short frames after it.
+        if bytes.capacity() > 4 * CHUNK {
+            bytes = Vec::new();
         }
     }
 }
@@ -718,11 +731,24 @@ async fn forward(fd: Option<OwnedFd>, stream: Stream, sink: &Sink, cap: u64) {
 async fn copy_capped<R: AsyncRead + Unpin>(from: &mut R, stream: Stream, sink: &Sink, cap: u64) {
     let mut left = cap;
     let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match from.read(&mut buf).await {
+    let mut open = true;
+    while open {
+        let mut n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let until = tokio::time::Instant::now() + GATHER;
+        while n < buf.len() {
+            // A read is cancel-safe: one cut by the deadline took nothing.
+            match tokio::time::timeout_at(until, from.read(&mut buf[n..])).await {
+                Ok(Ok(0) | Err(_)) => {
+                    open = false;
+                    break;
+                }
+                Ok(Ok(more)) => n += more,
+                Err(_) => break,
+            }
+        }
         if left > 0 {
             let take = n.min(usize::try_from(left).unwrap_or(usize::MAX));
             sink.write(stream, &buf[..take]).await;
@@ -885,5 +911,79 @@ mod tests {
             "took {:?}",
             t.elapsed()
         );
+    }
+
+    /// Frames `copy_capped` sends for what `write` writes.
+    async fn frames_of(
+        cap: u64,
+        write: impl std::future::Future<Output = ()> + Send + 'static,
+        reader: tokio::io::DuplexStream,
+    ) -> Vec<Vec<u8>> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = Sink::Frames(7, tx);
+        let writing = tokio::spawn(write);
+        let mut reader = reader;
+        copy_capped(&mut reader, Stream::Out, &sink, cap).await;
+        writing.await.unwrap();
+        drop(sink);
+        let mut frames = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            match frame {
+                Frame::Stdout(7, bytes) => frames.push(bytes),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        frames
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_written_close_together_goes_in_one_frame_and_a_pause_ends_it() {
+        let (mut w, r) = tokio::io::duplex(1 << 20);
+        let frames = frames_of(
+            u64::MAX,
+            async move {
+                w.write_all(b"one ").await.unwrap();
+                w.write_all(b"two\n").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                w.write_all(b"three\n").await.unwrap();
+            },
+            r,
+        )
+        .await;
+        assert_eq!(frames, [b"one two\n".to_vec(), b"three\n".to_vec()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_output_goes_in_whole_chunks_and_stops_at_the_cap() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut w, r) = tokio::io::duplex(16 << 10);
+        let sent = data.clone();
+        let frames = frames_of(
+            u64::MAX,
+            async move {
+                for piece in sent.chunks(4096) {
+                    w.write_all(piece).await.unwrap();
+                }
+            },
+            r,
+        )
+        .await;
+        assert_eq!(frames.concat(), data);
+        let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [CHUNK, CHUNK, CHUNK, 200_000 - 3 * CHUNK]);
+
+        let (mut w, r) = tokio::io::duplex(16 << 10);
+        let sent = data.clone();
+        let frames = frames_of(
+            100_000,
+            async move {
+                for piece in sent.chunks(4096) {
+                    w.write_all(piece).await.unwrap();
+                }
+            },
+            r,
+        )
+        .await;
+        assert_eq!(frames.concat(), data[..100_000]);
     }
 }
