@@ -1,11 +1,13 @@
 //! A running command's output past a small in-memory budget, kept in a spill file in the
-//! state directory instead of in memory, and the [`Output`] of a finished command that reads
-//! it back in chunks. It owns only the `*.spill` files it creates (the state directory's sweep
-//! removes those a crash left) and knows nothing of Docker, HTTP or tasks.
+//! state directory instead of in memory (and, beside it, encoded as its JSON string while it
+//! is printed), and the [`Output`] of a finished command that reads either back in chunks. It
+//! owns only the `*.spill` files it creates (the state directory's sweep removes those a crash
+//! left) and knows nothing of Docker, HTTP or tasks.
 //!
 //! A spill file lives as long as the last [`Output`] that refers to it: it is removed when the
 //! run's result file is written (the task drops its in-memory results then) or the results are
-//! read back into memory because they could not be written.
+//! read back into memory because they could not be written; its pages are freed off the
+//! dropping thread.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
