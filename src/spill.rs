@@ -194,8 +194,9 @@ pub struct Output {
     raw: Kept,
     /// The same output encoded as one JSON string (quotes included) while it was printed,
     /// so that a result file copies it instead of encoding megabytes after the command
-    /// ended, on the answer's path. None without a state directory, or once spilling it
-    /// failed: the raw bytes are encoded when written then, as they always can be.
+    /// ended, on the answer's path. None without a state directory, once spilling it failed,
+    /// or once it grew past twice the output: the raw bytes are encoded when written then,
+    /// as they always can be.
     json: Option<Kept>,
 }
 

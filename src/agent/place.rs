@@ -347,8 +347,9 @@ pub struct Real {
 const HOLD_FROM: u64 = 1 << 20;
 
 impl Real {
-    /// Lets the replaced files go on a thread of their own once the answer is out; inline
-    /// when the task's pids limit allows no thread (the spawn's error drops them here).
+    /// Lets the replaced files go on a thread of their own, called once the answer is
+    /// queued; inline when the task's pids limit allows no thread (the spawn's error drops
+    /// them here).
     pub fn let_go(self) {
         if self.replaced.is_empty() {
             return;
@@ -361,11 +362,10 @@ impl Real {
 
     /// The regular file at `name`, if it is one of at least [`HOLD_FROM`] bytes.
     fn large_file(at: &std::os::fd::OwnedFd, name: &str) -> Option<std::os::fd::OwnedFd> {
-        let held = sys::openat(at, name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
-        let meta = std::fs::File::from(held.try_clone().ok()?)
-            .metadata()
-            .ok()?;
-        (meta.is_file() && meta.len() >= HOLD_FROM).then_some(held)
+        let held =
+            std::fs::File::from(sys::openat(at, name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?);
+        let meta = held.metadata().ok()?;
+        (meta.is_file() && meta.len() >= HOLD_FROM).then(|| held.into())
     }
 
     /// Unique in this process's life, so a staged file never collides with another.
