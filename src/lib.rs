@@ -22,7 +22,7 @@
 //! - [`json_stream`]: the JSON string encoder that writes output into result files in
 //!   chunks; pure. Imports nothing.
 //! - [`spec`]: the task spec v1.0, parsed and validated; no I/O. Imports `fetch` (its URL
-//!   parser, pure).
+//!   parser, pure) and `b64`.
 //! - [`docker`]: the Engine API client over the Unix socket or TCP with TLS, and stream
 //!   demultiplexing. Imports `metrics` (each call's time) and `util`.
 //! - [`fetch`]: `src` downloads over http(s), refusing internal destinations (SSRF). Imports
@@ -38,8 +38,10 @@
 //! - [`cli`]: the command-line client (`run`, `exec`, `ps`, `status`, `rm`); it only speaks
 //!   HTTP to a Lessl, and no other module imports it. Imports `util`.
 //! - [`tar`]: the plain tar archives that carry resources into containers. Imports nothing.
+//! - [`b64`]: base64 decoding of the megabytes a resource's `data` carries; pure. Imports
+//!   nothing.
 //! - [`agent`]: what runs inside task containers: the keep-alive and the command supervisor.
-//!   Imports nothing.
+//!   Imports `spec` (its reserved paths, pure) and `b64`.
 //! - [`util`]: the error chain, short ids, the clock, RFC 3339, percent-encoding. Imports
 //!   nothing, so any module may use it.
 //! - [`alloc`]: the binary's allocator, the system's with a cache of large freed blocks.
@@ -48,6 +50,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod api;
+pub mod b64;
 pub mod callback;
 pub mod cli;
 pub mod config;

@@ -450,7 +450,9 @@ pub struct Request {
 /// Parses a request body: one task object or an array of them. Field paths of an array body
 /// start with the element index (`[1].image`).
 pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
-    let value = strict_json(body)?;
+    let long = std::cell::RefCell::new(Vec::new());
+    let value = strict_json(body, &long)?;
+    let long = long.into_inner();
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -459,7 +461,10 @@ pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
             let tasks = items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| parse_task(v, bounds).map_err(|e| e.prefixed(&format!("[{i}]"))))
+                .map(|(i, v)| {
+                    parse_task(v, &long_data_of(&long, Some(i)), bounds)
+                        .map_err(|e| e.prefixed(&format!("[{i}]")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             check_unique_names(&tasks)?;
             Ok(Request {
@@ -468,7 +473,7 @@ pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
             })
         }
         Value::Object(_) => Ok(Request {
-            tasks: vec![parse_task(value, bounds)?],
+            tasks: vec![parse_task(value, &long_data_of(&long, None), bounds)?],
             is_array: false,
         }),
         _ => Err(SpecError::Decode {
@@ -483,14 +488,52 @@ pub fn parse(body: &[u8], bounds: &Bounds) -> Result<Request, SpecError> {
 // `{"ttl": 10, "ttl": 86400}` would mean whatever the last writer wanted while a proxy or a log
 // reader in front of Lessl saw the first. The body is read into a `Value` by this visitor
 // instead, which refuses a repeated key and names its path.
+//
+// A resource's `data` may be megabytes (base64 of a file); copying it into the `Value` would
+// cost about as much as parsing it. Such a string, when it stands in the body as it is (no
+// escapes), stays there: the `Value` holds an empty string in its place, and validation takes
+// the text from the body by task and resource index.
 
-/// Reads one JSON text into a `Value`, refusing repeated keys in any object.
-fn strict_json(body: &[u8]) -> Result<Value, SpecError> {
+/// Strings at a resource's `data` from this long are borrowed from the body, not copied.
+const BORROW_FROM: usize = 64 << 10;
+
+/// Where a borrowed `data` stands: the task's index in an array body (None for one task
+/// object), the resource's index, and the text.
+type LongData<'de> = Vec<(Option<usize>, usize, &'de str)>;
+
+/// The task's index (in an array body) and the resource's, when `path` is a `data` field of
+/// a resource: `resources[1].data` or `[0].resources[1].data`.
+fn resource_data_at(path: &str) -> Option<(Option<usize>, usize)> {
+    let index = |digits: &str| digits.parse::<usize>().ok();
+    let rest = path.strip_suffix("].data")?;
+    let (task, resource) = rest.split_once("resources[")?;
+    let task = match task {
+        "" => None,
+        t => Some(index(t.strip_prefix('[')?.strip_suffix("].")?)?),
+    };
+    Some((task, index(resource)?))
+}
+
+/// The borrowed `data` texts of one task, by resource index.
+fn long_data_of<'de>(long: &LongData<'de>, task: Option<usize>) -> Vec<(usize, &'de str)> {
+    long.iter()
+        .filter(|(t, _, _)| *t == task)
+        .map(|(_, r, text)| (*r, *text))
+        .collect()
+}
+
+/// Reads one JSON text into a `Value`, refusing repeated keys in any object; long resource
+/// `data` goes into `long` instead.
+fn strict_json<'de>(
+    body: &'de [u8],
+    long: &std::cell::RefCell<LongData<'de>>,
+) -> Result<Value, SpecError> {
     let duplicate = std::cell::RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
     let seed = Strict {
         path: String::new(),
         duplicate: &duplicate,
+        long,
     };
     let parsed = de::DeserializeSeed::deserialize(seed, &mut de).and_then(|v| de.end().map(|_| v));
     match (parsed, duplicate.into_inner()) {
@@ -517,19 +560,20 @@ fn member(parent: &str, key: &str) -> String {
 
 /// A JSON value at `path`; `duplicate` receives the path of the first repeated key, since a
 /// serde error can carry only text.
-struct Strict<'a> {
+struct Strict<'a, 'de> {
     path: String,
     duplicate: &'a std::cell::RefCell<Option<String>>,
+    long: &'a std::cell::RefCell<LongData<'de>>,
 }
 
-impl<'de> de::DeserializeSeed<'de> for Strict<'_> {
+impl<'de> de::DeserializeSeed<'de> for Strict<'_, 'de> {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Strict<'_> {
+impl<'de> Visitor<'de> for Strict<'_, 'de> {
     type Value = Value;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
@@ -549,6 +593,15 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_string()))
     }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Value, E> {
+        if v.len() >= BORROW_FROM {
+            if let Some((task, resource)) = resource_data_at(&self.path) {
+                self.long.borrow_mut().push((task, resource, v));
+                return Ok(Value::String(String::new()));
+            }
+        }
+        self.visit_str(v)
+    }
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
         Ok(Value::String(v))
     }
@@ -564,6 +617,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
             let seed = Strict {
                 path: format!("{}[{}]", self.path, out.len()),
                 duplicate: self.duplicate,
+                long: self.long,
             };
             match seq.next_element_seed(seed)? {
                 Some(v) => out.push(v),
@@ -582,6 +636,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
             let seed = Strict {
                 path,
                 duplicate: self.duplicate,
+                long: self.long,
             };
             let value = map.next_value_seed(seed)?;
             out.insert(key, value);
@@ -604,7 +659,12 @@ fn check_unique_names(tasks: &[TaskSpec]) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn parse_task(value: Value, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
+/// One task's `Value`, with the `data` texts [`strict_json`] left in the body.
+fn parse_task(
+    value: Value,
+    long: &[(usize, &str)],
+    bounds: &Bounds,
+) -> Result<TaskSpec, SpecError> {
     let raw: RawTask = serde_path_to_error::deserialize(value).map_err(|e| {
         let mut field = e.path().to_string();
         if field == "." {
@@ -624,11 +684,11 @@ fn parse_task(value: Value, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         }
         SpecError::Decode { field, message }
     })?;
-    validate(raw, bounds)
+    validate(raw, long, bounds)
 }
 
 /// The raw task, each field through its own check, in the order errors are reported.
-fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
+fn validate(raw: RawTask, long: &[(usize, &str)], bounds: &Bounds) -> Result<TaskSpec, SpecError> {
     fields::version(raw.version.as_ref())?;
     // Filled by `resources` beside the files, so both come from one pass over the entries.
     let mut mounts = Vec::new();
@@ -641,7 +701,7 @@ fn validate(raw: RawTask, bounds: &Bounds) -> Result<TaskSpec, SpecError> {
         pwd: fields::pwd(raw.pwd)?,
         env: fields::env(raw.env)?,
         cmds: fields::commands(raw.cmd, bounds)?,
-        resources: resource::resources(raw.resources, bounds, &mut mounts)?,
+        resources: resource::resources(raw.resources, long, bounds, &mut mounts)?,
         limits: limits::apply_limits(raw.limits, bounds).map_err(|e| e.prefixed("limits"))?,
         user: fields::user(raw.user)?,
         mounts,
@@ -825,6 +885,67 @@ mod tests {
         assert!(matches!(&t.resources[2].content, Content::File(data) if data == b"plain"));
         assert!(matches!(&t.resources[3].content, Content::File(data) if data == b"{}"));
         assert_eq!(t.resources[3].field, "resources[3]");
+    }
+
+    #[test]
+    fn long_data_is_read_where_it_stands_in_the_body() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let roomy = Bounds {
+            resource_max_bytes: 1 << 20,
+            ..bounds()
+        };
+        let bytes: Vec<u8> = (0..BORROW_FROM as u32).map(|i| (i % 251) as u8).collect();
+        let text = "t".repeat(BORROW_FROM);
+        // `\/` is how some encoders write '/': a string with escapes is unescaped and copied.
+        let escaped = b64(&[0xff; BORROW_FROM]).replace('/', "\\/");
+        let body = serde_json::json!([
+            {"image": "i", "resources": [
+                {"data": "short", "dest": "/a"},
+                {"content_type": "application/octet-stream", "data": b64(&bytes), "dest": "/b"}]},
+            {"image": "i", "resources": [
+                {"data": text, "dest": "/c"},
+                {"content_type": "application/octet-stream", "data": "@", "dest": "/d"}]},
+        ])
+        .to_string()
+        .replace("\"@\"", &format!("\"{escaped}\""));
+        let tasks = parse(body.as_bytes(), &roomy).unwrap().tasks;
+        let content = |t: usize, r: usize| match &tasks[t].resources[r].content {
+            Content::File(data) => data.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(content(0, 0), b"short");
+        assert_eq!(content(0, 1), bytes);
+        assert_eq!(content(1, 0), text.as_bytes());
+        assert_eq!(content(1, 1), vec![0xff; BORROW_FROM]);
+        // Long data where it is refused is named as any other.
+        let body = format!(r#"{{"image":"i","resources":[{{"mnt":"v:/v","data":"{text}"}}]}}"#);
+        let e = parse(body.as_bytes(), &roomy).unwrap_err();
+        assert_eq!(e.field(), "resources[0].data");
+        let body = format!(r#"{{"image":"i","resources":[{{"data":"{text}","dest":"/x"}}]}}"#);
+        let e = parse(body.as_bytes(), &bounds()).unwrap_err();
+        assert!(matches!(e, SpecError::TooLarge { ref field, .. } if field == "resources[0].data"));
+    }
+
+    #[test]
+    fn the_paths_of_resource_data_are_recognised_exactly() {
+        assert_eq!(resource_data_at("resources[1].data"), Some((None, 1)));
+        assert_eq!(
+            resource_data_at("[0].resources[12].data"),
+            Some((Some(0), 12))
+        );
+        for other in [
+            "resources[1].dest",
+            "resources[1].data.x",
+            "x.resources[1].data",
+            "[0].x.resources[1].data",
+            "[a].resources[1].data",
+            "resources[].data",
+            "resources[-1].data",
+            "env.data",
+        ] {
+            assert_eq!(resource_data_at(other), None, "{other}");
+        }
     }
 
     /// Each bad input names the field at fault, by path.

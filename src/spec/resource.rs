@@ -2,6 +2,8 @@
 //! mounts (named volumes or host directories the operator allowed), each checked on its own,
 //! and the paths no resource may reach. Pure: `src` URLs are parsed, never fetched.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 use super::fields::{check_abs_path, is_docker_name};
@@ -37,16 +39,24 @@ enum Placed {
 }
 
 /// Every entry of `resources`, files in order, mounts into `mounts` (a mount target at most
-/// once). Errors are prefixed with the entry's path, `resources[i]`.
+/// once). `long` holds the `data` the parser left in the body, by entry index. Errors are
+/// prefixed with the entry's path, `resources[i]`.
 pub(super) fn resources(
     raw: Option<Vec<RawResource>>,
+    long: &[(usize, &str)],
     bounds: &Bounds,
     mounts: &mut Vec<Mount>,
 ) -> Result<Vec<Resource>, SpecError> {
     let mut files = Vec::new();
-    for (i, r) in raw.unwrap_or_default().into_iter().enumerate() {
+    for (i, mut r) in raw.unwrap_or_default().into_iter().enumerate() {
         let field = format!("resources[{i}]");
-        match parse_resource(r, bounds).map_err(|e| e.prefixed(&field))? {
+        let long = long.iter().find(|(at, _)| *at == i).map(|(_, text)| *text);
+        let data = match (r.data.take(), long) {
+            // The parser left an empty string in the text's place.
+            (Some(placeholder), Some(text)) if placeholder.is_empty() => Some(Cow::Borrowed(text)),
+            (data, _) => data.map(Cow::Owned),
+        };
+        match parse_resource(r, data, bounds).map_err(|e| e.prefixed(&field))? {
             Placed::File {
                 path,
                 content,
@@ -72,16 +82,21 @@ pub(super) fn resources(
     Ok(files)
 }
 
-fn parse_resource(r: RawResource, bounds: &Bounds) -> Result<Placed, SpecError> {
+/// One entry; its `data` apart, borrowed from the body when it was long.
+fn parse_resource(
+    r: RawResource,
+    data: Option<Cow<'_, str>>,
+    bounds: &Bounds,
+) -> Result<Placed, SpecError> {
     if let Some(mnt) = &r.mnt {
-        return mount_only(&r, mnt, bounds).map(Placed::Mount);
+        return mount_only(&r, data.is_some(), mnt, bounds).map(Placed::Mount);
     }
     let dest = destination(r.dest)?;
     let content_type = r.content_type.unwrap_or_else(|| "text/plain".into());
     let tar = is_tar_type(&content_type);
     let mode = mode(r.mode.as_deref(), tar)?;
     let path = file_path(dest, r.src.as_deref(), tar)?;
-    let content = match (r.data, r.src) {
+    let content = match (data, r.src) {
         (Some(data), _) => content(data, &content_type, tar, bounds)?,
         (None, Some(url)) => Content::Download { url, archive: tar },
         (None, None) => {
@@ -99,10 +114,10 @@ fn parse_resource(r: RawResource, bounds: &Bounds) -> Result<Placed, SpecError> 
 }
 
 /// A `mnt` entry, which takes no other field.
-fn mount_only(r: &RawResource, mnt: &str, bounds: &Bounds) -> Result<Mount, SpecError> {
+fn mount_only(r: &RawResource, data: bool, mnt: &str, bounds: &Bounds) -> Result<Mount, SpecError> {
     let extra = [
         ("content_type", r.content_type.is_some()),
-        ("data", r.data.is_some()),
+        ("data", data),
         ("src", r.src.is_some()),
         ("dest", r.dest.is_some()),
         ("mode", r.mode.is_some()),
@@ -206,19 +221,19 @@ fn file_path(dest: String, src: Option<&str>, tar: bool) -> Result<String, SpecE
 
 /// Embedded `data`: literal text for text types, base64 for the rest, within the size cap.
 fn content(
-    data: String,
+    data: Cow<'_, str>,
     content_type: &str,
     tar: bool,
     bounds: &Bounds,
 ) -> Result<Content, SpecError> {
     let bytes = if is_text_type(content_type) {
-        data.into_bytes()
+        data.into_owned().into_bytes()
     } else {
         if data.len() / 4 * 3 > (bounds.resource_max_bytes + 3) * 2 {
             return Err(too_large(bounds));
         }
         // Unwrapped base64 (what programs send) decodes as it is, without a copy.
-        let decoded = base64::engine::general_purpose::STANDARD.decode(data.as_bytes());
+        let decoded = crate::b64::decode(data.as_bytes());
         if let Ok(bytes) = decoded.as_ref() {
             if bytes.len() > bounds.resource_max_bytes {
                 return Err(too_large(bounds));
