@@ -2,7 +2,8 @@
 //! through the API against real containers, on the attach path and on the exec fallback
 //! (`--runner exec`, where the engine's archive upload places them): every byte value and
 //! mode, the owner of a task with a `user`, the tar refusals, symlinks planted by earlier
-//! commands, all-or-none sets, and a reader racing a 50 MiB replacement.
+//! commands, all-or-none sets (a set refused halfway through its payload too), and a reader
+//! racing a 50 MiB replacement.
 
 mod support;
 
@@ -383,6 +384,57 @@ fn symlinks_planted_by_a_command_never_lead_a_file_out_of_the_rules() {
         lessl.delete(&name).expect(204);
         lessl.finish();
     }
+}
+
+/// The agent writes a placement's files as their bytes arrive. One refused halfway through
+/// its payload (the second file's directory is a link an earlier command planted towards
+/// `/.lessl`, found once the first file's 3 MiB are written) leaves nothing of the first file
+/// and takes the rest of the payload unread, so the requests that follow on the channel read
+/// as they should: twice over, then both files placed whole elsewhere.
+#[test]
+fn a_placement_refused_halfway_through_its_payload_leaves_nothing() {
+    let lessl = Lessl::start(&[]);
+    let name = daemon(&lessl, json!({}), "ln -s /.lessl /tmp/x && mkdir /tmp/ok");
+    let first: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    let second: Vec<u8> = (0..2 << 20).map(|i| (i % 241) as u8).collect();
+    let file = |bytes: &[u8], dest: &str| json!({"content_type": "application/octet-stream", "data": b64(bytes), "dest": dest});
+    for _ in 0..2 {
+        let body = json!({"resources": [file(&first, "/tmp/ok/first"), file(&second, "/tmp/x/second")],
+                          "cmd": ["true"]});
+        let v = lessl.put(&name, &body.to_string()).expect(400).json();
+        assert_eq!(v["error"]["field"], "resources[1].dest", "{v}");
+        let v = lessl
+            .put(
+                &name,
+                r#"{"cmd": ["ls -A /tmp/ok | wc -l; ls -A /.lessl | grep -c -e second -e tmp"]}"#,
+            )
+            .expect(200)
+            .json();
+        assert_eq!(
+            stdout(&v, 0),
+            "0\n0\n",
+            "something of the refused set was left"
+        );
+    }
+    let body = json!({"resources": [file(&first, "/tmp/ok/first"), file(&second, "/tmp/ok/second")],
+                      "cmd": ["ls -A /tmp/ok; wc -c < /tmp/ok/first; wc -c < /tmp/ok/second; \
+                               od -An -tu1 -j 3000000 -N 2 /tmp/ok/first | tr -s ' '; \
+                               od -An -tu1 -j 2000000 -N 2 /tmp/ok/second | tr -s ' '"]});
+    let v = lessl.put(&name, &body.to_string()).expect(200).json();
+    let at = |bytes: &[u8], i: usize| format!(" {} {}\n", bytes[i], bytes[i + 1]);
+    assert_eq!(
+        stdout(&v, 0),
+        format!(
+            "first\nsecond\n{}\n{}\n{}{}",
+            first.len(),
+            second.len(),
+            at(&first, 3_000_000),
+            at(&second, 2_000_000)
+        )
+    );
+    assert!(placed_by_agent(&lessl), "{}", lessl.log());
+    lessl.delete(&name).expect(204);
+    lessl.finish();
 }
 
 #[test]

@@ -216,6 +216,37 @@ enum Transport {
 /// (its resource limit), so a corrupt count cannot make it allocate without end.
 const MAX_PAYLOAD: u64 = 1 << 30;
 
+/// A request line that held megabytes (a placement's base64 on the attach stream) is not
+/// kept for the next, short one.
+fn drop_if_large(line: Vec<u8>) -> Vec<u8> {
+    if line.capacity() > REQUEST_BUFFER {
+        Vec::new()
+    } else {
+        line
+    }
+}
+
+/// Hands the next `n` bytes of `reader` to `take` in the pieces they arrive in, without
+/// gathering them. False when the input ended first.
+async fn feed_payload<R: AsyncRead + Unpin>(
+    reader: &mut tokio::io::BufReader<R>,
+    n: u64,
+    mut take: impl FnMut(&[u8]),
+) -> bool {
+    let mut left = n;
+    while left > 0 {
+        let got = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(got) => got,
+        };
+        let k = got.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        take(&got[..k]);
+        reader.consume(k);
+        left -= k as u64;
+    }
+    true
+}
+
 /// Serves the requests of one transport. `lanes` takes the tokens of lane offers (stdin only).
 async fn read_requests<R: AsyncRead + Unpin>(
     input: R,
@@ -253,15 +284,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 continue;
             }
         };
-        let payload = match (how, request.payload) {
-            (_, 0) => Vec::new(),
-            (Transport::Lane, n) if n <= MAX_PAYLOAD => {
-                let mut bytes = vec![0u8; n as usize];
-                if reader.read_exact(&mut bytes).await.is_err() {
-                    break;
-                }
-                bytes
-            }
+        // Only the lane carries raw bytes after a line, and never more than Lessl can send.
+        let payload_len = match (how, request.payload) {
+            (_, 0) => 0,
+            (Transport::Lane, n) if n <= MAX_PAYLOAD => n,
             (_, n) => {
                 eprintln!("lessl agent: ignoring a request announcing {n} bytes it cannot carry");
                 if how == Transport::Lane {
@@ -270,18 +296,32 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 continue;
             }
         };
-        // A placement's line held megabytes of base64: not kept for the next, short one.
-        if line.capacity() > REQUEST_BUFFER {
-            line = Vec::new();
-        }
-        // Placed here, before the next request is read: the commands sent after it see
-        // every file. Inline, since a task at its pids limit may allow no other thread.
+        line = drop_if_large(line);
+        // A placement's payload goes straight into its staged files as it arrives. Placed
+        // before the next request is read, so the commands sent after it see every file;
+        // inline, since a task at its pids limit may allow no other thread.
         if let Some(files) = request.place {
             let mut fs = place::Real::default();
-            let placed = place::place(&mut fs, files, &payload);
+            let mut placing = place::Placing::start(&mut fs, files);
+            let whole = feed_payload(&mut reader, payload_len, |bytes| {
+                placing.feed(&mut fs, bytes)
+            })
+            .await;
+            let placed = placing.finish(&mut fs);
+            // Cut short, the placement left nothing behind and has nobody to answer.
+            if !whole {
+                break;
+            }
             let _ = frames.send(Frame::Placed(request.id, placed));
             fs.let_go();
             continue;
+        }
+        let mut payload = Vec::new();
+        if payload_len > 0 {
+            payload.resize(payload_len as usize, 0);
+            if reader.read_exact(&mut payload).await.is_err() {
+                break;
+            }
         }
         if let Some(token) = &request.lane {
             // An offer made on the lane itself carries nothing: only stdin's are taken.

@@ -8,9 +8,7 @@
 
 use std::io;
 
-use base64::Engine as _;
-
-use super::protocol::{EntryKind, Place, PlaceEntry, Placed, Refusal};
+use super::protocol::{EntryKind, Place, PlaceEntry, PlaceResource, Placed, Refusal};
 use crate::spec::is_reserved;
 
 /// Symlinks followed while walking one path, as the kernel's own limit.
@@ -30,6 +28,7 @@ pub enum Opened<D> {
 /// following a symlink in its last component.
 pub trait Fs {
     type Dir: Clone;
+    type File;
     fn root(&mut self) -> io::Result<Self::Dir>;
     fn open_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<Opened<Self::Dir>>;
     /// Creates a directory; Ok(None) when the name exists already.
@@ -37,8 +36,12 @@ pub trait Fs {
     fn remove_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<()>;
     /// Whether `name` is a directory (not following a symlink).
     fn is_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<bool>;
-    /// A new file of `data` with `mode` under a fresh name; returns the name.
-    fn write_temp(&mut self, at: &Self::Dir, data: &[u8], mode: u32) -> io::Result<String>;
+    /// A new, empty file under a fresh name, open for writing; and its name.
+    fn create_temp(&mut self, at: &Self::Dir) -> io::Result<(Self::File, String)>;
+    /// Appends to a file made by `create_temp`.
+    fn write(&mut self, file: &mut Self::File, data: &[u8]) -> io::Result<()>;
+    /// Gives a file made by `create_temp` its `mode` and closes it.
+    fn seal(&mut self, file: Self::File, mode: u32) -> io::Result<()>;
     fn symlink_temp(&mut self, at: &Self::Dir, target: &str) -> io::Result<String>;
     fn link_temp(&mut self, from: &Self::Dir, name: &str, at: &Self::Dir) -> io::Result<String>;
     fn rename(&mut self, at: &Self::Dir, from: &str, to: &str) -> io::Result<()>;
@@ -195,80 +198,223 @@ struct Work<D> {
     created: Vec<(D, String)>,
 }
 
-/// Places every resource of `place`, or none: the answer the agent sends back. Entries that
-/// give a `size` take their bytes from `payload`, in order.
-pub fn place<F: Fs>(fs: &mut F, place: Place, payload: &[u8]) -> Placed {
-    let mut rest = payload;
-    let mut work = Work {
-        staged: Vec::new(),
-        created: Vec::new(),
-    };
-    let mut refusal = None;
-    'all: for (index, resource) in place.resources.into_iter().enumerate() {
-        let refuse = |field: &str, e: PlaceError| {
-            let (forbidden, reason) = match e {
-                PlaceError::Forbidden(r) => (true, r),
-                PlaceError::Failed(r) => (false, r),
-            };
-            Refusal {
-                index,
-                field: field.to_string(),
-                reason,
-                forbidden,
-            }
-        };
-        let entry_field = if resource.archive { "data" } else { "dest" };
-        if let Err(e) = walk(fs, &resource.home, 0o755, &mut work.created) {
-            refusal = Some(refuse("dest", e));
-            break 'all;
-        }
-        for entry in resource.entries {
-            if let Err(e) = stage(fs, entry, &mut rest, &mut work) {
-                refusal = Some(refuse(entry_field, e));
-                break 'all;
-            }
-        }
-    }
-    if refusal.is_none() {
-        let mut renamed = 0;
-        for s in &work.staged {
-            if let Err(e) = fs.rename(&s.dir, &s.temp, &s.name) {
-                refusal = Some(Refusal {
-                    index: 0,
-                    field: "dest".into(),
-                    reason: format!("cannot rename into {}: {e}", s.path),
-                    forbidden: false,
-                });
-                break;
-            }
-            renamed += 1;
-        }
-        work.staged.drain(..renamed);
-        if refusal.is_none() {
-            return Placed { refused: None };
-        }
-    }
-    for s in work.staged.iter().rev() {
-        let _ = fs.unlink(&s.dir, &s.temp);
-    }
-    for (at, name) in work.created.iter().rev() {
-        let _ = fs.remove_dir(at, name);
-    }
-    Placed { refused: refusal }
+/// A staged file still taking its bytes from the payload.
+struct Filling<F: Fs> {
+    file: F::File,
+    staged: Staged<F::Dir>,
+    mode: u32,
+    /// Bytes announced, and bytes still to come.
+    size: u64,
+    left: u64,
+    /// The resource it belongs to, and its field at fault (`dest`, or an archive's `data`).
+    index: usize,
+    field: &'static str,
 }
 
-/// Stages one entry: its directory walked (and made), its content under a temporary name.
+/// A placement in progress: entries are staged in order as far as the payload has arrived,
+/// each file's bytes written as they come, so the agent never holds a payload of megabytes
+/// (its memory is the task's) and writes while Lessl still sends. Fed the payload in pieces
+/// of any size ([`Placing::feed`]), then [`Placing::finish`]ed: every file renamed into place,
+/// or none. After a refusal the rest of the payload is taken and dropped, so the next request
+/// on the lane starts where it should.
+pub struct Placing<F: Fs> {
+    /// Resources not started yet, and the entries left of the one being placed.
+    resources: std::iter::Enumerate<std::vec::IntoIter<PlaceResource>>,
+    current: Option<(usize, &'static str, std::vec::IntoIter<PlaceEntry>)>,
+    filling: Option<Filling<F>>,
+    work: Work<F::Dir>,
+    refusal: Option<Refusal>,
+}
+
+impl<F: Fs> Placing<F> {
+    /// Stages what needs no payload up to the first file that does.
+    pub fn start(fs: &mut F, place: Place) -> Placing<F> {
+        let mut placing = Placing {
+            resources: place.resources.into_iter().enumerate(),
+            current: None,
+            filling: None,
+            work: Work {
+                staged: Vec::new(),
+                created: Vec::new(),
+            },
+            refusal: None,
+        };
+        placing.advance(fs);
+        placing
+    }
+
+    /// The next piece of the payload, in order.
+    pub fn feed(&mut self, fs: &mut F, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.refusal.is_none() {
+            let Some(filling) = self.filling.as_mut() else {
+                self.refuse_last(PlaceError::Forbidden(
+                    "the payload holds more bytes than its entries announce".into(),
+                ));
+                return;
+            };
+            let take = bytes
+                .len()
+                .min(usize::try_from(filling.left).unwrap_or(usize::MAX));
+            let (mine, rest) = bytes.split_at(take);
+            bytes = rest;
+            if let Err(e) = fs.write(&mut filling.file, mine) {
+                let reason = format!("{}: {e}", filling.staged.path);
+                self.drop_filling(fs, PlaceError::Failed(reason));
+                return;
+            }
+            filling.left -= take as u64;
+            if filling.left == 0 {
+                self.seal(fs);
+                self.advance(fs);
+            }
+        }
+    }
+
+    /// Once the whole payload was fed: every file renamed into place, or, if anything was
+    /// refused or the payload ended short, everything staged and made undone.
+    pub fn finish(mut self, fs: &mut F) -> Placed {
+        if let Some(f) = &self.filling {
+            let reason = format!(
+                "{}: {} bytes announced, {} left in the payload",
+                f.staged.path,
+                f.size,
+                f.size - f.left
+            );
+            self.drop_filling(fs, PlaceError::Forbidden(reason));
+        }
+        let mut work = self.work;
+        let mut refusal = self.refusal;
+        if refusal.is_none() {
+            let mut renamed = 0;
+            for s in &work.staged {
+                if let Err(e) = fs.rename(&s.dir, &s.temp, &s.name) {
+                    refusal = Some(Refusal {
+                        index: 0,
+                        field: "dest".into(),
+                        reason: format!("cannot rename into {}: {e}", s.path),
+                        forbidden: false,
+                    });
+                    break;
+                }
+                renamed += 1;
+            }
+            work.staged.drain(..renamed);
+            if refusal.is_none() {
+                return Placed { refused: None };
+            }
+        }
+        for s in work.staged.iter().rev() {
+            let _ = fs.unlink(&s.dir, &s.temp);
+        }
+        for (at, name) in work.created.iter().rev() {
+            let _ = fs.remove_dir(at, name);
+        }
+        Placed { refused: refusal }
+    }
+
+    /// Stages entries until one waits for payload bytes, everything is staged, or one is
+    /// refused.
+    fn advance(&mut self, fs: &mut F) {
+        while self.refusal.is_none() && self.filling.is_none() {
+            let Some((index, field, entries)) = self.current.as_mut() else {
+                let Some((index, resource)) = self.resources.next() else {
+                    return;
+                };
+                let field = if resource.archive { "data" } else { "dest" };
+                if let Err(e) = walk(fs, &resource.home, 0o755, &mut self.work.created) {
+                    self.refusal = Some(refusal(index, "dest", e));
+                    return;
+                }
+                self.current = Some((index, field, resource.entries.into_iter()));
+                continue;
+            };
+            let (index, field) = (*index, *field);
+            let Some(entry) = entries.next() else {
+                self.current = None;
+                continue;
+            };
+            match stage(fs, entry, &mut self.work) {
+                Ok(None) => {}
+                Ok(Some((file, staged, mode, size))) => {
+                    self.filling = Some(Filling {
+                        file,
+                        staged,
+                        mode,
+                        size,
+                        left: size,
+                        index,
+                        field,
+                    });
+                    if size == 0 {
+                        self.seal(fs);
+                    }
+                }
+                Err(e) => self.refusal = Some(refusal(index, field, e)),
+            }
+        }
+    }
+
+    /// The file being filled is whole: its mode set and it joins the staged ones.
+    fn seal(&mut self, fs: &mut F) {
+        let Some(f) = self.filling.take() else {
+            return;
+        };
+        match fs.seal(f.file, f.mode) {
+            Ok(()) => self.work.staged.push(f.staged),
+            Err(e) => {
+                let _ = fs.unlink(&f.staged.dir, &f.staged.temp);
+                let reason = format!("{}: {e}", f.staged.path);
+                self.refusal = Some(refusal(f.index, f.field, PlaceError::Failed(reason)));
+            }
+        }
+    }
+
+    /// The file being filled is given up (a write failed, the payload ended short), with the
+    /// refusal that says why.
+    fn drop_filling(&mut self, fs: &mut F, e: PlaceError) {
+        if let Some(f) = self.filling.take() {
+            drop(f.file);
+            let _ = fs.unlink(&f.staged.dir, &f.staged.temp);
+            self.refusal = Some(refusal(f.index, f.field, e));
+        }
+    }
+
+    /// A refusal for bytes no entry takes, laid on the last resource.
+    fn refuse_last(&mut self, e: PlaceError) {
+        let index = self.current.as_ref().map_or(0, |c| c.0);
+        self.refusal = Some(refusal(index, "data", e));
+    }
+}
+
+fn refusal(index: usize, field: &str, e: PlaceError) -> Refusal {
+    let (forbidden, reason) = match e {
+        PlaceError::Forbidden(r) => (true, r),
+        PlaceError::Failed(r) => (false, r),
+    };
+    Refusal {
+        index,
+        field: field.to_string(),
+        reason,
+        forbidden,
+    }
+}
+
+/// What staging an entry left to do: a file to fill from the payload (its handle, where it
+/// goes, its mode and its size), or nothing.
+type ToFill<F> = Option<(<F as Fs>::File, Staged<<F as Fs>::Dir>, u32, u64)>;
+
+/// Stages one entry: its directory walked (and made), its content under a temporary name,
+/// except the bytes of a file that come from the payload, which are left to fill.
 fn stage<F: Fs>(
     fs: &mut F,
     entry: PlaceEntry,
-    payload: &mut &[u8],
     work: &mut Work<F::Dir>,
-) -> Result<(), PlaceError> {
+) -> Result<ToFill<F>, PlaceError> {
     check_path(&entry.path)?;
     let failed = |e: io::Error| PlaceError::Failed(format!("{}: {e}", entry.path));
     if entry.kind == EntryKind::Dir {
         walk(fs, &entry.path, entry.mode & 0o7777, &mut work.created)?;
-        return Ok(());
+        return Ok(None);
     }
     let (parent, name) = entry.path.rsplit_once('/').expect("absolute");
     let reached = walk(fs, parent, 0o755, &mut work.created)?;
@@ -286,31 +432,27 @@ fn stage<F: Fs>(
     }
     let temp = match entry.kind {
         EntryKind::File => {
-            let decoded;
-            let data: &[u8] = match entry.size {
-                Some(n) => {
-                    let Some(n) = usize::try_from(n).ok().filter(|n| *n <= payload.len()) else {
-                        return Err(PlaceError::Forbidden(format!(
-                            "{}: {n} bytes announced, {} left in the payload",
-                            entry.path,
-                            payload.len()
-                        )));
-                    };
-                    let (mine, after) = payload.split_at(n);
-                    *payload = after;
-                    mine
-                }
-                None => {
-                    decoded = base64::engine::general_purpose::STANDARD
-                        .decode(entry.data.as_bytes())
-                        .map_err(|e| {
-                            PlaceError::Forbidden(format!("{}: bad base64: {e}", entry.path))
-                        })?;
-                    &decoded
-                }
+            let (mut file, temp) = fs.create_temp(&reached.dir).map_err(failed)?;
+            let staged = Staged {
+                dir: reached.dir,
+                temp,
+                name: name.to_string(),
+                path: entry.path.clone(),
             };
-            fs.write_temp(&reached.dir, data, entry.mode & 0o7777)
-                .map_err(failed)?
+            let mode = entry.mode & 0o7777;
+            if let Some(size) = entry.size {
+                return Ok(Some((file, staged, mode, size)));
+            }
+            let written = crate::b64::decode(entry.data.as_bytes())
+                .map_err(|e| PlaceError::Forbidden(format!("{}: bad base64: {e}", entry.path)))
+                .and_then(|data| fs.write(&mut file, &data).map_err(failed))
+                .and_then(|()| fs.seal(file, mode).map_err(failed));
+            if let Err(e) = written {
+                let _ = fs.unlink(&staged.dir, &staged.temp);
+                return Err(e);
+            }
+            work.staged.push(staged);
+            return Ok(None);
         }
         EntryKind::Symlink => fs.symlink_temp(&reached.dir, &entry.link).map_err(failed)?,
         EntryKind::Hardlink => {
@@ -331,7 +473,7 @@ fn stage<F: Fs>(
         name: name.to_string(),
         path: entry.path,
     });
-    Ok(())
+    Ok(None)
 }
 
 /// The real file system, through `*at` system calls on `O_PATH` directory descriptors.
@@ -439,17 +581,18 @@ mod sys {
 }
 
 impl Fs for Real {
-    type Dir = std::rc::Rc<std::os::fd::OwnedFd>;
+    type Dir = std::sync::Arc<std::os::fd::OwnedFd>;
+    type File = std::fs::File;
 
     fn root(&mut self) -> io::Result<Self::Dir> {
         let root = std::fs::File::open("/")?;
-        Ok(std::rc::Rc::new(root.into()))
+        Ok(std::sync::Arc::new(root.into()))
     }
 
     fn open_dir(&mut self, at: &Self::Dir, name: &str) -> io::Result<Opened<Self::Dir>> {
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
         match sys::openat(at, name, flags, 0) {
-            Ok(fd) => Ok(Opened::Dir(std::rc::Rc::new(fd))),
+            Ok(fd) => Ok(Opened::Dir(std::sync::Arc::new(fd))),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Opened::Missing),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
                 let mode = sys::lstat_mode(at, name)?;
@@ -490,21 +633,20 @@ impl Fs for Real {
         }
     }
 
-    fn write_temp(&mut self, at: &Self::Dir, data: &[u8], mode: u32) -> io::Result<String> {
-        use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
+    fn create_temp(&mut self, at: &Self::Dir) -> io::Result<(std::fs::File, String)> {
         let temp = self.temp_name();
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
         let fd = sys::openat(at, &temp, flags, 0o600)?;
-        let mut file = std::fs::File::from(fd);
-        let written = file
-            .write_all(data)
-            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)));
-        if let Err(e) = written {
-            let _ = self.unlink(at, &temp);
-            return Err(e);
-        }
-        Ok(temp)
+        Ok((std::fs::File::from(fd), temp))
+    }
+
+    fn write(&mut self, file: &mut std::fs::File, data: &[u8]) -> io::Result<()> {
+        io::Write::write_all(file, data)
+    }
+
+    fn seal(&mut self, file: std::fs::File, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
     }
 
     fn symlink_temp(&mut self, at: &Self::Dir, target: &str) -> io::Result<String> {
@@ -565,8 +707,11 @@ mod tests {
     struct Fake {
         nodes: BTreeMap<String, Node>,
         temps: u32,
-        /// Writes fail once this many files were written (a full disk).
+        /// Creating a file fails once this many were made (a full disk).
         fail_after: Option<u32>,
+        /// Writes fail once this many bytes were written.
+        fail_write_at: Option<usize>,
+        written: usize,
     }
 
     impl Fake {
@@ -593,6 +738,8 @@ mod tests {
 
     impl Fs for Fake {
         type Dir = String;
+        /// The file's path.
+        type File = String;
         fn root(&mut self) -> io::Result<String> {
             Ok(String::new())
         }
@@ -620,8 +767,30 @@ mod tests {
         fn is_dir(&mut self, at: &String, name: &str) -> io::Result<bool> {
             Ok(self.nodes.get(&Fake::join(at, name)) == Some(&Node::Dir))
         }
-        fn write_temp(&mut self, at: &String, data: &[u8], mode: u32) -> io::Result<String> {
-            self.add(at, Node::File(data.to_vec(), mode))
+        fn create_temp(&mut self, at: &String) -> io::Result<(String, String)> {
+            let name = self.add(at, Node::File(Vec::new(), 0o600))?;
+            Ok((Fake::join(at, &name), name))
+        }
+        fn write(&mut self, file: &mut String, data: &[u8]) -> io::Result<()> {
+            if self
+                .fail_write_at
+                .is_some_and(|n| self.written + data.len() > n)
+            {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.written += data.len();
+            match self.nodes.get_mut(file.as_str()) {
+                Some(Node::File(bytes, _)) => bytes.extend_from_slice(data),
+                _ => panic!("{file} is not a staged file"),
+            }
+            Ok(())
+        }
+        fn seal(&mut self, file: String, mode: u32) -> io::Result<()> {
+            match self.nodes.get_mut(&file) {
+                Some(Node::File(_, m)) => *m = mode,
+                _ => panic!("{file} is not a staged file"),
+            }
+            Ok(())
         }
         fn symlink_temp(&mut self, at: &String, target: &str) -> io::Result<String> {
             self.add(at, Node::Link(target.to_string()))
@@ -676,8 +845,15 @@ mod tests {
         ])
     }
 
+    /// A placement fed its whole payload at once.
+    fn place_all(fs: &mut Fake, place: Place, payload: &[u8]) -> Placed {
+        let mut placing = Placing::start(fs, place);
+        placing.feed(fs, payload);
+        placing.finish(fs)
+    }
+
     fn refusal(fs: &mut Fake, rs: Vec<PlaceResource>) -> Option<(usize, String, bool)> {
-        place(fs, Place { resources: rs }, &[])
+        place_all(fs, Place { resources: rs }, &[])
             .refused
             .map(|r| (r.index, r.field, r.forbidden))
     }
@@ -698,7 +874,7 @@ mod tests {
                 vec![file("/opt/b64", b"b"), sized("/opt/c", 2)],
             ),
         ];
-        let placed = place(&mut fs, Place { resources: rs }, b"aaacc");
+        let placed = place_all(&mut fs, Place { resources: rs }, b"aaacc");
         assert_eq!(placed.refused, None);
         assert_eq!(fs.nodes["/srv/a"], Node::File(b"aaa".to_vec(), 0o640));
         assert_eq!(fs.nodes["/opt/b64"], Node::File(b"b".to_vec(), 0o640));
@@ -710,7 +886,7 @@ mod tests {
             false,
             vec![sized("/srv/a", 3), sized("/srv/b", 3)],
         )];
-        let placed = place(&mut fs, Place { resources: rs }, b"aaab");
+        let placed = place_all(&mut fs, Place { resources: rs }, b"aaab");
         let refused = placed.refused.unwrap();
         assert!(refused.forbidden && refused.reason.contains("3 bytes announced, 1 left"));
         assert_eq!(fs.nodes, before, "nothing placed");
@@ -849,5 +1025,116 @@ mod tests {
         assert_eq!(got, Some((0, "dest".into(), false)));
         let got = refusal(&mut fs, vec![res("/", false, vec![file("/srv", b"")])]);
         assert_eq!(got, Some((0, "dest".into(), false)));
+    }
+
+    /// An entry whose bytes come from the payload.
+    fn sized(path: &str, n: u64) -> PlaceEntry {
+        PlaceEntry {
+            data: String::new(),
+            size: Some(n),
+            ..file(path, b"")
+        }
+    }
+
+    /// A set of every kind: payload files in two resources (one empty, one in an archive
+    /// with a directory, a link and a hard link to it), an inline file between them.
+    fn mixed() -> (Place, Vec<u8>) {
+        let link = |path: &str, kind, to: &str| PlaceEntry {
+            kind,
+            link: to.into(),
+            ..file(path, b"")
+        };
+        let place = Place {
+            resources: vec![
+                res("/srv", false, vec![sized("/srv/a", 5)]),
+                res("/opt", false, vec![file("/opt/inline", b"in")]),
+                res("/opt", false, vec![sized("/opt/empty", 0)]),
+                res(
+                    "/srv/t",
+                    true,
+                    vec![
+                        PlaceEntry {
+                            kind: EntryKind::Dir,
+                            ..file("/srv/t/d", b"")
+                        },
+                        sized("/srv/t/d/b", 4),
+                        link("/srv/t/d/s", EntryKind::Symlink, "b"),
+                        link("/srv/t/d/h", EntryKind::Hardlink, "/srv/t/d/b"),
+                        sized("/srv/t/c", 3),
+                    ],
+                ),
+            ],
+        };
+        (place, b"aaaaabbbbccc".to_vec())
+    }
+
+    #[test]
+    fn a_payload_fed_in_any_pieces_places_the_same_files() {
+        let (place, payload) = mixed();
+        let mut whole = planted();
+        assert_eq!(place_all(&mut whole, place.clone(), &payload).refused, None);
+        assert_eq!(whole.nodes["/srv/a"], Node::File(b"aaaaa".to_vec(), 0o640));
+        assert_eq!(whole.nodes["/opt/empty"], Node::File(Vec::new(), 0o640));
+        assert_eq!(
+            whole.nodes["/srv/t/d/h"],
+            Node::File(b"bbbb".to_vec(), 0o640)
+        );
+        assert_eq!(whole.nodes["/srv/t/c"], Node::File(b"ccc".to_vec(), 0o640));
+        assert!(!whole.nodes.keys().any(|k| k.contains(".tmp")));
+        // Every cut into two pieces, and byte by byte (with empty pieces between).
+        let mut splits: Vec<Vec<&[u8]>> = (0..=payload.len())
+            .map(|at| vec![&payload[..at], &payload[at..]])
+            .collect();
+        splits.push(payload.chunks(1).flat_map(|b| [b, &[][..]]).collect());
+        for pieces in splits {
+            let mut fs = planted();
+            let mut placing = Placing::start(&mut fs, place.clone());
+            for piece in &pieces {
+                placing.feed(&mut fs, piece);
+            }
+            assert_eq!(placing.finish(&mut fs).refused, None, "{pieces:?}");
+            assert_eq!(fs.nodes, whole.nodes, "{pieces:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_failing_midway_places_nothing_and_takes_the_rest() {
+        let (place, payload) = mixed();
+        // The failure lands in each payload file in turn: the first, and the archive's two.
+        for (fail_at, index) in [(2, 0), (7, 3), (10, 3)] {
+            let mut fs = planted();
+            let before = fs.nodes.clone();
+            fs.fail_write_at = Some(fail_at);
+            let mut placing = Placing::start(&mut fs, place.clone());
+            for byte in payload.chunks(1) {
+                placing.feed(&mut fs, byte);
+            }
+            let refused = placing.finish(&mut fs).refused.expect("refused");
+            assert_eq!(
+                (refused.index, refused.forbidden),
+                (index, false),
+                "{fail_at}"
+            );
+            assert!(
+                refused.reason.contains("No space left"),
+                "{}",
+                refused.reason
+            );
+            assert_eq!(fs.nodes, before, "{fail_at}: nothing left");
+        }
+    }
+
+    #[test]
+    fn bytes_beyond_what_the_entries_announce_are_refused() {
+        let (place, mut payload) = mixed();
+        payload.push(b'x');
+        let mut fs = planted();
+        let before = fs.nodes.clone();
+        let refused = place_all(&mut fs, place, &payload).refused.unwrap();
+        assert!(
+            refused.forbidden && refused.reason.contains("more bytes"),
+            "{refused:?}"
+        );
+        assert_eq!(fs.nodes, before);
     }
 }
