@@ -4,8 +4,10 @@
 //! errors are the ones clients see. What this adds is the bulk of a long text, eight
 //! characters at a time through a table of character pairs, written straight into the
 //! output: about twice the crate's speed in the release build (6 MiB: ~2.6-3.6 ms against
-//! ~5.4-6 ms), and no zero-filling of the output first.
+//! ~5.4-6 ms), and no zero-filling of the output first. A text of a MiB or more is decoded in
+//! two halves at once, the second on a scoped thread (~1 ms less for 6 MiB on two cores).
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
@@ -48,47 +50,72 @@ pub fn decode(text: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
     // hold padding: that one is the crate's.
     let bulk = (text.len() - 1) / 8 * 8;
     let (head, tail) = text.split_at(bulk);
+    let groups = bulk / 8;
     // Room for the last group too, so the crate's decoding of it does not move the bulk.
-    let mut out = Vec::with_capacity(bulk / 8 * 6 + 16);
-    if !decode_bulk(pairs(), head, &mut out) || STANDARD.decode_vec(tail, &mut out).is_err() {
+    let mut out = Vec::with_capacity(groups * 6 + 16);
+    let dst = &mut out.spare_capacity_mut()[..groups * 6];
+    if !decode_bulk(pairs(), head, dst) {
+        return STANDARD.decode(text);
+    }
+    // SAFETY: `decode_bulk` wrote every byte of the first `groups * 6`.
+    unsafe { out.set_len(groups * 6) };
+    if STANDARD.decode_vec(tail, &mut out).is_err() {
         // Something irregular: the crate decides, and names the offset in the whole text.
         return STANDARD.decode(text);
     }
     Ok(out)
 }
 
-/// Appends the bytes of `text` (a multiple of eight alphabet characters, no padding) to
-/// `out`. False, with `out` unchanged, when a byte is outside the alphabet.
-fn decode_bulk(pairs: &[u16; 1 << 16], text: &[u8], out: &mut Vec<u8>) -> bool {
-    debug_assert!(text.len() % 8 == 0);
+/// Texts from this long are decoded in two halves at once, the second on a thread of its own.
+const SPLIT_FROM: usize = 1 << 20;
+
+/// Writes the bytes of `text` (a multiple of eight alphabet characters, no padding) to all
+/// of `dst` (six for each eight characters). False when a byte is outside the alphabet.
+fn decode_bulk(pairs: &[u16; 1 << 16], text: &[u8], dst: &mut [MaybeUninit<u8>]) -> bool {
+    if text.len() >= SPLIT_FROM {
+        let half = text.len() / 16 * 8;
+        let (t1, t2) = text.split_at(half);
+        let (d1, d2) = dst.split_at_mut(half / 8 * 6);
+        return std::thread::scope(|s| {
+            let second = std::thread::Builder::new().spawn_scoped(s, || decode_run(pairs, t2, d2));
+            let first = decode_run(pairs, t1, d1);
+            match second {
+                Ok(second) => first & second.join().unwrap_or(false),
+                // No thread to be had: the crate decodes the whole text instead.
+                Err(_) => false,
+            }
+        });
+    }
+    decode_run(pairs, text, dst)
+}
+
+fn decode_run(pairs: &[u16; 1 << 16], text: &[u8], dst: &mut [MaybeUninit<u8>]) -> bool {
     let groups = text.len() / 8;
-    // Each group stores eight bytes of which six count: two of slack past the last.
-    out.reserve(groups * 6 + 2);
-    let base = out.len();
-    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    assert!(text.len() % 8 == 0 && dst.len() == groups * 6 && groups > 0);
+    let out = dst.as_mut_ptr().cast::<u8>();
     let mut invalid = 0u16;
-    for (i, group) in text.chunks_exact(8).enumerate() {
+    let bytes_of = |group: &[u8], invalid: &mut u16| {
         let w = u64::from_be_bytes(group.try_into().expect("groups of eight"));
         let a = pairs[(w >> 48) as usize];
         let b = pairs[(w >> 32) as usize & 0xffff];
         let c = pairs[(w >> 16) as usize & 0xffff];
         let d = pairs[w as usize & 0xffff];
-        invalid |= a | b | c | d;
+        *invalid |= a | b | c | d;
         let bits = u64::from(a) << 36 | u64::from(b) << 24 | u64::from(c) << 12 | u64::from(d);
-        // SAFETY: `i * 6 + 8 <= groups * 6 + 2`, within the capacity reserved above; an
-        // unaligned write of initialised bytes into spare capacity.
-        unsafe {
-            dst.add(i * 6)
-                .cast::<[u8; 8]>()
-                .write_unaligned((bits << 16).to_be_bytes())
-        };
+        (bits << 16).to_be_bytes()
+    };
+    let (body, last) = text.split_at(text.len() - 8);
+    for (i, group) in body.chunks_exact(8).enumerate() {
+        let bytes = bytes_of(group, &mut invalid);
+        // SAFETY: `i * 6 + 8 <= (groups - 2) * 6 + 8 < dst.len()`: eight bytes (six that
+        // count, two the next group overwrites) written unaligned within `dst`.
+        unsafe { out.add(i * 6).cast::<[u8; 8]>().write_unaligned(bytes) };
     }
-    if invalid & INVALID != 0 {
-        return false;
+    let bytes = bytes_of(last, &mut invalid);
+    for (slot, byte) in dst[(groups - 1) * 6..].iter_mut().zip(bytes) {
+        slot.write(byte);
     }
-    // SAFETY: the loop wrote the first `groups * 6` bytes past `base`.
-    unsafe { out.set_len(base + groups * 6) };
-    true
+    invalid & INVALID == 0
 }
 
 #[cfg(test)]
@@ -142,6 +169,15 @@ mod tests {
         }
         // Every one of them is an error: the cases are what they claim to be.
         assert!(STANDARD.decode(at(10, b'*')).is_err());
+        // Long enough to be decoded in two halves at once: a stray byte in either.
+        let long = STANDARD.encode(sample(SPLIT_FROM));
+        for i in [7, long.len() / 2 - 1, long.len() / 2 + 1, long.len() - 9] {
+            let mut t = long.clone().into_bytes();
+            t[i] = b'.';
+            let ours = decode(&t).map_err(|e| e.to_string());
+            assert_eq!(ours, STANDARD.decode(&t).map_err(|e| e.to_string()), "{i}");
+            assert!(ours.is_err());
+        }
     }
 
     #[test]
