@@ -157,7 +157,7 @@ mod tests {
             at(10, b'*'),                        // outside the alphabet, in the bulk
             at(text.len() - 3, b'-'),            // in the last group
             at(100, b'='),                       // padding inside
-            at(text.len() - 1, b'A'),            // trailing bits not canonical
+            at(text.len() - 3, b'B'),            // trailing bits not canonical
             text.as_bytes()[1..].to_vec(),       // not a multiple of four
             wrapped,                             // line breaks
             [text.as_bytes(), b"===="].concat(), // a group of padding
@@ -166,9 +166,9 @@ mod tests {
             let ours = decode(&case).map_err(|e| e.to_string());
             let crates = STANDARD.decode(&case).map_err(|e| e.to_string());
             assert_eq!(ours, crates);
+            // Every one of them is an error: the cases are what they claim to be.
+            assert!(ours.is_err());
         }
-        // Every one of them is an error: the cases are what they claim to be.
-        assert!(STANDARD.decode(at(10, b'*')).is_err());
         // Long enough to be decoded in two halves at once: a stray byte in either.
         let long = STANDARD.encode(sample(SPLIT_FROM));
         for i in [7, long.len() / 2 - 1, long.len() / 2 + 1, long.len() - 9] {

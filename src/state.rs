@@ -471,7 +471,6 @@ fn write_output(w: &mut impl Write, output: &Output) -> io::Result<()> {
     output.for_each_json_chunk(|chunk| w.write_all(chunk))
 }
 
-/// Counts bytes on their way to the file: the body's length for the header.
 /// Bytes written between two requests to start writing them back.
 const WRITEBACK_EVERY: u64 = 1 << 20;
 
@@ -521,6 +520,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
+/// Counts bytes on their way to the file: the body's length for the header.
 struct Counting<'a, W> {
     inner: &'a mut W,
     n: u64,

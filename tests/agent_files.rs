@@ -393,8 +393,21 @@ fn symlinks_planted_by_a_command_never_lead_a_file_out_of_the_rules() {
 /// as they should: twice over, then both files placed whole elsewhere.
 #[test]
 fn a_placement_refused_halfway_through_its_payload_leaves_nothing() {
+    const BY_LANE: &str = r#"lessl_agent_requests_total{transport="lane"}"#;
+    const BY_ATTACH: &str = r#"lessl_agent_requests_total{transport="attach"}"#;
     let lessl = Lessl::start(&[]);
     let name = daemon(&lessl, json!({}), "ln -s /.lessl /tmp/x && mkdir /tmp/ok");
+    // The payload is raw bytes only on the lane: wait until it carries the task's requests.
+    let on_lane = wait_until(Duration::from_secs(60), || {
+        lessl.put(&name, r#"{"cmd": ["true"]}"#).expect(200);
+        metric(&lessl, BY_LANE) > 0
+    });
+    assert!(
+        on_lane,
+        "no request went over the lane; log:\n{}",
+        lessl.log()
+    );
+    let by_attach = metric(&lessl, BY_ATTACH);
     let first: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
     let second: Vec<u8> = (0..2 << 20).map(|i| (i % 241) as u8).collect();
     let file = |bytes: &[u8], dest: &str| json!({"content_type": "application/octet-stream", "data": b64(bytes), "dest": dest});
@@ -433,6 +446,11 @@ fn a_placement_refused_halfway_through_its_payload_leaves_nothing() {
         )
     );
     assert!(placed_by_agent(&lessl), "{}", lessl.log());
+    assert_eq!(
+        metric(&lessl, BY_ATTACH),
+        by_attach,
+        "a request left the lane"
+    );
     lessl.delete(&name).expect(204);
     lessl.finish();
 }

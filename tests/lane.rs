@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::Digest;
-use support::{docker, temp_state_dir, wait_until, Lessl, BUSYBOX};
+use support::{docker, metric, temp_state_dir, wait_until, Lessl, BUSYBOX};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -50,15 +50,6 @@ fn check(lessl: &Lessl, id: &str, cmd: &str, out: &str, code: i64) {
 fn gone(path: &Path) {
     let went = wait_until(LONG, || !path.exists());
     assert!(went, "{} is still there", path.display());
-}
-
-/// The value of one sample of GET /metrics, e.g. `lessl_lanes_total{outcome="up"}`; 0 if absent.
-fn metric(lessl: &Lessl, sample: &str) -> u64 {
-    let text = lessl.get("/metrics").expect(200).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-        .unwrap_or(0)
 }
 
 const UP: &str = r#"lessl_lanes_total{outcome="up"}"#;

@@ -307,11 +307,12 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 placing.feed(&mut fs, bytes)
             })
             .await;
-            let placed = placing.finish(&mut fs);
-            // Cut short, the placement left nothing behind and has nobody to answer.
+            // Cut short, the placement leaves nothing behind and has nobody to answer.
             if !whole {
+                placing.abandon(&mut fs);
                 break;
             }
+            let placed = placing.finish(&mut fs);
             let _ = frames.send(Frame::Placed(request.id, placed));
             fs.let_go();
             continue;

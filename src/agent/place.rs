@@ -221,6 +221,8 @@ pub struct Placing<F: Fs> {
     /// Resources not started yet, and the entries left of the one being placed.
     resources: std::iter::Enumerate<std::vec::IntoIter<PlaceResource>>,
     current: Option<(usize, &'static str, std::vec::IntoIter<PlaceEntry>)>,
+    /// The index of the last resource started: bytes no entry takes are laid on it.
+    last: usize,
     filling: Option<Filling<F>>,
     work: Work<F::Dir>,
     refusal: Option<Refusal>,
@@ -232,6 +234,7 @@ impl<F: Fs> Placing<F> {
         let mut placing = Placing {
             resources: place.resources.into_iter().enumerate(),
             current: None,
+            last: 0,
             filling: None,
             work: Work {
                 staged: Vec::new(),
@@ -268,6 +271,19 @@ impl<F: Fs> Placing<F> {
                 self.advance(fs);
             }
         }
+    }
+
+    /// The payload was cut short (the lane ended): everything staged and made is undone,
+    /// whatever the entries announced, since nobody is left to answer.
+    pub fn abandon(mut self, fs: &mut F) {
+        if self.refusal.is_none() {
+            self.refusal = Some(refusal(
+                self.last,
+                "data",
+                PlaceError::Failed("the payload was cut short".into()),
+            ));
+        }
+        self.finish(fs);
     }
 
     /// Once the whole payload was fed: every file renamed into place, or, if anything was
@@ -321,6 +337,7 @@ impl<F: Fs> Placing<F> {
                     return;
                 };
                 let field = if resource.archive { "data" } else { "dest" };
+                self.last = index;
                 if let Err(e) = walk(fs, &resource.home, 0o755, &mut self.work.created) {
                     self.refusal = Some(refusal(index, "dest", e));
                     return;
@@ -381,8 +398,7 @@ impl<F: Fs> Placing<F> {
 
     /// A refusal for bytes no entry takes, laid on the last resource.
     fn refuse_last(&mut self, e: PlaceError) {
-        let index = self.current.as_ref().map_or(0, |c| c.0);
-        self.refusal = Some(refusal(index, "data", e));
+        self.refusal = Some(refusal(self.last, "data", e));
     }
 }
 
@@ -1101,7 +1117,8 @@ mod tests {
     fn a_write_failing_midway_places_nothing_and_takes_the_rest() {
         let (place, payload) = mixed();
         // The failure lands in each payload file in turn: the first, and the archive's two.
-        for (fail_at, index) in [(2, 0), (7, 3), (10, 3)] {
+        // (The inline file between them takes two bytes of the count.)
+        for (fail_at, index) in [(2, 0), (7, 3), (12, 3)] {
             let mut fs = planted();
             let before = fs.nodes.clone();
             fs.fail_write_at = Some(fail_at);

@@ -909,6 +909,11 @@ mod tests {
         ])
         .to_string()
         .replace("\"@\"", &format!("\"{escaped}\""));
+        // The two long texts without escapes stay in the body; the escaped one is copied.
+        let long = std::cell::RefCell::new(Vec::new());
+        strict_json(body.as_bytes(), &long).unwrap();
+        let kept: Vec<_> = long.into_inner().iter().map(|(t, r, _)| (*t, *r)).collect();
+        assert_eq!(kept, [(Some(0), 1), (Some(1), 0)]);
         let tasks = parse(body.as_bytes(), &roomy).unwrap().tasks;
         let content = |t: usize, r: usize| match &tasks[t].resources[r].content {
             Content::File(data) => data.clone(),

@@ -415,6 +415,15 @@ pub fn containers_with_label(label: &str) -> Vec<String> {
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+/// The value of one sample of `GET /metrics` (`name{labels}`), 0 when absent.
+pub fn metric(lessl: &Lessl, sample: &str) -> u64 {
+    let text = lessl.get("/metrics").expect(200).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
