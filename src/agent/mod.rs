@@ -216,16 +216,6 @@ enum Transport {
 /// (its resource limit), so a corrupt count cannot make it allocate without end.
 const MAX_PAYLOAD: u64 = 1 << 30;
 
-/// A request line that held megabytes (a placement's base64 on the attach stream) is not
-/// kept for the next, short one.
-fn drop_if_large(line: Vec<u8>) -> Vec<u8> {
-    if line.capacity() > REQUEST_BUFFER {
-        Vec::new()
-    } else {
-        line
-    }
-}
-
 /// Hands the next `n` bytes of `reader` to `take` in the pieces they arrive in, without
 /// gathering them. False when the input ended first.
 async fn feed_payload<R: AsyncRead + Unpin>(
@@ -296,7 +286,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 continue;
             }
         };
-        line = drop_if_large(line);
+        // A line of megabytes (a placement's base64 on the attach stream) is not kept.
+        if line.capacity() > REQUEST_BUFFER {
+            line = Vec::new();
+        }
         // A placement's payload goes straight into its staged files as it arrives. Placed
         // before the next request is read, so the commands sent after it see every file;
         // inline, since a task at its pids limit may allow no other thread.
