@@ -500,9 +500,19 @@ fn compact<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Api
 /// megabytes of short lines).
 fn view_json(view: &TaskView) -> Vec<u8> {
     let mut out = Vec::new();
-    match crate::state::write_view(&mut out, view) {
-        Ok(()) => out,
-        Err(_) => serde_json::to_vec(view).unwrap_or_else(|_| b"{}".to_vec()),
+    push_view_json(&mut out, view);
+    out
+}
+
+/// [`view_json`] appended to `out`, where an answer of several views is built.
+fn push_view_json(out: &mut Vec<u8>, view: &TaskView) {
+    let start = out.len();
+    if crate::state::write_view(&mut *out, view).is_err() {
+        out.truncate(start);
+        match serde_json::to_vec(view) {
+            Ok(json) => out.extend_from_slice(&json),
+            Err(_) => out.extend_from_slice(b"{}"),
+        }
     }
 }
 
@@ -519,7 +529,7 @@ fn views_answer(status: StatusCode, views: &[TaskView], is_array: bool) -> Respo
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&view_json(view));
+            push_view_json(&mut body, view);
         }
         if is_array {
             body.push(b']');
